@@ -1,0 +1,1 @@
+//! Checkpoint readers (safetensors, PyTorch zip/pickle) and the GGUF converter.

@@ -1,0 +1,17 @@
+//! tinygptv kernels: tensor block formats, reference (scalar) kernels, and the GGUF container.
+//!
+//! Layout (one concern per folder):
+//! - [`types`]: the `ggml_type` ids, block sizes and byte sizes every other module agrees on.
+//! - [`formats`]: one file per block format (layout, reference quantize / dequantize, dot products).
+//! - [`matmul`]: the reference matrix multiply built on the per-format dot products.
+//! - [`gguf`]: the GGUF v3 container, reading (memory-mapped, zero-copy) and writing (streamed).
+//!
+//! The GGUF module lives here because both the converter (writer) and the runtime (reader) depend
+//! on this crate only, and the format shares its type ids with the block formats.
+
+pub mod formats;
+pub mod gguf;
+pub mod matmul;
+pub mod types;
+
+pub use types::GgmlType;

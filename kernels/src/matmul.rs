@@ -1,0 +1,1 @@
+//! Reference matrix multiply built on the per-format dot products.
