@@ -21,12 +21,27 @@ struct Cli {
 enum Command {
     /// Print a GGUF file's header, metadata and tensor table, and validate it.
     Info(cmd::info::InfoArgs),
+    /// Generate text with a language model.
+    Run(cmd::run::RunArgs),
+    /// Print the token ids of a text.
+    Tokenize(cmd::tokenize::TokenizeArgs),
+    /// Write the logits at every position of an input to a .npy file.
+    Logits(cmd::logits::LogitsArgs),
+    /// Encode an image into visual tokens with a vision (mmproj) GGUF.
+    EmbedImage(cmd::embed_image::EmbedImageArgs),
+    /// Interactive chat (with an image when a vision model is given).
+    Chat(cmd::chat::ChatArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info(args) => cmd::info::run(args),
+        Command::Run(args) => cmd::run::run(args),
+        Command::Tokenize(args) => cmd::tokenize::run(args),
+        Command::Logits(args) => cmd::logits::run(args),
+        Command::EmbedImage(args) => cmd::embed_image::run(args),
+        Command::Chat(args) => cmd::chat::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,3 +1,9 @@
 //! One module per subcommand.
 
+pub mod chat;
+pub mod common;
+pub mod embed_image;
 pub mod info;
+pub mod logits;
+pub mod run;
+pub mod tokenize;

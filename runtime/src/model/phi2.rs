@@ -1,0 +1,571 @@
+//! Phi-2 language model — stock (`phi2`, llama.cpp's GGUF layout) and the TinyGPT-V variant
+//! (`tinygptv`: per-head QK LayerNorm before RoPE, RMSNorm on the attention branch).
+//!
+//! Read top to bottom: configuration from GGUF metadata, weights (views into the memory map),
+//! then the forward pass over a batch of positions with the KV cache.
+
+use anyhow::{anyhow, bail, Context, Result};
+use kernels::gguf::{GgufFile, TensorInfo};
+use kernels::GgmlType;
+use rayon::prelude::*;
+
+use crate::arch::{self, blk, llm_key};
+use crate::kv_cache::{CacheType, KvCache};
+use crate::linear::{matmul, Weight};
+use crate::ops;
+
+// ---------------------------------------------------------------------------------------------
+// Configuration
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Debug)]
+pub struct Phi2Config {
+    pub arch: String,
+    pub n_vocab: usize,
+    pub n_ctx_train: usize,
+    pub n_embd: usize,
+    pub n_layer: usize,
+    pub n_ff: usize,
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub head_dim: usize,
+    pub n_rot: usize,
+    pub rope_theta: f32,
+    pub norm_eps: f32,
+    /// RMSNorm eps of the post-attention norm (TinyGPT-V only).
+    pub rms_eps: f32,
+    /// True for the TinyGPT-V variant (QK norm + post-attention RMSNorm).
+    pub tinygptv: bool,
+}
+
+impl Phi2Config {
+    pub fn from_gguf(f: &GgufFile) -> Result<Phi2Config> {
+        let arch = f
+            .architecture()
+            .ok_or_else(|| anyhow!("{}: missing general.architecture", f.path().display()))?
+            .to_string();
+        if arch != arch::ARCH_PHI2 && arch != arch::ARCH_TINYGPTV {
+            bail!(
+                "{}: architecture '{arch}' is not a language model this runtime runs (expected phi2 or tinygptv)",
+                f.path().display()
+            );
+        }
+        let u = |k: &str| -> Result<usize> { Ok(f.get_u32(&llm_key(&arch, k))? as usize) };
+        let n_embd = u("embedding_length")?;
+        let n_head = u("attention.head_count")?;
+        let n_head_kv = if f.get(&llm_key(&arch, "attention.head_count_kv")).is_some() {
+            u("attention.head_count_kv")?
+        } else {
+            n_head
+        };
+        if n_head == 0 || n_embd % n_head != 0 || n_head_kv == 0 || n_head % n_head_kv != 0 {
+            bail!(
+                "{}: bad head counts (n_embd {n_embd}, heads {n_head}, kv heads {n_head_kv})",
+                f.path().display()
+            );
+        }
+        let head_dim = n_embd / n_head;
+        let n_rot = if f.get(&llm_key(&arch, "rope.dimension_count")).is_some() {
+            u("rope.dimension_count")?
+        } else {
+            head_dim
+        };
+        if n_rot > head_dim || n_rot % 2 != 0 {
+            bail!(
+                "{}: rope.dimension_count {n_rot} does not fit head_dim {head_dim}",
+                f.path().display()
+            );
+        }
+        let rope_theta = match f.get(&llm_key(&arch, "rope.freq_base")) {
+            Some(_) => f.get_f32(&llm_key(&arch, "rope.freq_base"))?,
+            None => 10000.0,
+        };
+        let tinygptv = arch == arch::ARCH_TINYGPTV;
+        let rms_eps = if tinygptv {
+            f.get_f32(&llm_key(&arch, "attention.layer_norm_rms_epsilon"))?
+        } else {
+            0.0
+        };
+        let embd = f
+            .tensor_info("token_embd.weight")
+            .ok_or_else(|| anyhow!("{}: missing tensor token_embd.weight", f.path().display()))?;
+        let n_vocab = embd.dims.get(1).copied().unwrap_or(1) as usize;
+        Ok(Phi2Config {
+            n_vocab,
+            n_ctx_train: u("context_length")?,
+            n_embd,
+            n_layer: u("block_count")?,
+            n_ff: u("feed_forward_length")?,
+            n_head,
+            n_head_kv,
+            head_dim,
+            n_rot,
+            rope_theta,
+            norm_eps: f.get_f32(&llm_key(&arch, "attention.layer_norm_epsilon"))?,
+            rms_eps,
+            tinygptv,
+            arch,
+        })
+    }
+
+    pub fn kv_width(&self) -> usize {
+        self.n_head_kv * self.head_dim
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Weights: matrices stay in the memory map; small 1-D tensors (norms, biases) are copied to f32.
+// ---------------------------------------------------------------------------------------------
+
+/// A 2-D weight tensor located in the GGUF file.
+#[derive(Clone)]
+pub struct WeightRef {
+    info: TensorInfo,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl WeightRef {
+    pub fn ty(&self) -> GgmlType {
+        self.info.ty
+    }
+}
+
+enum Qkv {
+    /// One `[n_embd + 2·kv_width, n_embd]` matrix, rows Q;K;V.
+    Fused { w: WeightRef, b: Option<Vec<f32>> },
+    Separate {
+        q: WeightRef,
+        k: WeightRef,
+        v: WeightRef,
+        bq: Option<Vec<f32>>,
+        bk: Option<Vec<f32>>,
+        bv: Option<Vec<f32>>,
+    },
+}
+
+pub struct PhiLayer {
+    attn_norm_w: Vec<f32>,
+    attn_norm_b: Vec<f32>,
+    qkv: Qkv,
+    attn_out: WeightRef,
+    attn_out_b: Option<Vec<f32>>,
+    ffn_up: WeightRef,
+    ffn_up_b: Option<Vec<f32>>,
+    ffn_down: WeightRef,
+    ffn_down_b: Option<Vec<f32>>,
+    /// TinyGPT-V: shared per-head LayerNorm of q and k (weight, bias), `head_dim` each.
+    q_norm: Option<(Vec<f32>, Vec<f32>)>,
+    k_norm: Option<(Vec<f32>, Vec<f32>)>,
+    /// TinyGPT-V: RMSNorm weight on the attention branch.
+    post_attn_norm: Option<Vec<f32>>,
+}
+
+pub struct Phi2Model {
+    pub file: GgufFile,
+    pub cfg: Phi2Config,
+    token_embd: WeightRef,
+    layers: Vec<PhiLayer>,
+    output_norm_w: Vec<f32>,
+    output_norm_b: Vec<f32>,
+    output: WeightRef,
+    output_b: Option<Vec<f32>>,
+    rope: ops::Rope,
+}
+
+struct Loader<'a> {
+    f: &'a GgufFile,
+}
+
+impl Loader<'_> {
+    fn err_name(&self) -> String {
+        self.f.path().display().to_string()
+    }
+
+    fn info(&self, name: &str) -> Result<&TensorInfo> {
+        self.f
+            .tensor_info(name)
+            .ok_or_else(|| anyhow!("{}: missing tensor '{name}'", self.err_name()))
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.f.tensor_info(name).is_some()
+    }
+
+    /// A matrix with `cols` input elements (ne0) and `rows` outputs (ne1).
+    fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<WeightRef> {
+        let info = self.info(name)?;
+        let dims = &info.dims;
+        if dims.len() != 2 || dims[0] as usize != cols || dims[1] as usize != rows {
+            bail!(
+                "{}: tensor '{name}' has shape {:?}, expected [{cols}, {rows}]",
+                self.err_name(),
+                dims
+            );
+        }
+        match info.ty {
+            GgmlType::F32
+            | GgmlType::F16
+            | GgmlType::BF16
+            | GgmlType::Q4_0
+            | GgmlType::Q4_1
+            | GgmlType::Q5_0
+            | GgmlType::Q5_1
+            | GgmlType::Q8_0
+            | GgmlType::Q4_K
+            | GgmlType::Q5_K
+            | GgmlType::Q6_K => {}
+            t => bail!(
+                "{}: tensor '{name}' has type {t}, which cannot be used as a weight matrix",
+                self.err_name()
+            ),
+        }
+        Ok(WeightRef {
+            info: info.clone(),
+            rows,
+            cols,
+        })
+    }
+
+    /// A 1-D tensor of `len` elements as f32.
+    fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>> {
+        let info = self.info(name)?;
+        if info.n_elements() != len as u64 || info.dims.len() != 1 {
+            bail!(
+                "{}: tensor '{name}' has shape {:?}, expected [{len}]",
+                self.err_name(),
+                info.dims
+            );
+        }
+        let mut out = vec![0.0; len];
+        kernels::formats::dequantize_row(info.ty, self.f.tensor_data(info), &mut out)
+            .with_context(|| format!("{}: tensor '{name}'", self.err_name()))?;
+        Ok(out)
+    }
+
+    fn opt_vector(&self, name: &str, len: usize) -> Result<Option<Vec<f32>>> {
+        if self.has(name) {
+            self.vector(name, len).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+}
+
+impl Phi2Model {
+    pub fn load(file: GgufFile) -> Result<Phi2Model> {
+        let cfg = Phi2Config::from_gguf(&file)?;
+        let l = Loader { f: &file };
+        let (e, kvw, ff) = (cfg.n_embd, cfg.kv_width(), cfg.n_ff);
+        let mut layers = Vec::with_capacity(cfg.n_layer);
+        for i in 0..cfg.n_layer {
+            let qkv = if l.has(&blk(i, "attn_qkv.weight")) {
+                Qkv::Fused {
+                    w: l.matrix(&blk(i, "attn_qkv.weight"), e + 2 * kvw, e)?,
+                    b: l.opt_vector(&blk(i, "attn_qkv.bias"), e + 2 * kvw)?,
+                }
+            } else {
+                Qkv::Separate {
+                    q: l.matrix(&blk(i, "attn_q.weight"), e, e)?,
+                    k: l.matrix(&blk(i, "attn_k.weight"), kvw, e)?,
+                    v: l.matrix(&blk(i, "attn_v.weight"), kvw, e)?,
+                    bq: l.opt_vector(&blk(i, "attn_q.bias"), e)?,
+                    bk: l.opt_vector(&blk(i, "attn_k.bias"), kvw)?,
+                    bv: l.opt_vector(&blk(i, "attn_v.bias"), kvw)?,
+                }
+            };
+            let (q_norm, k_norm, post_attn_norm) = if cfg.tinygptv {
+                let hd = cfg.head_dim;
+                (
+                    Some((
+                        l.vector(&blk(i, "attn_q_norm.weight"), hd)?,
+                        l.vector(&blk(i, "attn_q_norm.bias"), hd)?,
+                    )),
+                    Some((
+                        l.vector(&blk(i, "attn_k_norm.weight"), hd)?,
+                        l.vector(&blk(i, "attn_k_norm.bias"), hd)?,
+                    )),
+                    Some(l.vector(&blk(i, "post_attention_norm.weight"), e)?),
+                )
+            } else {
+                (None, None, None)
+            };
+            layers.push(PhiLayer {
+                attn_norm_w: l.vector(&blk(i, "attn_norm.weight"), e)?,
+                attn_norm_b: l.vector(&blk(i, "attn_norm.bias"), e)?,
+                qkv,
+                attn_out: l.matrix(&blk(i, "attn_output.weight"), e, e)?,
+                attn_out_b: l.opt_vector(&blk(i, "attn_output.bias"), e)?,
+                ffn_up: l.matrix(&blk(i, "ffn_up.weight"), ff, e)?,
+                ffn_up_b: l.opt_vector(&blk(i, "ffn_up.bias"), ff)?,
+                ffn_down: l.matrix(&blk(i, "ffn_down.weight"), e, ff)?,
+                ffn_down_b: l.opt_vector(&blk(i, "ffn_down.bias"), e)?,
+                q_norm,
+                k_norm,
+                post_attn_norm,
+            });
+        }
+        let token_embd = l.matrix("token_embd.weight", cfg.n_vocab, e)?;
+        // llama.cpp ties output to token_embd when output.weight is absent.
+        let output = if l.has("output.weight") {
+            l.matrix("output.weight", cfg.n_vocab, e)?
+        } else {
+            token_embd.clone()
+        };
+        let rope = ops::Rope::new(cfg.n_rot, cfg.rope_theta);
+        let model = Phi2Model {
+            output_norm_w: l.vector("output_norm.weight", e)?,
+            output_norm_b: l.vector("output_norm.bias", e)?,
+            output_b: l.opt_vector("output.bias", cfg.n_vocab)?,
+            output,
+            token_embd,
+            layers,
+            rope,
+            cfg,
+            file,
+        };
+        Ok(model)
+    }
+
+    fn w<'a>(&'a self, r: &WeightRef) -> Weight<'a> {
+        Weight {
+            ty: r.info.ty,
+            data: self.file.tensor_data(&r.info),
+            rows: r.rows,
+            cols: r.cols,
+        }
+    }
+
+    /// A KV cache for this model with room for `n_ctx` positions.
+    pub fn new_cache(&self, ty: CacheType, n_ctx: usize) -> KvCache {
+        KvCache::new(ty, self.cfg.n_layer, n_ctx, self.cfg.kv_width())
+    }
+
+    /// Token embeddings `[ids.len(), n_embd]`.
+    pub fn embed_tokens(&self, ids: &[u32]) -> Result<Vec<f32>> {
+        let e = self.cfg.n_embd;
+        let w = self.w(&self.token_embd);
+        let mut x = vec![0.0; ids.len() * e];
+        for (row, &id) in x.chunks_exact_mut(e).zip(ids) {
+            if id as usize >= self.cfg.n_vocab {
+                bail!(
+                    "token id {id} is out of range (vocabulary has {} entries)",
+                    self.cfg.n_vocab
+                );
+            }
+            w.dequantize_row(id as usize, row);
+        }
+        Ok(x)
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Forward pass
+    // -----------------------------------------------------------------------------------------
+
+    /// Runs `x` (`[T, n_embd]` input embeddings at positions `cache.len .. cache.len+T`)
+    /// through the model, appending to the KV cache. Returns logits `[T, n_vocab]` when
+    /// `all_logits`, else only the last position's `[n_vocab]`.
+    pub fn forward(&self, x: Vec<f32>, cache: &mut KvCache, all_logits: bool) -> Result<Vec<f32>> {
+        let cfg = &self.cfg;
+        let e = cfg.n_embd;
+        if x.len() % e != 0 || x.is_empty() {
+            bail!("forward: input is not a whole number of {e}-wide rows");
+        }
+        let t = x.len() / e;
+        let pos0 = cache.len;
+        if pos0 + t > cache.n_ctx {
+            bail!(
+                "the sequence needs {} positions but the context holds {} (use a larger --ctx)",
+                pos0 + t,
+                cache.n_ctx
+            );
+        }
+        let mut x = x;
+        let mut h = vec![0.0; t * e];
+        for (il, layer) in self.layers.iter().enumerate() {
+            // 1. shared input LayerNorm
+            h.copy_from_slice(&x);
+            ops::layer_norm(
+                &mut h,
+                e,
+                &layer.attn_norm_w,
+                Some(&layer.attn_norm_b),
+                cfg.norm_eps,
+            );
+
+            // 2. attention branch
+            let mut a = self.attention(il, layer, &h, t, pos0, cache);
+            if let Some(g) = &layer.post_attn_norm {
+                ops::rms_norm(&mut a, e, g, cfg.rms_eps);
+            }
+
+            // 3. MLP branch on the same normalized input (parallel residual)
+            let mut up = vec![0.0; t * cfg.n_ff];
+            matmul(
+                &self.w(&layer.ffn_up),
+                layer.ffn_up_b.as_deref(),
+                &h,
+                t,
+                &mut up,
+            );
+            ops::gelu_tanh(&mut up);
+            let mut m = vec![0.0; t * e];
+            matmul(
+                &self.w(&layer.ffn_down),
+                layer.ffn_down_b.as_deref(),
+                &up,
+                t,
+                &mut m,
+            );
+
+            // 4. x ← x + attn + mlp
+            for ((xv, av), mv) in x.iter_mut().zip(&a).zip(&m) {
+                *xv += av + mv;
+            }
+        }
+        cache.len = pos0 + t;
+
+        // final LayerNorm and LM head (only the rows that need logits)
+        let rows: &mut [f32] = if all_logits {
+            &mut x
+        } else {
+            &mut x[(t - 1) * e..]
+        };
+        let n_rows = rows.len() / e;
+        ops::layer_norm(
+            rows,
+            e,
+            &self.output_norm_w,
+            Some(&self.output_norm_b),
+            cfg.norm_eps,
+        );
+        let mut logits = vec![0.0; n_rows * cfg.n_vocab];
+        matmul(
+            &self.w(&self.output),
+            self.output_b.as_deref(),
+            rows,
+            n_rows,
+            &mut logits,
+        );
+        Ok(logits)
+    }
+
+    /// Self-attention for `t` new positions starting at `pos0`; returns `attn_output(...)`.
+    fn attention(
+        &self,
+        il: usize,
+        layer: &PhiLayer,
+        h: &[f32],
+        t: usize,
+        pos0: usize,
+        cache: &mut KvCache,
+    ) -> Vec<f32> {
+        let cfg = &self.cfg;
+        let (e, kvw, hd) = (cfg.n_embd, cfg.kv_width(), cfg.head_dim);
+
+        // Q, K, V projections
+        let mut q = vec![0.0; t * e];
+        let mut k = vec![0.0; t * kvw];
+        let mut v = vec![0.0; t * kvw];
+        match &layer.qkv {
+            Qkv::Fused { w, b } => {
+                let width = e + 2 * kvw;
+                let mut qkv = vec![0.0; t * width];
+                matmul(&self.w(w), b.as_deref(), h, t, &mut qkv);
+                for (i, row) in qkv.chunks_exact(width).enumerate() {
+                    q[i * e..(i + 1) * e].copy_from_slice(&row[..e]);
+                    k[i * kvw..(i + 1) * kvw].copy_from_slice(&row[e..e + kvw]);
+                    v[i * kvw..(i + 1) * kvw].copy_from_slice(&row[e + kvw..]);
+                }
+            }
+            Qkv::Separate {
+                q: wq,
+                k: wk,
+                v: wv,
+                bq,
+                bk,
+                bv,
+            } => {
+                matmul(&self.w(wq), bq.as_deref(), h, t, &mut q);
+                matmul(&self.w(wk), bk.as_deref(), h, t, &mut k);
+                matmul(&self.w(wv), bv.as_deref(), h, t, &mut v);
+            }
+        }
+
+        // TinyGPT-V: LayerNorm of every head vector (shared parameters), before RoPE
+        if let Some((w, b)) = &layer.q_norm {
+            ops::layer_norm(&mut q, hd, w, Some(b), cfg.norm_eps);
+        }
+        if let Some((w, b)) = &layer.k_norm {
+            ops::layer_norm(&mut k, hd, w, Some(b), cfg.norm_eps);
+        }
+
+        // partial NeoX RoPE on the first n_rot dims of each head; q pre-scaled by 1/√head_dim
+        let scale = 1.0 / (hd as f32).sqrt();
+        for i in 0..t {
+            let pos = pos0 + i;
+            for head in q[i * e..(i + 1) * e].chunks_exact_mut(hd) {
+                self.rope.apply(head, pos);
+                head.iter_mut().for_each(|v| *v *= scale);
+            }
+            for head in k[i * kvw..(i + 1) * kvw].chunks_exact_mut(hd) {
+                self.rope.apply(head, pos);
+            }
+        }
+        cache.store(il, pos0, &k, &v);
+
+        // causal softmax attention per head, f32 scores
+        let n_kv = pos0 + t;
+        let group = cfg.n_head / cfg.n_head_kv;
+        let cache_ref: &KvCache = cache;
+        let heads: Vec<Vec<f32>> = (0..cfg.n_head)
+            .into_par_iter()
+            .map(|hh| {
+                let kvh = hh / group;
+                let mut keys = vec![0.0; n_kv * hd];
+                let mut vals = vec![0.0; n_kv * hd];
+                for p in 0..n_kv {
+                    cache_ref.read_k(il, p, kvh * hd, &mut keys[p * hd..(p + 1) * hd]);
+                    cache_ref.read_v(il, p, kvh * hd, &mut vals[p * hd..(p + 1) * hd]);
+                }
+                let mut out = vec![0.0; t * hd];
+                let mut scores = vec![0.0; n_kv];
+                for i in 0..t {
+                    let qv = &q[i * e + hh * hd..i * e + (hh + 1) * hd];
+                    let n = pos0 + i + 1; // causal: positions 0..=pos0+i
+                    for (p, s) in scores[..n].iter_mut().enumerate() {
+                        *s = dot(qv, &keys[p * hd..(p + 1) * hd]);
+                    }
+                    ops::softmax(&mut scores[..n]);
+                    let o = &mut out[i * hd..(i + 1) * hd];
+                    for (p, &s) in scores[..n].iter().enumerate() {
+                        for (ov, &vv) in o.iter_mut().zip(&vals[p * hd..(p + 1) * hd]) {
+                            *ov += s * vv;
+                        }
+                    }
+                }
+                out
+            })
+            .collect();
+        let mut attn = vec![0.0; t * e];
+        for (hh, out) in heads.iter().enumerate() {
+            for i in 0..t {
+                attn[i * e + hh * hd..i * e + (hh + 1) * hd]
+                    .copy_from_slice(&out[i * hd..(i + 1) * hd]);
+            }
+        }
+        let mut a = vec![0.0; t * e];
+        matmul(
+            &self.w(&layer.attn_out),
+            layer.attn_out_b.as_deref(),
+            &attn,
+            t,
+            &mut a,
+        );
+        a
+    }
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}

@@ -1,0 +1,239 @@
+//! Row-wise f32 operations shared by the language model and the vision tower.
+//!
+//! Everything here is the plain, readable reference: norms, activations, softmax and RoPE over
+//! f32 rows. Residual streams and norms always stay in f32 (spec §13).
+
+/// LayerNorm of each `dim`-sized row of `x` in place: `(x - mean) / sqrt(var + eps) * w + b`.
+pub fn layer_norm(x: &mut [f32], dim: usize, weight: &[f32], bias: Option<&[f32]>, eps: f32) {
+    for row in x.chunks_exact_mut(dim) {
+        layer_norm_row(row, weight, bias, eps);
+    }
+}
+
+/// LayerNorm of one row; mean and variance are accumulated in f64 so eps = 1e-12 (Q-Former)
+/// behaves like the float64 reference.
+pub fn layer_norm_row(row: &mut [f32], weight: &[f32], bias: Option<&[f32]>, eps: f32) {
+    let n = row.len() as f64;
+    let mean = row.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let var = row
+        .iter()
+        .map(|&v| {
+            let d = v as f64 - mean;
+            d * d
+        })
+        .sum::<f64>()
+        / n;
+    let inv = 1.0 / (var + eps as f64).sqrt();
+    match bias {
+        Some(b) => {
+            for ((v, &w), &b) in row.iter_mut().zip(weight).zip(b) {
+                *v = ((*v as f64 - mean) * inv) as f32 * w + b;
+            }
+        }
+        None => {
+            for (v, &w) in row.iter_mut().zip(weight) {
+                *v = ((*v as f64 - mean) * inv) as f32 * w;
+            }
+        }
+    }
+}
+
+/// RMSNorm of each `dim`-sized row in place: `x / sqrt(mean(x²) + eps) * w` (LlamaRMSNorm).
+pub fn rms_norm(x: &mut [f32], dim: usize, weight: &[f32], eps: f32) {
+    for row in x.chunks_exact_mut(dim) {
+        let ms = row.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / dim as f64;
+        let inv = (1.0 / (ms + eps as f64).sqrt()) as f32;
+        for (v, &w) in row.iter_mut().zip(weight) {
+            *v = *v * inv * w;
+        }
+    }
+}
+
+/// `gelu_new` / ggml_gelu: the tanh approximation (Phi-2's MLP).
+pub fn gelu_tanh(x: &mut [f32]) {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    for v in x {
+        let z = *v;
+        *v = 0.5 * z * (1.0 + (SQRT_2_OVER_PI * (z + 0.044715 * z * z * z)).tanh());
+    }
+}
+
+/// Exact GELU, `0.5·x·(1 + erf(x/√2))` (EVA ViT and Q-Former).
+pub fn gelu_erf(x: &mut [f32]) {
+    for v in x {
+        let z = *v as f64;
+        *v = (0.5 * z * (1.0 + erf(z / std::f64::consts::SQRT_2))) as f32;
+    }
+}
+
+/// erf with ~1e-15 accuracy (W. J. Cody's rational approximations, as in libm).
+pub fn erf(x: f64) -> f64 {
+    // Abramowitz-Stegun style series / continued fraction split at |x| = 2.
+    let ax = x.abs();
+    let r = if ax < 2.0 {
+        // Maclaurin series: erf(x) = 2/√π Σ (-1)^n x^(2n+1) / (n! (2n+1))
+        let x2 = ax * ax;
+        let mut term = ax;
+        let mut sum = ax;
+        let mut n = 0.0;
+        loop {
+            n += 1.0;
+            term *= -x2 / n;
+            let add = term / (2.0 * n + 1.0);
+            sum += add;
+            if add.abs() < 1e-17 * sum.abs() {
+                break;
+            }
+        }
+        sum * std::f64::consts::FRAC_2_SQRT_PI
+    } else {
+        1.0 - erfc_cf(ax)
+    };
+    if x < 0.0 {
+        -r
+    } else {
+        r
+    }
+}
+
+/// erfc(x) for x ≥ 2 by its continued fraction (Lentz).
+fn erfc_cf(x: f64) -> f64 {
+    // erfc(x) = exp(-x²)/√π · 1/(x + 1/2/(x + 1/(x + 3/2/(x + 2/(x + …)))))
+    let tiny = 1e-300;
+    let mut f = x;
+    if f == 0.0 {
+        f = tiny;
+    }
+    let mut c = f;
+    let mut d = 0.0;
+    for i in 1..200 {
+        let a = i as f64 / 2.0;
+        d = x + a * d;
+        if d == 0.0 {
+            d = tiny;
+        }
+        c = x + a / c;
+        if c == 0.0 {
+            c = tiny;
+        }
+        d = 1.0 / d;
+        let delta = c * d;
+        f *= delta;
+        if (delta - 1.0).abs() < 1e-16 {
+            break;
+        }
+    }
+    (-x * x).exp() / (f * std::f64::consts::PI.sqrt())
+}
+
+/// Softmax of one row in place (f32 with an f64 sum).
+pub fn softmax(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0f64;
+    for v in row.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v as f64;
+    }
+    let inv = (1.0 / sum) as f32;
+    for v in row.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// Adds `bias` to every `bias.len()`-sized row of `x`.
+pub fn add_bias(x: &mut [f32], bias: &[f32]) {
+    for row in x.chunks_exact_mut(bias.len()) {
+        for (v, &b) in row.iter_mut().zip(bias) {
+            *v += b;
+        }
+    }
+}
+
+/// Precomputed cos/sin for partial NeoX RoPE ("rotate half") over the first `n_rot` dims.
+pub struct Rope {
+    pub n_rot: usize,
+    inv_freq: Vec<f64>,
+}
+
+impl Rope {
+    pub fn new(n_rot: usize, theta: f32) -> Rope {
+        let half = n_rot / 2;
+        let inv_freq = (0..half)
+            .map(|i| (theta as f64).powf(-(2.0 * i as f64) / n_rot as f64))
+            .collect();
+        Rope { n_rot, inv_freq }
+    }
+
+    /// Rotates one head vector at position `pos`: for j < n_rot/2,
+    /// `y_j = x_j·c − x_{j+h}·s`, `y_{j+h} = x_{j+h}·c + x_j·s`; other dims pass through.
+    pub fn apply(&self, head: &mut [f32], pos: usize) {
+        let half = self.n_rot / 2;
+        for j in 0..half {
+            let angle = pos as f64 * self.inv_freq[j];
+            let (s, c) = angle.sin_cos();
+            let (c, s) = (c as f32, s as f32);
+            let a = head[j];
+            let b = head[j + half];
+            head[j] = a * c - b * s;
+            head[j + half] = b * c + a * s;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn erf_matches_known_values() {
+        // Values from standard tables.
+        let cases = [
+            (0.0, 0.0),
+            (0.5, 0.520_499_877_813_046_5),
+            (1.0, 0.842_700_792_949_714_9),
+            (2.0, 0.995_322_265_018_952_7),
+            (3.0, 0.999_977_909_503_001_4),
+            (-1.5, -0.966_105_146_475_310_7),
+        ];
+        for (x, want) in cases {
+            assert!(
+                (erf(x) - want).abs() < 1e-14,
+                "erf({x}) = {} want {want}",
+                erf(x)
+            );
+        }
+    }
+
+    #[test]
+    fn layer_norm_normalizes() {
+        let mut x = vec![1.0, 2.0, 3.0, 4.0];
+        layer_norm(&mut x, 4, &[1.0; 4], Some(&[0.5; 4]), 0.0);
+        let mean: f32 = x.iter().sum::<f32>() / 4.0;
+        assert!((mean - 0.5).abs() < 1e-6);
+        assert!((x[0] - (0.5 - 1.341_640_8)).abs() < 1e-5);
+    }
+
+    #[test]
+    fn rope_rotates_pairs_and_keeps_tail() {
+        let rope = Rope::new(4, 10000.0);
+        let mut h = vec![1.0, 0.0, 0.0, 1.0, 7.0];
+        rope.apply(&mut h, 1);
+        // pair (0, 2) at angle 1 rad, pair (1, 3) at angle 0.01 rad
+        assert!((h[0] - 1f32.cos()).abs() < 1e-6);
+        assert!((h[2] - 1f32.sin()).abs() < 1e-6);
+        assert!((h[1] - -(0.01f32).sin()).abs() < 1e-6);
+        assert!((h[3] - (0.01f32).cos()).abs() < 1e-6);
+        assert_eq!(h[4], 7.0);
+    }
+
+    #[test]
+    fn gelu_variants() {
+        let mut a = vec![1.0f32, -2.0];
+        gelu_erf(&mut a);
+        assert!((a[0] - 0.841_344_7).abs() < 1e-6);
+        assert!((a[1] - -0.045_500_26).abs() < 1e-6);
+        let mut b = vec![1.0f32];
+        gelu_tanh(&mut b);
+        assert!((b[0] - 0.841_192).abs() < 1e-5);
+    }
+}

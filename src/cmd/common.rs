@@ -1,0 +1,38 @@
+//! Argument helpers shared by the subcommands.
+
+use anyhow::{Context, Result};
+
+/// `--prompt @file.txt` reads the prompt from a file; anything else is the prompt itself.
+pub fn read_prompt(arg: &str) -> Result<String> {
+    match arg.strip_prefix('@') {
+        Some(path) => {
+            std::fs::read_to_string(path).with_context(|| format!("reading prompt file {path}"))
+        }
+        None => Ok(arg.to_string()),
+    }
+}
+
+/// Sets up the global rayon pool with `threads` workers (default: physical cores).
+pub fn init_threads(threads: Option<usize>) -> usize {
+    let n = threads
+        .filter(|&n| n > 0)
+        .unwrap_or_else(num_cpus::get_physical)
+        .max(1);
+    // Only the first call in a process takes effect; later ones keep the existing pool.
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global();
+    rayon::current_num_threads()
+}
+
+/// Parses `1,2,3` into token ids.
+pub fn parse_token_list(s: &str) -> Result<Vec<u32>> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| {
+            t.parse::<u32>()
+                .with_context(|| format!("'{t}' is not a token id"))
+        })
+        .collect()
+}
