@@ -31,6 +31,10 @@ enum Command {
     EmbedImage(cmd::embed_image::EmbedImageArgs),
     /// Interactive chat (with an image when a vision model is given).
     Chat(cmd::chat::ChatArgs),
+    /// Convert Phi-2 / TinyGPT-V checkpoints to GGUF.
+    Convert(cmd::convert::ConvertArgs),
+    /// Re-quantize an F32/F16/BF16 GGUF.
+    Quantize(cmd::convert::QuantizeArgs),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +46,8 @@ fn main() -> ExitCode {
         Command::Logits(args) => cmd::logits::run(args),
         Command::EmbedImage(args) => cmd::embed_image::run(args),
         Command::Chat(args) => cmd::chat::run(args),
+        Command::Convert(args) => cmd::convert::run_convert(args),
+        Command::Quantize(args) => cmd::convert::run_quantize(args),
     };
     match result {
         Ok(code) => code,

@@ -2,6 +2,7 @@
 
 pub mod chat;
 pub mod common;
+pub mod convert;
 pub mod embed_image;
 pub mod info;
 pub mod logits;

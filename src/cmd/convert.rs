@@ -1,0 +1,144 @@
+//! `tinygptv convert` (checkpoints → GGUF) and `tinygptv quantize` (GGUF → GGUF).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use converter::phi2::{plan_language_model, read_stage_checkpoint, TinyGptvLm};
+use converter::plan::INTERRUPTED;
+use converter::policy::Target;
+
+use super::common::init_threads;
+
+#[derive(clap::Args)]
+pub struct ConvertArgs {
+    /// HuggingFace Phi-2 directory (config.json, tokenizer files, safetensors or pytorch_model.bin).
+    #[arg(long)]
+    pub phi2: PathBuf,
+    /// Output type: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k or q4_k_m.
+    #[arg(long = "type")]
+    pub ty: Target,
+    /// Output language-model GGUF.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// TinyGPT-V stage checkpoint (TinyGPT-V_for_StageN.pth); without it the output is stock phi2.
+    #[arg(long)]
+    pub tinygptv: Option<PathBuf>,
+    /// EVA ViT-g checkpoint (eva_vit_g.pth), for the vision file.
+    #[arg(long, requires_all = ["blip2", "mmproj_out", "tinygptv"])]
+    pub eva: Option<PathBuf>,
+    /// BLIP-2 checkpoint (blip2_pretrained_flant5xxl.pth), for the vision file.
+    #[arg(long, requires = "eva")]
+    pub blip2: Option<PathBuf>,
+    /// TinyGPT-V stage (3: 224 px, MiniGPT-4 template; 4: 448 px, MiniGPT-v2 template)
+    /// [default: from the checkpoint's config, else 3].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(3..=4))]
+    pub stage: Option<u32>,
+    /// Output vision (mmproj) GGUF.
+    #[arg(long, requires = "eva")]
+    pub mmproj_out: Option<PathBuf>,
+    /// LoRA alpha (scaling = alpha / r) [default: from the checkpoint's config, else 16].
+    #[arg(long)]
+    pub lora_alpha: Option<f64>,
+    /// ViT blocks to keep [default: all in the EVA file but the last, as BLIP-2 does].
+    #[arg(long)]
+    pub vision_blocks: Option<usize>,
+    /// Input image size of the vision file [default: 224-native for stage 3, 448 for stage 4].
+    #[arg(long)]
+    pub image_size: Option<usize>,
+    /// ViT attention heads.
+    #[arg(long, default_value_t = 16)]
+    pub vision_heads: usize,
+    /// Q-Former attention heads.
+    #[arg(long, default_value_t = 12)]
+    pub qformer_heads: usize,
+    /// Quantize every matrix to TYPE (no higher-precision output.weight, no mixtures).
+    #[arg(long)]
+    pub pure: bool,
+    /// Threads for quantization (default: physical cores).
+    #[arg(long, short = 't')]
+    pub threads: Option<usize>,
+}
+
+#[derive(clap::Args)]
+pub struct QuantizeArgs {
+    /// Input GGUF (F32, F16 or BF16).
+    pub input: PathBuf,
+    /// Output GGUF.
+    pub output: PathBuf,
+    /// Target type (as for convert).
+    #[arg(value_name = "TYPE")]
+    pub ty: Target,
+    /// Quantize every matrix to TYPE.
+    #[arg(long)]
+    pub pure: bool,
+    /// Threads (default: physical cores).
+    #[arg(long, short = 't')]
+    pub threads: Option<usize>,
+}
+
+fn install_interrupt_handler() {
+    let _ = ctrlc::set_handler(|| {
+        if INTERRUPTED.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupted: stopping after the current tensor (Ctrl-C again to exit now)");
+    });
+}
+
+fn quiet() -> bool {
+    use std::io::IsTerminal;
+    !std::io::stderr().is_terminal()
+}
+
+pub fn run_convert(args: ConvertArgs) -> Result<ExitCode> {
+    init_threads(args.threads);
+    install_interrupt_handler();
+    let dir = converter::HfModelDir::open(&args.phi2)?;
+
+    let stage_ck = match &args.tinygptv {
+        Some(p) => Some(read_stage_checkpoint(p).with_context(|| format!("reading {}", p.display()))?),
+        None => None,
+    };
+    let stage = args.stage.or(stage_ck.as_ref().and_then(|s| s.stage)).unwrap_or(3);
+    let lm_extra = stage_ck.as_ref().map(|s| {
+        Arc::new(TinyGptvLm {
+            sd: s.sd.clone(),
+            prefix: s.prefix.clone(),
+            lora_alpha: args.lora_alpha.or(s.lora_alpha).unwrap_or(16.0),
+            stage,
+        })
+    });
+    let plan = plan_language_model(&dir, args.ty, args.pure, lm_extra)?;
+    if !quiet() {
+        eprintln!("converting {} → {} ({})", args.phi2.display(), args.out.display(), args.ty.name());
+    }
+    plan.write(&args.out, false)?;
+
+    if let (Some(eva), Some(blip2), Some(out), Some(ck)) = (&args.eva, &args.blip2, &args.mmproj_out, &stage_ck) {
+        let opts = converter::vision::VisionOptions {
+            stage,
+            image_size: args.image_size.or(if stage == 4 { ck.image_size } else { None }),
+            vision_blocks: args.vision_blocks,
+            vision_heads: args.vision_heads,
+            qformer_heads: args.qformer_heads,
+            target: args.ty,
+            pure: args.pure,
+        };
+        let plan = converter::vision::plan_vision(eva, blip2, &ck.sd, &opts)?;
+        plan.write(out, false)?;
+    } else if args.eva.is_some() {
+        bail!("--eva needs --blip2, --tinygptv and --mmproj-out");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn run_quantize(args: QuantizeArgs) -> Result<ExitCode> {
+    init_threads(args.threads);
+    install_interrupt_handler();
+    let plan = converter::requantize::plan_requantize(&args.input, args.ty, args.pure)?;
+    plan.write(&args.output, false)?;
+    Ok(ExitCode::SUCCESS)
+}
