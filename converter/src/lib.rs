@@ -7,6 +7,7 @@ pub mod phi2;
 pub mod plan;
 pub mod policy;
 pub mod requantize;
+pub mod synth;
 pub mod pickle;
 pub mod safetensors;
 pub mod torch;

@@ -564,9 +564,12 @@ mod tests {
     #[test]
     fn interleave_permutation_round_trips() {
         let perm = interleaved_rows(2, 3);
-        // contiguous row 3 = K of head 0, dim 0 = interleaved row 0·9 + 1·3 + 0 = 3
-        assert_eq!(perm[6], 6 - 6 + 6); // V head0 d0 = 0*9+2*3+0 = 6
-        assert_eq!(perm[3], 9); // contiguous row 3 = Q head1 d0 = 1*9+0*3+0
+        // 2 heads of 3: contiguous row 6 = K of head 0, dim 0 = interleaved row 0·9 + 1·3 + 0
+        assert_eq!(perm[6], 3);
+        // contiguous row 3 = Q of head 1, dim 0 = interleaved row 1·9 + 0·3 + 0
+        assert_eq!(perm[3], 9);
+        // contiguous row 13 = V of head 0, dim 1 = interleaved row 0·9 + 2·3 + 1
+        assert_eq!(perm[13], 7);
         let src: Vec<f32> = (0..18).map(|v| v as f32).collect();
         let back = scatter_rows(&gather_rows(&src, 1, &perm), 1, &perm);
         assert_eq!(back, src);
