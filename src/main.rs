@@ -35,6 +35,10 @@ enum Command {
     Convert(cmd::convert::ConvertArgs),
     /// Re-quantize an F32/F16/BF16 GGUF.
     Quantize(cmd::convert::QuantizeArgs),
+    /// Write random-weight models at the real shapes (for benchmarks).
+    Synth(cmd::synth::SynthArgs),
+    /// Measure prompt processing, generation and image-encode speed (optionally vs llama.cpp).
+    Bench(cmd::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +52,8 @@ fn main() -> ExitCode {
         Command::Chat(args) => cmd::chat::run(args),
         Command::Convert(args) => cmd::convert::run_convert(args),
         Command::Quantize(args) => cmd::convert::run_quantize(args),
+        Command::Synth(args) => cmd::synth::run(args),
+        Command::Bench(args) => cmd::bench::run(args),
     };
     match result {
         Ok(code) => code,

@@ -442,11 +442,10 @@ pub fn plan_language_model(dir: &HfModelDir, target: Target, pure: bool, tinygpt
                 let (mut w, _) = qkv_interleaved(&base2, &names, &hp2, i)?;
                 let e = hp2.n_embd;
                 if let Some(tg) = &tg2 {
-                    let module = format!("model.layers.{i}.self_attn.query_key_value");
-                    let lora = find_lora(tg, &module).ok_or_else(|| {
-                        anyhow!("{}: no LoRA for {module} (expected {}{module}.lora_A.weight)", tg.sd.path().display(), tg.prefix)
-                    })?;
-                    apply_lora(&mut w, 3 * e, e, lora, tg.lora_alpha)?;
+                    // every trainable key of a stage file is optional (spec §19): no LoRA, no merge
+                    if let Some(lora) = find_lora(tg, &format!("model.layers.{i}.self_attn.query_key_value")) {
+                        apply_lora(&mut w, 3 * e, e, lora, tg.lora_alpha)?;
+                    }
                 }
                 Ok(gather_rows(&w, e, &interleaved_rows(hp2.n_head, e / hp2.n_head)))
             });
@@ -469,11 +468,9 @@ pub fn plan_language_model(dir: &HfModelDir, target: Target, pure: bool, tinygpt
                 let tg = tg.clone();
                 Box::new(move || {
                     let mut w = read_checked(&dense_w, &[e, e])?;
-                    let module = format!("model.layers.{i}.self_attn.dense");
-                    let lora = find_lora(&tg, &module).ok_or_else(|| {
-                        anyhow!("{}: no LoRA for {module} (expected {}{module}.lora_A.weight)", tg.sd.path().display(), tg.prefix)
-                    })?;
-                    apply_lora(&mut w, e, e, lora, tg.lora_alpha)?;
+                    if let Some(lora) = find_lora(&tg, &format!("model.layers.{i}.self_attn.dense")) {
+                        apply_lora(&mut w, e, e, lora, tg.lora_alpha)?;
+                    }
                     Ok(w)
                 })
             }
@@ -485,9 +482,13 @@ pub fn plan_language_model(dir: &HfModelDir, target: Target, pure: bool, tinygpt
         if let Some(tg) = &tinygptv {
             let hd = e / hp.n_head;
             for (hf, g) in [("q_layernorm", "attn_q_norm"), ("k_layernorm", "attn_k_norm")] {
+                // absent from the stage file: the freshly initialised LayerNorm (weight 1, bias 0)
                 let wname = format!("{}model.layers.{i}.self_attn.{hf}.weight", tg.prefix);
-                let w = tg.sd.get(&wname)?;
-                add(&mut plan, blk(i, &format!("{g}.weight")), vec![hd as u64], src_tensor(w, vec![hd]));
+                let weight: Source = match tg.sd.find(&wname) {
+                    Some(t) => src_tensor(t, vec![hd]),
+                    None => Box::new(move || Ok(vec![1.0; hd])),
+                };
+                add(&mut plan, blk(i, &format!("{g}.weight")), vec![hd as u64], weight);
                 // bias absent from the stage file: stays at its init value 0 (spec §6)
                 let bname = format!("{}model.layers.{i}.self_attn.{hf}.bias", tg.prefix);
                 let bias: Source = match tg.sd.find(&bname) {
@@ -497,7 +498,11 @@ pub fn plan_language_model(dir: &HfModelDir, target: Target, pure: bool, tinygpt
                 add(&mut plan, blk(i, &format!("{g}.bias")), vec![hd as u64], bias);
             }
             let pname = format!("{}model.layers.{i}.post_layernorm.weight", tg.prefix);
-            add(&mut plan, blk(i, "post_attention_norm.weight"), vec![e as u64], src_tensor(tg.sd.get(&pname)?, vec![e]));
+            let post: Source = match tg.sd.find(&pname) {
+                Some(t) => src_tensor(t, vec![e]),
+                None => Box::new(move || Ok(vec![1.0; e])),
+            };
+            add(&mut plan, blk(i, "post_attention_norm.weight"), vec![e as u64], post);
         }
 
         // MLP
@@ -554,6 +559,12 @@ pub fn read_stage_checkpoint(path: &Path) -> Result<StageCheckpoint> {
         .find(|p| sd.names().any(|n| n.starts_with(p) && n.contains("model.layers.")))
         .unwrap_or("llama_model.base_model.model.")
         .to_string();
+    if !sd.contains("llama_proj.weight") && !sd.names().any(|n| n.starts_with(&prefix) && n.contains("model.layers.")) {
+        bail!(
+            "{}: does not look like a TinyGPT-V stage checkpoint (no llama_proj.weight and no {prefix}model.layers.* keys)",
+            path.display()
+        );
+    }
     Ok(StageCheckpoint { sd, prefix, stage, lora_alpha, image_size })
 }
 

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod bench;
 pub mod chat;
 pub mod common;
 pub mod convert;
@@ -7,4 +8,5 @@ pub mod embed_image;
 pub mod info;
 pub mod logits;
 pub mod run;
+pub mod synth;
 pub mod tokenize;

@@ -58,3 +58,32 @@ pub fn argmax(row: &[f32]) -> usize {
     }
     best
 }
+
+/// Converts the miniature vision tower for `stage` (3: 28 px native, 4: 56 px) to `out`.
+pub fn convert_vision(stage: u32, ty: &str, out: &Path) {
+    let ck = read_stage_checkpoint(&fixtures().join(format!("checkpoints/tinygptv_stage{stage}.pth"))).unwrap();
+    let target: Target = ty.parse().unwrap();
+    let mut opts = converter::vision::VisionOptions::new(stage, target);
+    opts.vision_heads = 4;
+    opts.qformer_heads = 4;
+    opts.image_size = Some(if stage == 4 { 56 } else { 28 });
+    let plan = converter::vision::plan_vision(
+        &fixtures().join("checkpoints/eva_vit_g.pth"),
+        &fixtures().join("checkpoints/blip2_pretrained.pth"),
+        &ck.sd,
+        &opts,
+    )
+    .unwrap();
+    plan.write(out, true).unwrap();
+}
+
+/// Cosine similarity of two vectors (f64 accumulation).
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let (mut ab, mut aa, mut bb) = (0.0f64, 0.0f64, 0.0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        ab += x as f64 * y as f64;
+        aa += x as f64 * x as f64;
+        bb += y as f64 * y as f64;
+    }
+    ab / (aa.sqrt() * bb.sqrt()).max(1e-300)
+}

@@ -1,0 +1,198 @@
+//! `tinygptv bench --model FILE.gguf [-p 512] [-n 128] [-t N] [-r 5] [--vs-llama-cpp] [--json] [--mmproj VISION.gguf]`
+//!
+//! llama-bench-style measurements: `pp<N>` = one batched forward over N prompt tokens from an
+//! empty cache, `tg<N>` = N single-token forwards, `image` = one image encode; mean ± sd of
+//! tokens (or images) per second over the repetitions. Also measures the memory read bandwidth
+//! and the decode roofline (bytes of weights read per token ÷ bandwidth).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use rayon::prelude::*;
+use runtime::kv_cache::CacheType;
+
+use super::common::init_threads;
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Language-model GGUF.
+    #[arg(long, short = 'm')]
+    pub model: PathBuf,
+    /// Prompt length of the pp test (0 = skip).
+    #[arg(short = 'p', long = "n-prompt", default_value_t = 512)]
+    pub n_prompt: usize,
+    /// Generated tokens of the tg test (0 = skip).
+    #[arg(short = 'n', long = "n-gen", default_value_t = 128)]
+    pub n_gen: usize,
+    /// Threads (default: physical cores).
+    #[arg(long, short = 't')]
+    pub threads: Option<usize>,
+    /// Repetitions.
+    #[arg(short = 'r', long = "repetitions", default_value_t = 5)]
+    pub reps: usize,
+    /// Also run llama.cpp on the same file and thread count (needs the `llama-cpp` feature).
+    #[arg(long)]
+    pub vs_llama_cpp: bool,
+    /// Vision GGUF: adds the image-encode test.
+    #[arg(long)]
+    pub mmproj: Option<PathBuf>,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(serde::Serialize, Clone)]
+pub struct BenchResult {
+    pub engine: String,
+    pub test: String,
+    pub tokens_per_s: f64,
+    pub stddev: f64,
+}
+
+pub fn mean_sd(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let var = if v.len() > 1 { v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+    (mean, var.sqrt())
+}
+
+/// Read bandwidth of the machine with the current thread pool: repeated sums over a buffer
+/// much larger than the caches, best of 3.
+pub fn read_bandwidth_gb_s() -> f64 {
+    let n = 256 << 20; // 1 GiB of f32
+    let buf: Vec<f32> = (0..n).into_par_iter().map(|i| (i & 7) as f32).collect();
+    let mut best: f64 = 0.0;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let s: f32 = buf.par_chunks(1 << 16).map(|c| c.iter().copied().fold(0.0f32, |a, b| a + b)).sum();
+        let secs = t.elapsed().as_secs_f64();
+        std::hint::black_box(s);
+        best = best.max((n * 4) as f64 / secs / 1e9);
+    }
+    best
+}
+
+pub fn run(args: BenchArgs) -> Result<ExitCode> {
+    let threads = init_threads(args.threads);
+    if args.reps == 0 {
+        bail!("-r must be at least 1");
+    }
+    let lm = runtime::llm::load_language_model(&args.model)?;
+    let model = &lm.model;
+    let cfg = &model.cfg;
+    let n_ctx = (args.n_prompt.max(args.n_gen) + 1).min(cfg.n_ctx_train.max(args.n_prompt + 1));
+    let mut results = Vec::new();
+
+    // deterministic "random" token ids below the tokenizer's size
+    let vocab = lm.tokenizer.vocab_size().min(cfg.n_vocab) as u64;
+    let token = |i: usize| ((i as u64).wrapping_mul(2_654_435_761) % vocab.max(1)) as u32;
+
+    // warm-up (page in the weights)
+    {
+        let mut c = model.new_cache(CacheType::F16, 2);
+        model.forward(model.embed_tokens(&[token(0)])?, &mut c, false)?;
+    }
+    if args.n_prompt > 0 {
+        let ids: Vec<u32> = (0..args.n_prompt).map(token).collect();
+        let mut tps = Vec::new();
+        for _ in 0..args.reps {
+            let mut c = model.new_cache(CacheType::F16, n_ctx);
+            let t = Instant::now();
+            model.forward(model.embed_tokens(&ids)?, &mut c, false)?;
+            tps.push(args.n_prompt as f64 / t.elapsed().as_secs_f64());
+        }
+        let (m, sd) = mean_sd(&tps);
+        results.push(BenchResult { engine: "tinygptv".into(), test: format!("pp{}", args.n_prompt), tokens_per_s: m, stddev: sd });
+    }
+    if args.n_gen > 0 {
+        let mut tps = Vec::new();
+        for _ in 0..args.reps {
+            let mut c = model.new_cache(CacheType::F16, n_ctx);
+            let t = Instant::now();
+            for i in 0..args.n_gen {
+                model.forward(model.embed_tokens(&[token(i)])?, &mut c, false)?;
+            }
+            tps.push(args.n_gen as f64 / t.elapsed().as_secs_f64());
+        }
+        let (m, sd) = mean_sd(&tps);
+        results.push(BenchResult { engine: "tinygptv".into(), test: format!("tg{}", args.n_gen), tokens_per_s: m, stddev: sd });
+    }
+    if let Some(mmproj) = &args.mmproj {
+        let tower = runtime::vision::load_vision_tower(mmproj)?;
+        let s = tower.cfg.image_size;
+        let pixels: Vec<f32> = (0..3 * s * s).map(|i| ((i % 255) as f32 / 255.0 - 0.45) / 0.27).collect();
+        tower.encode(&pixels)?; // warm-up
+        let mut ips = Vec::new();
+        for _ in 0..args.reps {
+            let t = Instant::now();
+            tower.encode(&pixels)?;
+            ips.push(1.0 / t.elapsed().as_secs_f64());
+        }
+        let (m, sd) = mean_sd(&ips);
+        results.push(BenchResult { engine: "tinygptv".into(), test: "image".into(), tokens_per_s: m, stddev: sd });
+    }
+    if args.vs_llama_cpp {
+        results.extend(llama_cpp_results(&args, threads)?);
+    }
+
+    // decode roofline: every weight matrix except the embedding table is read once per token
+    let weight_bytes: u64 = model
+        .file
+        .tensors()
+        .iter()
+        .filter(|t| t.name != "token_embd.weight")
+        .map(|t| t.n_bytes)
+        .sum();
+    let bw = read_bandwidth_gb_s();
+    let roofline = bw * 1e9 / weight_bytes as f64;
+
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "model": args.model,
+                "threads": threads,
+                "bandwidth_gb_s": bw,
+                "roofline_tg_tokens_per_s": roofline,
+                "results": results,
+            })
+        );
+    } else {
+        let size = model.file.file_size() as f64 / (1u64 << 30) as f64;
+        println!("model: {} ({size:.2} GiB), threads: {threads}", args.model.display());
+        println!("memory read bandwidth: {bw:.1} GB/s; decode roofline: {roofline:.2} t/s ({:.2} GB read per token)\n", weight_bytes as f64 / 1e9);
+        println!("| engine | test | t/s |");
+        println!("|---|---|---:|");
+        for r in &results {
+            println!("| {} | {} | {:.2} ± {:.2} |", r.engine, r.test, r.tokens_per_s, r.stddev);
+        }
+        for test in results.iter().filter(|r| r.engine == "tinygptv") {
+            if let Some(l) = results.iter().find(|r| r.engine == "llama.cpp" && r.test == test.test) {
+                println!("\n{}: tinygptv / llama.cpp = {:.2}×", test.test, test.tokens_per_s / l.tokens_per_s);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(feature = "llama-cpp")]
+fn llama_cpp_results(args: &BenchArgs, threads: usize) -> Result<Vec<BenchResult>> {
+    let (pp, tg) = crate::llama_cpp::llama_bench(&args.model, args.n_prompt, args.n_gen, threads, args.reps)?;
+    let mut out = Vec::new();
+    if args.n_prompt > 0 {
+        let (m, sd) = mean_sd(&pp);
+        out.push(BenchResult { engine: "llama.cpp".into(), test: format!("pp{}", args.n_prompt), tokens_per_s: m, stddev: sd });
+    }
+    if args.n_gen > 0 {
+        let (m, sd) = mean_sd(&tg);
+        out.push(BenchResult { engine: "llama.cpp".into(), test: format!("tg{}", args.n_gen), tokens_per_s: m, stddev: sd });
+    }
+    Ok(out)
+}
+
+#[cfg(not(feature = "llama-cpp"))]
+fn llama_cpp_results(_args: &BenchArgs, _threads: usize) -> Result<Vec<BenchResult>> {
+    bail!("--vs-llama-cpp needs a build with the llama-cpp feature: cargo build --release --features llama-cpp")
+}
