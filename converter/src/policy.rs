@@ -96,7 +96,8 @@ pub fn keep_f32(name: &str, n_dims: usize) -> bool {
 
 /// llama.cpp's "use more bits" layer rule of the K-quant mixtures.
 fn more_bits(layer: usize, n_layer: usize) -> bool {
-    layer < n_layer / 8 || layer >= 7 * n_layer / 8 || (layer >= n_layer / 8 && (layer - n_layer / 8) % 3 == 2)
+    // short-circuit: the last term is only reached with layer ≥ n_layer / 8
+    layer < n_layer / 8 || layer >= 7 * n_layer / 8 || (layer - n_layer / 8) % 3 == 2
 }
 
 fn layer_of(name: &str) -> Option<usize> {

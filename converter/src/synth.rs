@@ -50,6 +50,9 @@ pub fn random_values(n: usize, seed: u64, mean: f32, amp: f32) -> Vec<f32> {
     out
 }
 
+/// Adds a random tensor: (plan, name, dims, mean, amplitude).
+type AddTensor<'a> = dyn FnMut(&mut Plan, String, Vec<u64>, f32, f32) + 'a;
+
 fn rand_source(n: usize, seed: u64, mean: f32, amp: f32) -> Source {
     Box::new(move || Ok(random_values(n, seed, mean, amp)))
 }
@@ -209,8 +212,8 @@ pub fn plan_synth_vision(arch_kind: SynthArch, target: Target, pure: bool) -> Re
     plan.kv("clip.vision.attention.layer_norm_epsilon", v_f32(1e-6));
     plan.kv(arch::KEY_VISION_POST_LN_EPS, v_f32(1e-5));
     plan.kv("clip.vision.projection_dim", v_u32(n_embd));
-    plan.kv("clip.vision.image_mean", Value::f32_array(&[0.481_454_66, 0.457_827_5, 0.408_210_73]));
-    plan.kv("clip.vision.image_std", Value::f32_array(&[0.268_629_54, 0.261_302_58, 0.275_777_1]));
+    plan.kv("clip.vision.image_mean", Value::f32_array(&crate::vision::IMAGE_MEAN));
+    plan.kv("clip.vision.image_std", Value::f32_array(&crate::vision::IMAGE_STD));
     plan.kv("clip.vision.gelu_erf", Value::Bool(true));
     plan.kv("clip.qformer.query_count", v_u32(nq));
     plan.kv("clip.qformer.embedding_length", v_u32(qd));
@@ -230,11 +233,11 @@ pub fn plan_synth_vision(arch_kind: SynthArch, target: Target, pure: bool) -> Re
         plan.tensor(name, ty, dims, rand_source(n, seed, mean, amp));
     };
     let u = |v: usize| v as u64;
-    let lin = |plan: &mut Plan, add: &mut dyn FnMut(&mut Plan, String, Vec<u64>, f32, f32), name: &str, rows: usize, cols: usize| {
+    let lin = |plan: &mut Plan, add: &mut AddTensor, name: &str, rows: usize, cols: usize| {
         add(plan, format!("{name}.weight"), vec![u(cols), u(rows)], 0.0, 1.7 / (cols as f32).sqrt());
         add(plan, format!("{name}.bias"), vec![u(rows)], 0.0, 0.02);
     };
-    let norm = |plan: &mut Plan, add: &mut dyn FnMut(&mut Plan, String, Vec<u64>, f32, f32), name: &str, n: usize| {
+    let norm = |plan: &mut Plan, add: &mut AddTensor, name: &str, n: usize| {
         add(plan, format!("{name}.weight"), vec![u(n)], 1.0, 0.1);
         add(plan, format!("{name}.bias"), vec![u(n)], 0.0, 0.02);
     };

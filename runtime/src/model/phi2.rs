@@ -131,6 +131,8 @@ impl WeightRef {
     }
 }
 
+// One value per layer: the size difference between the variants does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Qkv {
     /// One `[n_embd + 2·kv_width, n_embd]` matrix, rows Q;K;V.
     Fused { w: WeightRef, b: Option<Vec<f32>> },
