@@ -106,12 +106,14 @@ fn q8_0_argmax_agreement() {
         let out = tmp.path().join(format!("{key}-q8.gguf"));
         convert_lm("phi2-safetensors", "q8_0", stage, &out);
         for case in ["one", "short", "long"] {
-            let (err, a, n) = check_case(&out, &m["llm_refs"][key], case, CacheType::F16, 0.15);
+            // observed ≤ 1.2e-2 (Q8_0 weights and activations, F16 cache): 1.5× headroom
+            let (err, a, n) = check_case(&out, &m["llm_refs"][key], case, CacheType::F16, 2e-2);
             eprintln!("{key} {case}: q8_0 max row-relative error {err:.3e}, argmax {a}/{n}");
             agree += a;
             total += n;
         }
     }
     let frac = agree as f64 / total as f64;
-    assert!(frac >= 0.99, "Q8_0 argmax agreement {frac:.4} < 0.99 ({agree}/{total})");
+    // observed 346/346; at most one flip allowed
+    assert!(frac >= 0.995, "Q8_0 argmax agreement {frac:.4} < 0.995 ({agree}/{total})");
 }

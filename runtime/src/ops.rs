@@ -75,13 +75,13 @@ pub fn erf(x: f64) -> f64 {
         let x2 = ax * ax;
         let mut term = ax;
         let mut sum = ax;
-        let mut n = 0.0;
-        loop {
-            n += 1.0;
+        // converges in < 60 terms for |x| < 2; the cap also ends x = 0 (sum stays 0)
+        for n in 1..100 {
+            let n = n as f64;
             term *= -x2 / n;
             let add = term / (2.0 * n + 1.0);
             sum += add;
-            if add.abs() < 1e-17 * sum.abs() {
+            if add.abs() <= 1e-17 * sum.abs() {
                 break;
             }
         }
@@ -189,6 +189,7 @@ mod tests {
         // Values from standard tables.
         let cases = [
             (0.0, 0.0),
+            (1e-300, 1.128_379_167_095_512_6e-300),
             (0.5, 0.520_499_877_813_046_5),
             (1.0, 0.842_700_792_949_714_9),
             (2.0, 0.995_322_265_018_952_7),
