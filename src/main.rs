@@ -5,6 +5,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod cmd;
+#[cfg(feature = "llama-cpp")]
+mod llama_cpp;
 
 #[derive(Parser)]
 #[command(
@@ -39,6 +41,8 @@ enum Command {
     Synth(cmd::synth::SynthArgs),
     /// Measure prompt processing, generation and image-encode speed (optionally vs llama.cpp).
     Bench(cmd::bench::BenchArgs),
+    /// Quantization accuracy (PPL, KL divergence, top-1 agreement, visual-token error) against a base file.
+    Compare(cmd::compare::CompareArgs),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +58,7 @@ fn main() -> ExitCode {
         Command::Quantize(args) => cmd::convert::run_quantize(args),
         Command::Synth(args) => cmd::synth::run(args),
         Command::Bench(args) => cmd::bench::run(args),
+        Command::Compare(args) => cmd::compare::run(args),
     };
     match result {
         Ok(code) => code,

@@ -4,6 +4,8 @@
 //! - [`types`]: the `ggml_type` ids, block sizes and byte sizes every other module agrees on.
 //! - [`formats`]: one file per block format (layout, reference quantize / dequantize, dot products).
 //! - [`matmul`]: the reference matrix multiply built on the per-format dot products.
+//! - [`simd`]: the CPU kernels chosen at run time (AVX2, AVX-512 VNNI, NEON dotprod; scalar
+//!   fallback) for activation quantization and multi-row × multi-column matrix products.
 //! - [`gguf`]: the GGUF v3 container, reading (memory-mapped, zero-copy) and writing (streamed).
 //!
 //! The GGUF module lives here because both the converter (writer) and the runtime (reader) depend
@@ -12,6 +14,7 @@
 pub mod formats;
 pub mod gguf;
 pub mod matmul;
+pub mod simd;
 pub mod types;
 
 pub use types::GgmlType;

@@ -16,3 +16,4 @@ pub mod prompt;
 pub mod pipeline;
 pub mod draw;
 pub mod tokenizer;
+pub mod compare;

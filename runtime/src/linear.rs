@@ -2,11 +2,14 @@
 //!
 //! This is the single entry point every model uses (`matmul`), so faster kernels (SIMD, AMX,
 //! CUDA) drop in here without touching model code. Activations are quantized once per matmul
-//! to the weight type's activation partner (`GgmlType::vec_dot_type`), then every weight row is
-//! dotted with every activation row. Work is split over blocks of weight rows so each weight
-//! row is read from memory once per matmul, whatever the number of tokens.
+//! to the weight type's activation partner (`GgmlType::vec_dot_type`), then the weight rows are
+//! multiplied with all activation rows by the CPU kernels of `kernels::simd` (AVX2 / AVX-512 /
+//! NEON, chosen at run time; `TINYGPTV_CPU=scalar|avx2|avx512` forces a lower level). Work is
+//! split over blocks of weight rows so each weight row is read from memory once per matmul,
+//! whatever the number of tokens.
 
 use kernels::formats;
+use kernels::simd::{self, TILE_ROWS};
 use kernels::GgmlType;
 use rayon::prelude::*;
 
@@ -41,44 +44,79 @@ struct SharedOut(*mut f32);
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
+impl SharedOut {
+    /// The pointer (a method, so closures capture the whole `Sync` wrapper, not the field).
+    fn ptr(&self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Activation rows per quantization task when there are many rows.
+const QUANT_ROWS_PER_TASK: usize = 16;
+
 /// `y[t][j] = Σ_k x[t][k]·W[j][k] (+ bias[j])` for `m` activation rows of `w.cols` elements.
 /// `y` has `m × w.rows` elements.
 pub fn matmul(w: &Weight, bias: Option<&[f32]>, x: &[f32], m: usize, y: &mut [f32]) {
     let (n, k) = (w.rows, w.cols);
     assert_eq!(x.len(), m * k, "matmul: activation shape");
     assert_eq!(y.len(), m * n, "matmul: output shape");
+    if let Some(b) = bias {
+        assert_eq!(b.len(), n, "matmul: bias length");
+    }
+    if m == 0 || n == 0 {
+        return;
+    }
+    let kern = simd::kernels();
 
-    // 1. Quantize activations once (one row per task).
-    let acts: Vec<Vec<u8>> = x
-        .par_chunks(k)
-        .map(|row| {
-            let mut buf = Vec::new();
-            formats::quantize_activation_row(w.ty, row, &mut buf);
-            buf
-        })
-        .collect();
+    // 1. Quantize activations once (row groups in parallel when there are many rows).
+    let arb = simd::activation_row_bytes(w.ty, k).expect("matmul: weight row length");
+    let mut act = vec![0u8; m * arb];
+    let quantize = |xs: &[f32], dst: &mut [u8]| {
+        kern.quantize_activations(w.ty, xs, k, dst)
+            .expect("matmul: activation quantization")
+    };
+    if m >= 2 * QUANT_ROWS_PER_TASK && k > 0 {
+        act.par_chunks_mut(arb * QUANT_ROWS_PER_TASK)
+            .zip(x.par_chunks(k * QUANT_ROWS_PER_TASK))
+            .for_each(|(dst, xs)| quantize(xs, dst));
+    } else {
+        quantize(x, &mut act);
+    }
 
-    // 2. Blocks of weight rows; each block computes all m outputs for its rows.
+    // 2. Blocks of weight rows (whole tiles); each block computes all m outputs for its rows.
     let threads = rayon::current_num_threads().max(1);
     let block = if m == 1 {
         // decode: enough blocks for load balance, big enough to amortize task overhead
         (n / (threads * 8)).clamp(16, 256)
     } else {
-        16
-    };
+        // prompt: about 4 blocks per thread, so each block's weights stay in cache while all
+        // activation rows pass over them
+        (n / (threads * 4)).clamp(16, 128)
+    }
+    .next_multiple_of(TILE_ROWS);
+    let wrb = w.row_bytes();
     let out = SharedOut(y.as_mut_ptr());
     (0..n.div_ceil(block)).into_par_iter().for_each(|b| {
-        let out = out;
         let r0 = b * block;
         let r1 = (r0 + block).min(n);
-        for j in r0..r1 {
-            let wrow = w.row(j);
-            let bj = bias.map_or(0.0, |b| b[j]);
-            for (t, act) in acts.iter().enumerate() {
-                let v = formats::vec_dot(w.ty, k, wrow, act) + bj;
+        let rows = r1 - r0;
+        let mut local = vec![0f32; m * rows];
+        kern.gemm(
+            w.ty,
+            k,
+            &w.data[r0 * wrb..r1 * wrb],
+            rows,
+            &act,
+            m,
+            &mut local,
+        )
+        .expect("matmul: weight shape");
+        for (t, vals) in local.chunks_exact(rows).enumerate() {
+            for (j, &v) in (r0..r1).zip(vals) {
+                let v = v + bias.map_or(0.0, |b| b[j]);
                 // SAFETY: (t, j) pairs are disjoint across tasks (j ranges do not overlap)
                 // and t * n + j < m * n = y.len().
-                unsafe { *out.0.add(t * n + j) = v };
+                unsafe { *out.ptr().add(t * n + j) = v };
             }
         }
     });
@@ -103,5 +141,51 @@ mod tests {
         let mut y = vec![0.0; 6];
         matmul(&wt, Some(&[0.5, 0.0, -1.0]), &x, 2, &mut y);
         assert_eq!(y, vec![3.5, 7.0, 10.0, 0.5, 2.0, 3.0]);
+    }
+
+    #[test]
+    fn quantized_matmul_equals_reference() {
+        // every quantized type through the SIMD kernels equals the scalar reference matmul
+        // bit for bit (bias added after the dot, as before)
+        let (n, k, m) = (37, 512, 6);
+        let data = |len: usize, seed: u32| -> Vec<f32> {
+            (0..len)
+                .map(|i| {
+                    (((i as u32).wrapping_mul(2_654_435_761) ^ seed) % 2001) as f32 / 1000.0 - 1.0
+                })
+                .collect()
+        };
+        let w32 = data(n * k, 3);
+        let x = data(m * k, 5);
+        let bias = data(n, 7);
+        for ty in [
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q5_0,
+            GgmlType::Q5_1,
+            GgmlType::Q8_0,
+            GgmlType::Q4_K,
+            GgmlType::Q5_K,
+            GgmlType::Q6_K,
+        ] {
+            let mut wq = vec![0u8; formats::row_bytes(ty, n * k).unwrap()];
+            formats::quantize_row(ty, &w32, &mut wq).unwrap();
+            let wt = Weight {
+                ty,
+                data: &wq,
+                rows: n,
+                cols: k,
+            };
+            for mm in [1, m] {
+                let mut want = vec![0f32; mm * n];
+                kernels::matmul::matmul_ref(ty, &wq, n, k, &x[..mm * k], mm, &mut want);
+                let mut got = vec![0f32; mm * n];
+                matmul(&wt, Some(&bias), &x[..mm * k], mm, &mut got);
+                for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                    let e = e + bias[i % n];
+                    assert_eq!(g.to_bits(), e.to_bits(), "{ty} m={mm} [{i}]: {g} vs {e}");
+                }
+            }
+        }
     }
 }

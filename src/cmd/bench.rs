@@ -74,6 +74,39 @@ pub fn read_bandwidth_gb_s() -> f64 {
     best
 }
 
+/// Deterministic "random" token id `i` below `vocab` (the tokenizer's size).
+pub fn bench_token(i: usize, vocab: usize) -> u32 {
+    ((i as u64).wrapping_mul(2_654_435_761) % (vocab as u64).max(1)) as u32
+}
+
+/// `pp<n>`: one batched forward over `n` tokens from an empty cache, `reps` times;
+/// tokens/s (mean, sd).
+pub fn speed_pp(model: &runtime::model::phi2::Phi2Model, vocab: usize, n: usize, reps: usize) -> Result<(f64, f64)> {
+    let ids: Vec<u32> = (0..n).map(|i| bench_token(i, vocab)).collect();
+    let mut tps = Vec::new();
+    for _ in 0..reps.max(1) {
+        let mut c = model.new_cache(CacheType::F16, n + 1);
+        let t = Instant::now();
+        model.forward(model.embed_tokens(&ids)?, &mut c, false)?;
+        tps.push(n as f64 / t.elapsed().as_secs_f64());
+    }
+    Ok(mean_sd(&tps))
+}
+
+/// `tg<n>`: `n` single-token forwards, `reps` times; tokens/s (mean, sd).
+pub fn speed_tg(model: &runtime::model::phi2::Phi2Model, vocab: usize, n: usize, reps: usize) -> Result<(f64, f64)> {
+    let mut tps = Vec::new();
+    for _ in 0..reps.max(1) {
+        let mut c = model.new_cache(CacheType::F16, n + 1);
+        let t = Instant::now();
+        for i in 0..n {
+            model.forward(model.embed_tokens(&[bench_token(i, vocab)])?, &mut c, false)?;
+        }
+        tps.push(n as f64 / t.elapsed().as_secs_f64());
+    }
+    Ok(mean_sd(&tps))
+}
+
 pub fn run(args: BenchArgs) -> Result<ExitCode> {
     let threads = init_threads(args.threads);
     if args.reps == 0 {
@@ -82,41 +115,20 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     let lm = runtime::llm::load_language_model(&args.model)?;
     let model = &lm.model;
     let cfg = &model.cfg;
-    let n_ctx = (args.n_prompt.max(args.n_gen) + 1).min(cfg.n_ctx_train.max(args.n_prompt + 1));
     let mut results = Vec::new();
-
-    // deterministic "random" token ids below the tokenizer's size
-    let vocab = lm.tokenizer.vocab_size().min(cfg.n_vocab) as u64;
-    let token = |i: usize| ((i as u64).wrapping_mul(2_654_435_761) % vocab.max(1)) as u32;
+    let vocab = lm.tokenizer.vocab_size().min(cfg.n_vocab);
 
     // warm-up (page in the weights)
     {
         let mut c = model.new_cache(CacheType::F16, 2);
-        model.forward(model.embed_tokens(&[token(0)])?, &mut c, false)?;
+        model.forward(model.embed_tokens(&[bench_token(0, vocab)])?, &mut c, false)?;
     }
     if args.n_prompt > 0 {
-        let ids: Vec<u32> = (0..args.n_prompt).map(token).collect();
-        let mut tps = Vec::new();
-        for _ in 0..args.reps {
-            let mut c = model.new_cache(CacheType::F16, n_ctx);
-            let t = Instant::now();
-            model.forward(model.embed_tokens(&ids)?, &mut c, false)?;
-            tps.push(args.n_prompt as f64 / t.elapsed().as_secs_f64());
-        }
-        let (m, sd) = mean_sd(&tps);
+        let (m, sd) = speed_pp(model, vocab, args.n_prompt, args.reps)?;
         results.push(BenchResult { engine: "tinygptv".into(), test: format!("pp{}", args.n_prompt), tokens_per_s: m, stddev: sd });
     }
     if args.n_gen > 0 {
-        let mut tps = Vec::new();
-        for _ in 0..args.reps {
-            let mut c = model.new_cache(CacheType::F16, n_ctx);
-            let t = Instant::now();
-            for i in 0..args.n_gen {
-                model.forward(model.embed_tokens(&[token(i)])?, &mut c, false)?;
-            }
-            tps.push(args.n_gen as f64 / t.elapsed().as_secs_f64());
-        }
-        let (m, sd) = mean_sd(&tps);
+        let (m, sd) = speed_tg(model, vocab, args.n_gen, args.reps)?;
         results.push(BenchResult { engine: "tinygptv".into(), test: format!("tg{}", args.n_gen), tokens_per_s: m, stddev: sd });
     }
     if let Some(mmproj) = &args.mmproj {

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod chat;
 pub mod common;
+pub mod compare;
 pub mod convert;
 pub mod embed_image;
 pub mod info;

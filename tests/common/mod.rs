@@ -17,7 +17,11 @@ pub fn manifest() -> serde_json::Value {
 }
 
 pub fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array().expect("id array").iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .expect("id array")
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 pub fn npy(rel: &str) -> (Vec<f32>, Vec<usize>) {
@@ -29,8 +33,15 @@ pub fn npy(rel: &str) -> (Vec<f32>, Vec<usize>) {
 pub fn convert_lm(dir: &str, ty: &str, stage: Option<u32>, out: &Path) {
     let hf = converter::HfModelDir::open(fixtures().join(dir)).unwrap();
     let extra = stage.map(|s| {
-        let ck = read_stage_checkpoint(&fixtures().join(format!("checkpoints/tinygptv_stage{s}.pth"))).unwrap();
-        Arc::new(TinyGptvLm { sd: ck.sd, prefix: ck.prefix, lora_alpha: ck.lora_alpha.unwrap_or(16.0), stage: s })
+        let ck =
+            read_stage_checkpoint(&fixtures().join(format!("checkpoints/tinygptv_stage{s}.pth")))
+                .unwrap();
+        Arc::new(TinyGptvLm {
+            sd: ck.sd,
+            prefix: ck.prefix,
+            lora_alpha: ck.lora_alpha.unwrap_or(16.0),
+            stage: s,
+        })
     });
     let target: Target = ty.parse().unwrap();
     let plan = plan_language_model(&hf, target, false, extra).unwrap();
@@ -42,8 +53,14 @@ pub fn max_row_rel_err(a: &[f32], b: &[f32], row: usize) -> f64 {
     assert_eq!(a.len(), b.len());
     let mut worst = 0.0f64;
     for (ra, rb) in a.chunks(row).zip(b.chunks(row)) {
-        let scale = rb.iter().fold(0.0f64, |m, &v| m.max(v.abs() as f64)).max(1e-30);
-        let d = ra.iter().zip(rb).fold(0.0f64, |m, (&x, &y)| m.max((x as f64 - y as f64).abs()));
+        let scale = rb
+            .iter()
+            .fold(0.0f64, |m, &v| m.max(v.abs() as f64))
+            .max(1e-30);
+        let d = ra
+            .iter()
+            .zip(rb)
+            .fold(0.0f64, |m, (&x, &y)| m.max((x as f64 - y as f64).abs()));
         worst = worst.max(d / scale);
     }
     worst
@@ -61,7 +78,9 @@ pub fn argmax(row: &[f32]) -> usize {
 
 /// Converts the miniature vision tower for `stage` (3: 28 px native, 4: 56 px) to `out`.
 pub fn convert_vision(stage: u32, ty: &str, out: &Path) {
-    let ck = read_stage_checkpoint(&fixtures().join(format!("checkpoints/tinygptv_stage{stage}.pth"))).unwrap();
+    let ck =
+        read_stage_checkpoint(&fixtures().join(format!("checkpoints/tinygptv_stage{stage}.pth")))
+            .unwrap();
     let target: Target = ty.parse().unwrap();
     let mut opts = converter::vision::VisionOptions::new(stage, target);
     opts.vision_heads = 4;

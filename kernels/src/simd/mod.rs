@@ -1,0 +1,482 @@
+//! CPU kernels chosen at run time: SIMD activation quantizers and multi-row × multi-column dot
+//! product tiles (GEMV for decode, GEMM for prompts and the vision tower).
+//!
+//! Layout (ggml style): this file holds the level detection, the per-level function tables and
+//! the safe drivers; `generic.rs` is the scalar fallback (the reference kernels of
+//! [`crate::formats`]); `x86/` holds the AVX2 and AVX-512 kernels, `aarch64/` the NEON ones.
+//!
+//! **Levels.** [`detected_level`] is the best level this CPU runs; [`cpu_level`] is that level
+//! lowered by the environment variable `TINYGPTV_CPU` (`scalar`, `avx2`, `avx512` on x86-64;
+//! `scalar`, `neon` on aarch64), read once. Asking for a level above the detected one gives the
+//! best supported level below it; an unknown name or another architecture's level is ignored
+//! (with a warning on stderr). [`kernels`] returns the table of [`cpu_level`]; tests and
+//! benchmarks force a level with [`kernels_for`]. Each table is built once (`OnceLock`).
+//!
+//! **Exactness.** Every quantized path (activation quantizers and weight × activation dots)
+//! returns bit-identical results to the scalar reference of [`crate::formats`]: integer dots
+//! inside a block are exact in any order, and the f32 scale arithmetic is done per output in the
+//! reference's order (one output per SIMD lane). The float weight types (F32, F16, BF16) sum
+//! their products in f32 lanes instead of the reference's f64, so they agree within
+//! `~k·2⁻²⁴·Σ|w·x|` (tests use a relative bound). Quantizing activations that contain NaN may
+//! give different bytes than the reference (the abs-max search order differs); no other input
+//! does.
+
+use std::sync::OnceLock;
+
+use crate::formats::{self, row_bytes, supports_vec_dot, FormatError};
+use crate::types::GgmlType;
+
+#[cfg(target_arch = "aarch64")]
+mod aarch64;
+mod generic;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+/// Weight rows per tile (one f32 lane per row in the legacy-quant kernels).
+pub const TILE_ROWS: usize = 8;
+/// Activation rows per tile: each weight block is unpacked once for up to this many.
+pub const TILE_COLS: usize = 4;
+/// Bytes of quantized activation rows that one pass over the weights of a `gemm` call uses.
+const ACT_GROUP_BYTES: usize = 96 << 10;
+
+/// An instruction-set level, lowest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Level {
+    /// The reference kernels of [`crate::formats`] (any CPU).
+    Scalar,
+    /// x86-64 AVX2 + FMA + F16C.
+    Avx2,
+    /// x86-64 AVX-512 F/BW/VL + VNNI (plus the AVX2 set).
+    Avx512,
+    /// aarch64 NEON with the dot-product extension (SDOT).
+    Neon,
+}
+
+impl Level {
+    /// All levels, lowest first (not all exist on every architecture).
+    pub const ALL: [Level; 4] = [Level::Scalar, Level::Avx2, Level::Avx512, Level::Neon];
+
+    /// The name `TINYGPTV_CPU` accepts.
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Scalar => "scalar",
+            Level::Avx2 => "avx2",
+            Level::Avx512 => "avx512",
+            Level::Neon => "neon",
+        }
+    }
+
+    /// Parses a `TINYGPTV_CPU` value (case-insensitive, surrounding blanks ignored).
+    pub fn parse(s: &str) -> Option<Level> {
+        let s = s.trim();
+        Level::ALL
+            .iter()
+            .copied()
+            .find(|l| l.name().eq_ignore_ascii_case(s))
+    }
+
+    /// Whether the level exists on this architecture (scalar everywhere, AVX2 / AVX-512 on
+    /// x86-64, NEON on aarch64), whatever this CPU supports.
+    pub fn exists_on_this_arch(self) -> bool {
+        match self {
+            Level::Scalar => true,
+            Level::Avx2 | Level::Avx512 => cfg!(target_arch = "x86_64"),
+            Level::Neon => cfg!(target_arch = "aarch64"),
+        }
+    }
+
+    /// Whether this CPU can run the level's kernels.
+    pub fn is_supported(self) -> bool {
+        match self {
+            Level::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx2 => x86::has_avx2(),
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx512 => x86::has_avx512(),
+            #[cfg(target_arch = "aarch64")]
+            Level::Neon => aarch64::has_neon_dotprod(),
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Display for Level {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The best level this CPU supports.
+pub fn detected_level() -> Level {
+    static DETECTED: OnceLock<Level> = OnceLock::new();
+    *DETECTED.get_or_init(|| {
+        Level::ALL
+            .iter()
+            .rev()
+            .copied()
+            .find(|l| l.is_supported())
+            .unwrap_or(Level::Scalar)
+    })
+}
+
+/// The level an override value selects on this CPU: the requested level if supported, else the
+/// best supported level below it (scalar at worst). No value → [`detected_level`]; a value that
+/// names no level of this architecture → [`detected_level`] with a warning on stderr.
+pub fn level_for_override(value: Option<&str>) -> Level {
+    let detected = detected_level();
+    let Some(value) = value else {
+        return detected;
+    };
+    match Level::parse(value).filter(|l| l.exists_on_this_arch()) {
+        None => {
+            let expected = if cfg!(target_arch = "aarch64") {
+                "scalar or neon"
+            } else {
+                "scalar, avx2 or avx512"
+            };
+            eprintln!("tinygptv: ignoring TINYGPTV_CPU={value:?} (expected {expected})");
+            detected
+        }
+        Some(want) => Level::ALL
+            .iter()
+            .rev()
+            .copied()
+            .find(|l| *l <= want && l.is_supported())
+            .unwrap_or(Level::Scalar),
+    }
+}
+
+/// The level in use: [`detected_level`], lowered by `TINYGPTV_CPU` (read once).
+pub fn cpu_level() -> Level {
+    static LEVEL: OnceLock<Level> = OnceLock::new();
+    *LEVEL.get_or_init(|| level_for_override(std::env::var("TINYGPTV_CPU").ok().as_deref()))
+}
+
+/// The kernel table of [`cpu_level`].
+pub fn kernels() -> &'static CpuKernels {
+    kernels_for(cpu_level()).expect("cpu_level is always supported")
+}
+
+/// The kernel table of `level`, or `None` if this CPU cannot run it.
+pub fn kernels_for(level: Level) -> Option<&'static CpuKernels> {
+    static TABLES: [OnceLock<Option<CpuKernels>>; 4] = [
+        OnceLock::new(),
+        OnceLock::new(),
+        OnceLock::new(),
+        OnceLock::new(),
+    ];
+    let i = Level::ALL.iter().position(|l| *l == level).unwrap_or(0);
+    TABLES[i]
+        .get_or_init(|| {
+            if !level.is_supported() {
+                return None;
+            }
+            Some(build_table(level))
+        })
+        .as_ref()
+}
+
+/// Arguments of one tile: `out[c·ldo + r] = dot(weight row r, activation row c)` for
+/// `r < nr ≤ TILE_ROWS`, `c < nc ≤ TILE_COLS`.
+///
+/// `nb` is the number of blocks per row (elements for the float types). Weight row `r` starts at
+/// `w + r·w_stride`, activation row `c` at `a + c·a_stride`; both are plain bytes as stored in
+/// GGUF (any alignment).
+pub(crate) struct TileArgs {
+    pub nb: usize,
+    pub w: *const u8,
+    pub w_stride: usize,
+    pub nr: usize,
+    pub a: *const u8,
+    pub a_stride: usize,
+    pub nc: usize,
+    pub out: *mut f32,
+    pub ldo: usize,
+}
+
+/// A tile kernel.
+///
+/// # Safety
+/// The pointers in the arguments must be valid for the described rows, `1 ≤ nr ≤ TILE_ROWS`,
+/// `1 ≤ nc ≤ TILE_COLS`, `nb ≥ 1`, and the CPU must support the table's level.
+pub(crate) type TileFn = unsafe fn(&TileArgs);
+
+/// An activation quantizer: `nb` blocks of f32 from `x` to the activation type's bytes at `y`.
+///
+/// # Safety
+/// `x` valid for `nb·block` f32 reads (aligned for f32), `y` for the block bytes (any alignment),
+/// and the CPU must support the table's level.
+pub(crate) type QuantFn = unsafe fn(x: *const f32, nb: usize, y: *mut u8);
+
+/// The kernels of one level. Entries that a level does not implement are `None` and use the
+/// scalar reference.
+pub struct CpuKernels {
+    level: Level,
+    pub(crate) quant_q8_0: Option<QuantFn>,
+    pub(crate) quant_q8_1: Option<QuantFn>,
+    pub(crate) quant_q8_k: Option<QuantFn>,
+    pub(crate) tile_f32: Option<TileFn>,
+    pub(crate) tile_f16: Option<TileFn>,
+    pub(crate) tile_bf16: Option<TileFn>,
+    pub(crate) tile_q4_0: Option<TileFn>,
+    pub(crate) tile_q4_1: Option<TileFn>,
+    pub(crate) tile_q5_0: Option<TileFn>,
+    pub(crate) tile_q5_1: Option<TileFn>,
+    pub(crate) tile_q8_0: Option<TileFn>,
+    pub(crate) tile_q4_k: Option<TileFn>,
+    pub(crate) tile_q5_k: Option<TileFn>,
+    pub(crate) tile_q6_k: Option<TileFn>,
+}
+
+impl CpuKernels {
+    pub(crate) const fn scalar(level: Level) -> CpuKernels {
+        CpuKernels {
+            level,
+            quant_q8_0: None,
+            quant_q8_1: None,
+            quant_q8_k: None,
+            tile_f32: None,
+            tile_f16: None,
+            tile_bf16: None,
+            tile_q4_0: None,
+            tile_q4_1: None,
+            tile_q5_0: None,
+            tile_q5_1: None,
+            tile_q8_0: None,
+            tile_q4_k: None,
+            tile_q5_k: None,
+            tile_q6_k: None,
+        }
+    }
+}
+
+fn build_table(level: Level) -> CpuKernels {
+    match level {
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx2 => x86::avx2_table(),
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx512 => x86::avx512_table(),
+        #[cfg(target_arch = "aarch64")]
+        Level::Neon => aarch64::neon_table(),
+        _ => CpuKernels::scalar(Level::Scalar),
+    }
+}
+
+/// Bytes of one activation row of `k` elements for weights of type `weight_ty`
+/// (in `weight_ty.vec_dot_type()`).
+pub fn activation_row_bytes(weight_ty: GgmlType, k: usize) -> Result<usize, FormatError> {
+    row_bytes(weight_ty.vec_dot_type(), k)
+}
+
+fn length_error(what: &'static str, expected: usize, actual: usize) -> FormatError {
+    FormatError::Length {
+        what,
+        expected,
+        actual,
+    }
+}
+
+impl CpuKernels {
+    /// The level of this table.
+    pub fn level(&self) -> Level {
+        self.level
+    }
+
+    /// Whether the matrix product for weights of type `ty` runs a SIMD kernel at this level
+    /// (otherwise the scalar reference runs).
+    pub fn has_simd_kernel(&self, ty: GgmlType) -> bool {
+        self.tile(ty).is_some()
+    }
+
+    /// Whether the activation quantizer for `act_ty` (Q8_0, Q8_1, Q8_K) is a SIMD kernel here.
+    pub fn has_simd_quantizer(&self, act_ty: GgmlType) -> bool {
+        self.quantizer(act_ty).is_some()
+    }
+
+    fn tile(&self, ty: GgmlType) -> Option<TileFn> {
+        use GgmlType::*;
+        match ty {
+            F32 => self.tile_f32,
+            F16 => self.tile_f16,
+            BF16 => self.tile_bf16,
+            Q4_0 => self.tile_q4_0,
+            Q4_1 => self.tile_q4_1,
+            Q5_0 => self.tile_q5_0,
+            Q5_1 => self.tile_q5_1,
+            Q8_0 => self.tile_q8_0,
+            Q4_K => self.tile_q4_k,
+            Q5_K => self.tile_q5_k,
+            Q6_K => self.tile_q6_k,
+            _ => None,
+        }
+    }
+
+    fn quantizer(&self, act_ty: GgmlType) -> Option<QuantFn> {
+        match act_ty {
+            GgmlType::Q8_0 => self.quant_q8_0,
+            GgmlType::Q8_1 => self.quant_q8_1,
+            GgmlType::Q8_K => self.quant_q8_k,
+            _ => None,
+        }
+    }
+
+    /// Converts `m = x.len() / k` activation rows of `k` f32 to `weight_ty.vec_dot_type()`
+    /// (Q8_0 / Q8_1 / Q8_K, or plain f32 bytes for float weights), rows back to back in `dst`
+    /// ([`activation_row_bytes`] each). The bytes equal [`formats::quantize_row`]'s (see the
+    /// module notes for NaN inputs).
+    pub fn quantize_activations(
+        &self,
+        weight_ty: GgmlType,
+        x: &[f32],
+        k: usize,
+        dst: &mut [u8],
+    ) -> Result<(), FormatError> {
+        if !supports_vec_dot(weight_ty) {
+            return Err(FormatError::Unsupported {
+                ty: weight_ty,
+                op: "quantize_activations",
+            });
+        }
+        let act_ty = weight_ty.vec_dot_type();
+        let rb = row_bytes(act_ty, k)?;
+        if k == 0 {
+            return if x.is_empty() && dst.is_empty() {
+                Ok(())
+            } else {
+                Err(length_error("activations (k = 0)", 0, x.len()))
+            };
+        }
+        if x.len() % k != 0 {
+            return Err(length_error(
+                "activations x (m·k)",
+                x.len() / k * k,
+                x.len(),
+            ));
+        }
+        let m = x.len() / k;
+        let want = m.checked_mul(rb).ok_or(FormatError::Overflow {
+            what: "activation bytes (m·row bytes)",
+        })?;
+        if dst.len() != want {
+            return Err(length_error("quantized activations", want, dst.len()));
+        }
+        match self.quantizer(act_ty) {
+            Some(q) => {
+                let nb = k / act_ty.block_size();
+                for (xr, yr) in x.chunks_exact(k).zip(dst.chunks_exact_mut(rb)) {
+                    // SAFETY: lengths checked above (k = nb·block elements, rb bytes); the table
+                    // exists only on CPUs that run its level.
+                    unsafe { q(xr.as_ptr(), nb, yr.as_mut_ptr()) };
+                }
+            }
+            None => {
+                for (xr, yr) in x.chunks_exact(k).zip(dst.chunks_exact_mut(rb)) {
+                    formats::quantize_row(act_ty, xr, yr)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `out[c·n + r] = Σ_i W[r][i]·A[c][i]` for `n` weight rows of `k` elements of type `ty`
+    /// (GGUF bytes, rows back to back) and `m` activation rows from
+    /// [`Self::quantize_activations`]. Quantized types give the reference's exact f32 results.
+    /// (Activation bytes are assumed to be what the quantizers produce: values in −127..=127.
+    /// A hand-made −128 in Q8_0 activations is not exact with Q8_0 weights at the AVX2 level.)
+    ///
+    /// Weight rows are taken [`TILE_ROWS`] at a time and each activation row [`TILE_COLS`] at a
+    /// time, so a weight block is unpacked once per `TILE_COLS` activation rows.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm(
+        &self,
+        ty: GgmlType,
+        k: usize,
+        w: &[u8],
+        n: usize,
+        act: &[u8],
+        m: usize,
+        out: &mut [f32],
+    ) -> Result<(), FormatError> {
+        if !supports_vec_dot(ty) {
+            return Err(FormatError::Unsupported { ty, op: "gemm" });
+        }
+        let w_rb = row_bytes(ty, k)?;
+        let a_rb = row_bytes(ty.vec_dot_type(), k)?;
+        let over = |what| FormatError::Overflow { what };
+        let w_len = w_rb.checked_mul(n).ok_or(over("gemm weight bytes"))?;
+        if w.len() != w_len {
+            return Err(FormatError::ByteLength {
+                ty,
+                n: n.saturating_mul(k),
+                expected: w_len,
+                actual: w.len(),
+            });
+        }
+        let a_len = a_rb.checked_mul(m).ok_or(over("gemm activation bytes"))?;
+        if act.len() != a_len {
+            return Err(length_error("gemm activation bytes", a_len, act.len()));
+        }
+        let o_len = m.checked_mul(n).ok_or(over("gemm output (m·n)"))?;
+        if out.len() != o_len {
+            return Err(length_error("gemm output (m·n)", o_len, out.len()));
+        }
+        if n == 0 || m == 0 {
+            return Ok(());
+        }
+        if k == 0 {
+            out.fill(0.0);
+            return Ok(());
+        }
+        let tile = match self.tile(ty) {
+            Some(t) => t,
+            None => {
+                generic::gemm_ref(ty, k, w, w_rb, n, act, a_rb, m, out);
+                return Ok(());
+            }
+        };
+        let nb = k / ty.block_size();
+        // activation rows in groups of about 96 KiB (kept in L2 while every weight tile of
+        // this call passes over them); weights are re-read once per group
+        let group = (ACT_GROUP_BYTES / a_rb / TILE_COLS * TILE_COLS)
+            .clamp(TILE_COLS, m.next_multiple_of(TILE_COLS));
+        for g0 in (0..m).step_by(group) {
+            let g1 = (g0 + group).min(m);
+            for r0 in (0..n).step_by(TILE_ROWS) {
+                let nr = (n - r0).min(TILE_ROWS);
+                for c0 in (g0..g1).step_by(TILE_COLS) {
+                    let nc = (g1 - c0).min(TILE_COLS);
+                    let args = TileArgs {
+                        nb,
+                        // in bounds: r0 < n, c0 < m
+                        w: w[r0 * w_rb..].as_ptr(),
+                        w_stride: w_rb,
+                        nr,
+                        a: act[c0 * a_rb..].as_ptr(),
+                        a_stride: a_rb,
+                        nc,
+                        out: out[c0 * n + r0..].as_mut_ptr(),
+                        ldo: n,
+                    };
+                    // SAFETY: rows r0..r0+nr of w and c0..c0+nc of act exist (lengths
+                    // checked above); out[(c0+c)·n + r0 + r] < m·n; the table's level runs on
+                    // this CPU.
+                    unsafe { tile(&args) };
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Dot of one weight row with one activation row (as [`formats::vec_dot`]).
+    ///
+    /// # Panics
+    /// On mismatched lengths or an unsupported type, like [`formats::vec_dot`].
+    pub fn vec_dot(&self, ty: GgmlType, k: usize, w_row: &[u8], act_row: &[u8]) -> f32 {
+        let mut out = [0f32];
+        if let Err(e) = self.gemm(ty, k, w_row, 1, act_row, 1, &mut out) {
+            panic!("vec_dot ({ty} weights): {e}");
+        }
+        out[0]
+    }
+}

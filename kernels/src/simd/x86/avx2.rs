@@ -1,0 +1,70 @@
+//! AVX2 + FMA + F16C entry points: the generic kernel bodies compiled for these features.
+
+use core::arch::x86_64::*;
+
+use super::{float, kquant, legacy, quant, Isa};
+use crate::simd::{CpuKernels, Level, TileArgs};
+
+/// `maddubs` (u8 × i8 → i16 pair sums) then `madd` with ones (→ i32).
+pub(crate) struct Avx2;
+
+impl Isa for Avx2 {
+    #[inline(always)]
+    unsafe fn dot_u8i8(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+        let pairs = _mm256_maddubs_epi16(u, s);
+        _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
+    }
+    const WIDE_U8: bool = false;
+}
+
+macro_rules! entry {
+    ($name:ident, $args:ident, $body:expr) => {
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn $name($args: &TileArgs) {
+            $body
+        }
+    };
+}
+
+macro_rules! quant_entry {
+    ($name:ident, $body:path) => {
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn $name(x: *const f32, nb: usize, y: *mut u8) {
+            $body(x, nb, y)
+        }
+    };
+}
+
+quant_entry!(quant_q8_0, quant::quantize_q8_0);
+quant_entry!(quant_q8_1, quant::quantize_q8_1);
+quant_entry!(quant_q8_k, quant::quantize_q8_k);
+entry!(tile_q4_0, t, legacy::tile::<Avx2, legacy::Q4_0>(t));
+entry!(tile_q4_1, t, legacy::tile::<Avx2, legacy::Q4_1>(t));
+entry!(tile_q5_0, t, legacy::tile::<Avx2, legacy::Q5_0>(t));
+entry!(tile_q5_1, t, legacy::tile::<Avx2, legacy::Q5_1>(t));
+entry!(tile_q8_0, t, legacy::tile::<Avx2, legacy::Q8_0>(t));
+entry!(tile_q4_k, t, kquant::tile_q4_k::<Avx2>(t));
+entry!(tile_q5_k, t, kquant::tile_q5_k::<Avx2>(t));
+entry!(tile_q6_k, t, kquant::tile_q6_k::<Avx2>(t));
+entry!(tile_f32, t, float::tile::<float::F32>(t));
+entry!(tile_f16, t, float::tile::<float::F16>(t));
+entry!(tile_bf16, t, float::tile::<float::BF16>(t));
+
+pub(super) fn table(level: Level) -> CpuKernels {
+    let mut k = CpuKernels::scalar(level);
+    k.quant_q8_0 = Some(quant_q8_0);
+    k.quant_q8_1 = Some(quant_q8_1);
+    k.quant_q8_k = Some(quant_q8_k);
+    k.tile_q4_0 = Some(tile_q4_0);
+    k.tile_q4_1 = Some(tile_q4_1);
+    k.tile_q5_0 = Some(tile_q5_0);
+    k.tile_q5_1 = Some(tile_q5_1);
+    k.tile_q8_0 = Some(tile_q8_0);
+    k.tile_q4_k = Some(tile_q4_k);
+    k.tile_q5_k = Some(tile_q5_k);
+    k.tile_q6_k = Some(tile_q6_k);
+    k.tile_f32 = Some(tile_f32);
+    k.tile_f16 = Some(tile_f16);
+    k.tile_bf16 = Some(tile_bf16);
+    k
+}

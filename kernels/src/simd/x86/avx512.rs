@@ -1,0 +1,151 @@
+//! AVX-512 (F/BW/VL) + VNNI entry points: VNNI's `vpdpbusd` for the integer dots of the
+//! 32-element formats, 16-lane FMA for the float weights; the rest as AVX2, compiled for these
+//! features.
+
+use core::arch::x86_64::*;
+
+use super::{float::FloatW, kquant, legacy, quant, Isa};
+use crate::simd::{CpuKernels, Level, TileArgs};
+
+/// `vpdpbusd`: u8 × i8 summed in i32 directly.
+pub(crate) struct Avx512;
+
+impl Isa for Avx512 {
+    #[inline(always)]
+    unsafe fn dot_u8i8(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+        _mm256_dpbusd_epi32(acc, u, s)
+    }
+    const WIDE_U8: bool = true;
+}
+
+macro_rules! entry {
+    ($name:ident, $args:ident, $body:expr) => {
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+        unsafe fn $name($args: &TileArgs) {
+            $body
+        }
+    };
+}
+
+macro_rules! quant_entry {
+    ($name:ident, $body:path) => {
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+        unsafe fn $name(x: *const f32, nb: usize, y: *mut u8) {
+            $body(x, nb, y)
+        }
+    };
+}
+
+/// 16 float weights at `p` as f32.
+trait FloatW16: FloatW {
+    unsafe fn load16(p: *const u8) -> __m512;
+}
+
+impl FloatW16 for super::float::F32 {
+    #[inline(always)]
+    unsafe fn load16(p: *const u8) -> __m512 {
+        _mm512_loadu_ps(p as *const f32)
+    }
+}
+
+impl FloatW16 for super::float::F16 {
+    #[inline(always)]
+    unsafe fn load16(p: *const u8) -> __m512 {
+        _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
+    }
+}
+
+impl FloatW16 for super::float::BF16 {
+    #[inline(always)]
+    unsafe fn load16(p: *const u8) -> __m512 {
+        let h = _mm512_cvtepu16_epi32(_mm256_loadu_si256(p as *const __m256i));
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(h))
+    }
+}
+
+/// As `float::tile_nc` with 16 lanes.
+#[inline(always)]
+unsafe fn float_tile_nc<W: FloatW16, const NC: usize, const RB: usize>(t: &TileArgs) {
+    let k = t.nb;
+    let k16 = k & !15;
+    for r0 in (0..t.nr).step_by(RB) {
+        let mut rows = [t.w; RB];
+        for (i, row) in rows.iter_mut().enumerate() {
+            *row = t.w.add((r0 + i).min(t.nr - 1) * t.w_stride);
+        }
+        let mut acc = [[_mm512_setzero_ps(); NC]; RB];
+        let mut i = 0;
+        while i < k16 {
+            let mut w = [_mm512_setzero_ps(); RB];
+            for (wr, row) in w.iter_mut().zip(&rows) {
+                if (i * W::BYTES) % 64 == 0 {
+                    // the next row group, one line per row and 64 bytes (never accessed)
+                    let ahead = row.wrapping_add(i * W::BYTES + RB * t.w_stride);
+                    _mm_prefetch::<_MM_HINT_T1>(ahead as *const i8);
+                }
+                *wr = W::load16(row.add(i * W::BYTES));
+            }
+            for c in 0..NC {
+                let a = _mm512_loadu_ps((t.a.add(c * t.a_stride) as *const f32).add(i));
+                for rb in 0..RB {
+                    acc[rb][c] = _mm512_fmadd_ps(w[rb], a, acc[rb][c]);
+                }
+            }
+            i += 16;
+        }
+        for rb in 0..RB.min(t.nr - r0) {
+            for c in 0..NC {
+                let ap = t.a.add(c * t.a_stride) as *const f32;
+                let mut s = _mm512_reduce_add_ps(acc[rb][c]);
+                for j in k16..k {
+                    s += W::load1(rows[rb].add(j * W::BYTES)) * ap.add(j).read_unaligned();
+                }
+                *t.out.add(c * t.ldo + r0 + rb) = s;
+            }
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn float_tile<W: FloatW16>(t: &TileArgs) {
+    match t.nc {
+        1 => float_tile_nc::<W, 1, 4>(t),
+        2 => float_tile_nc::<W, 2, 4>(t),
+        3 => float_tile_nc::<W, 3, 4>(t),
+        _ => float_tile_nc::<W, 4, 4>(t),
+    }
+}
+
+quant_entry!(quant_q8_0, quant::quantize_q8_0);
+quant_entry!(quant_q8_1, quant::quantize_q8_1);
+quant_entry!(quant_q8_k, quant::quantize_q8_k);
+entry!(tile_q4_0, t, legacy::tile::<Avx512, legacy::Q4_0>(t));
+entry!(tile_q4_1, t, legacy::tile::<Avx512, legacy::Q4_1>(t));
+entry!(tile_q5_0, t, legacy::tile::<Avx512, legacy::Q5_0>(t));
+entry!(tile_q5_1, t, legacy::tile::<Avx512, legacy::Q5_1>(t));
+entry!(tile_q8_0, t, legacy::tile::<Avx512, legacy::Q8_0>(t));
+entry!(tile_q4_k, t, kquant::tile_q4_k::<Avx512>(t));
+entry!(tile_q5_k, t, kquant::tile_q5_k::<Avx512>(t));
+entry!(tile_q6_k, t, kquant::tile_q6_k::<Avx512>(t));
+entry!(tile_f32, t, float_tile::<super::float::F32>(t));
+entry!(tile_f16, t, float_tile::<super::float::F16>(t));
+entry!(tile_bf16, t, float_tile::<super::float::BF16>(t));
+
+pub(super) fn table(level: Level) -> CpuKernels {
+    let mut k = CpuKernels::scalar(level);
+    k.quant_q8_0 = Some(quant_q8_0);
+    k.quant_q8_1 = Some(quant_q8_1);
+    k.quant_q8_k = Some(quant_q8_k);
+    k.tile_q4_0 = Some(tile_q4_0);
+    k.tile_q4_1 = Some(tile_q4_1);
+    k.tile_q5_0 = Some(tile_q5_0);
+    k.tile_q5_1 = Some(tile_q5_1);
+    k.tile_q8_0 = Some(tile_q8_0);
+    k.tile_q4_k = Some(tile_q4_k);
+    k.tile_q5_k = Some(tile_q5_k);
+    k.tile_q6_k = Some(tile_q6_k);
+    k.tile_f32 = Some(tile_f32);
+    k.tile_f16 = Some(tile_f16);
+    k.tile_bf16 = Some(tile_bf16);
+    k
+}

@@ -1,0 +1,466 @@
+//! SIMD kernels (kernels::simd) against the scalar reference (kernels::formats), at every
+//! level this CPU supports (forced with `kernels_for`, whatever `TINYGPTV_CPU` says).
+//!
+//! - Activation quantizers (Q8_0, Q8_1, Q8_K): byte-identical to `formats::quantize_row`.
+//! - Quantized weight types: `gemm` / `vec_dot` bit-identical to `formats::vec_dot` (NaN results
+//!   compare as NaN), on reference-quantized and on random-byte weights (every stored value,
+//!   extreme and zero scales), zero blocks, odd row counts, activation counts that are not
+//!   multiples of the 8 × 4 tile, unaligned buffers.
+//! - Float weight types (F32, F16, BF16): within the f32-summation bound
+//!   `(k/8 + 16)·2⁻²⁴·Σ|w·x|` of the reference's f64 sums.
+
+use half::{bf16, f16};
+use kernels::formats::{self, row_bytes};
+use kernels::simd::{self, kernels_for, CpuKernels, Level};
+use kernels::GgmlType;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const QUANTIZED: [GgmlType; 8] = [
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+];
+const FLOATS: [GgmlType; 3] = [GgmlType::F32, GgmlType::F16, GgmlType::BF16];
+
+fn levels() -> Vec<&'static CpuKernels> {
+    let v: Vec<_> = Level::ALL.iter().filter_map(|&l| kernels_for(l)).collect();
+    eprintln!(
+        "levels tested: {:?}",
+        v.iter().map(|k| k.level()).collect::<Vec<_>>()
+    );
+    v
+}
+
+/// Normal-ish noise whose magnitude changes every `group` values.
+fn noise(rng: &mut StdRng, n: usize, group: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let scale = 10f32.powf(rng.random_range(-2.0..1.5));
+        for _ in 0..group.min(n - out.len()) {
+            let u: f32 = (0..4).map(|_| rng.random_range(-1.0f32..1.0)).sum();
+            out.push(u * scale);
+        }
+    }
+    out
+}
+
+/// Activation rows with edge cases: plain noise, all zero, huge, tiny (subnormal f16 scales),
+/// exact rounding ties, equal magnitudes of both signs, infinities.
+fn activation_rows(rng: &mut StdRng, m: usize, k: usize) -> Vec<f32> {
+    let mut x = Vec::with_capacity(m * k);
+    for row in 0..m {
+        let mut r = match row % 7 {
+            1 => vec![0.0; k],
+            2 => noise(rng, k, 32).iter().map(|v| v * 1e4).collect(),
+            3 => noise(rng, k, 32).iter().map(|v| v * 1e-6).collect(),
+            4 => {
+                // amax 127 per block: x·(1/d) = x, so halves are exact ties
+                (0..k)
+                    .map(|i| {
+                        if i % 32 == 0 {
+                            127.0
+                        } else {
+                            rng.random_range(-100i32..100) as f32 + 0.5
+                        }
+                    })
+                    .collect()
+            }
+            5 => (0..k)
+                .map(|i| {
+                    if i % 5 == 0 {
+                        -3.0
+                    } else {
+                        3.0 * (i % 3) as f32 / 2.0
+                    }
+                })
+                .collect(),
+            _ => noise(rng, k, 32),
+        };
+        if row == 6 {
+            r[k / 2] = f32::INFINITY;
+        }
+        x.extend(r);
+    }
+    x
+}
+
+#[test]
+fn level_parsing_and_override() {
+    assert_eq!(Level::parse("scalar"), Some(Level::Scalar));
+    assert_eq!(Level::parse(" AVX512 "), Some(Level::Avx512));
+    assert_eq!(Level::parse("avx2"), Some(Level::Avx2));
+    assert_eq!(Level::parse("neon"), Some(Level::Neon));
+    assert_eq!(Level::parse("sse9"), None);
+    let detected = simd::detected_level();
+    assert!(detected.is_supported());
+    assert!(simd::cpu_level() <= detected);
+    assert_eq!(simd::level_for_override(None), detected);
+    assert_eq!(simd::level_for_override(Some("bogus")), detected);
+    assert_eq!(simd::level_for_override(Some("scalar")), Level::Scalar);
+    for l in Level::ALL {
+        let got = simd::level_for_override(Some(l.name()));
+        assert!(got.is_supported(), "{l} -> {got}");
+        if !l.exists_on_this_arch() {
+            // another architecture's level is ignored like an unknown value
+            assert_eq!(got, detected, "{l}");
+        } else if l.is_supported() {
+            assert_eq!(got, l);
+        } else {
+            assert!(got < l, "{l} -> {got}");
+        }
+    }
+    assert!(kernels_for(Level::Scalar).is_some());
+    assert_eq!(simd::kernels().level(), simd::cpu_level());
+    #[cfg(target_arch = "x86_64")]
+    {
+        assert!(!Level::Neon.is_supported());
+        assert!(kernels_for(Level::Neon).is_none());
+        if std::arch::is_x86_feature_detected!("avx2") {
+            assert!(Level::Avx2.is_supported());
+        }
+    }
+}
+
+#[test]
+fn simd_levels_have_kernels() {
+    for kern in levels() {
+        if kern.level() == Level::Scalar {
+            continue;
+        }
+        for ty in QUANTIZED.iter().chain(&FLOATS) {
+            // NEON runs the float weight types with the scalar reference
+            if kern.level() == Level::Neon && FLOATS.contains(ty) {
+                continue;
+            }
+            assert!(kern.has_simd_kernel(*ty), "{} {ty}", kern.level());
+        }
+        for at in [GgmlType::Q8_0, GgmlType::Q8_1, GgmlType::Q8_K] {
+            assert!(kern.has_simd_quantizer(at), "{} {at}", kern.level());
+        }
+    }
+}
+
+#[test]
+fn activation_quantizers_match_reference_bytes() {
+    let mut rng = StdRng::seed_from_u64(7);
+    for k in [256usize, 512, 1024] {
+        let m = 9;
+        let mut x = activation_rows(&mut rng, m, k);
+        // extra single-element extremes
+        x[3] = f32::MAX;
+        x[k + 40] = -f32::MAX;
+        x[2 * k + 7] = 1e-40; // subnormal in an all-zero row
+        x[4 * k + 1] = -0.0;
+        for weight_ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q4_K] {
+            let at = weight_ty.vec_dot_type();
+            let rb = row_bytes(at, k).unwrap();
+            let mut want = vec![0u8; m * rb];
+            for (xr, yr) in x.chunks(k).zip(want.chunks_mut(rb)) {
+                formats::quantize_row(at, xr, yr).unwrap();
+            }
+            for kern in levels() {
+                let mut got = vec![0u8; m * rb + 1];
+                // odd offset: the kernels must not assume alignment
+                kern.quantize_activations(weight_ty, &x, k, &mut got[1..])
+                    .unwrap();
+                for row in 0..m {
+                    assert_eq!(
+                        &got[1 + row * rb..1 + (row + 1) * rb],
+                        &want[row * rb..(row + 1) * rb],
+                        "{} {at} k={k} row {row}",
+                        kern.level()
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn q8_k_keeps_the_sign_of_the_first_largest_magnitude() {
+    let mut x = vec![0.5f32; 256];
+    x[10] = 3.0;
+    x[200] = -3.0;
+    let mut y = x.clone();
+    y[10] = -3.0;
+    y[200] = 3.0;
+    for kern in levels() {
+        for v in [&x, &y] {
+            let mut got = vec![0u8; 292];
+            kern.quantize_activations(GgmlType::Q4_K, v, 256, &mut got)
+                .unwrap();
+            let mut want = vec![0u8; 292];
+            formats::quantize_row(GgmlType::Q8_K, v, &mut want).unwrap();
+            assert_eq!(got, want, "{}", kern.level());
+        }
+    }
+}
+
+/// Random bytes with every f16 scale field replaced by a finite value from a spread of
+/// magnitudes (zero, subnormal, largest, negative); block `b % 5 == 3` is all zero.
+fn random_weights(rng: &mut StdRng, ty: GgmlType, n: usize, k: usize) -> Vec<u8> {
+    let bs = ty.type_size();
+    let nb = n * k / ty.block_size();
+    let mut w = vec![0u8; nb * bs];
+    rng.fill(&mut w[..]);
+    let f16_fields: &[usize] = match ty {
+        GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => &[0],
+        GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4_K | GgmlType::Q5_K => &[0, 2],
+        GgmlType::Q6_K => &[208],
+        _ => unreachable!(),
+    };
+    let scales = [0.0f32, 1.0, 0.01, -0.37, 6e-8, 65504.0, 3e-3, -2.5];
+    for (b, blk) in w.chunks_mut(bs).enumerate() {
+        if b % 5 == 3 {
+            blk.fill(0);
+            continue;
+        }
+        if b % 4 == 1 && !ty.name().ends_with("_k") {
+            // all values near one end: large integer dots with many significant bits, where a
+            // different order of the f32 operations would round differently
+            let pick: [u8; 4] = if b % 8 == 1 {
+                [0x00, 0x01, 0x10, 0x11]
+            } else {
+                [0xee, 0xef, 0xfe, 0xff]
+            };
+            for v in blk.iter_mut() {
+                *v = pick[rng.random_range(0..4)];
+            }
+        }
+        for &off in f16_fields {
+            let s = if rng.random_range(0..3) == 0 {
+                scales[rng.random_range(0..scales.len())]
+            } else {
+                rng.random_range(-4.0f32..4.0)
+            };
+            blk[off..off + 2].copy_from_slice(&f16::from_f32(s).to_le_bytes());
+        }
+    }
+    w
+}
+
+fn reference_quantized(rng: &mut StdRng, ty: GgmlType, n: usize, k: usize) -> Vec<u8> {
+    let x = noise(rng, n * k, 32);
+    let mut w = vec![0u8; row_bytes(ty, n * k).unwrap()];
+    formats::quantize_row(ty, &x, &mut w).unwrap();
+    w
+}
+
+fn float_weights(rng: &mut StdRng, ty: GgmlType, n: usize, k: usize) -> Vec<u8> {
+    let x = noise(rng, n * k, 16);
+    match ty {
+        GgmlType::F32 => x.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        GgmlType::F16 => x
+            .iter()
+            .flat_map(|v| f16::from_f32(*v).to_le_bytes())
+            .collect(),
+        GgmlType::BF16 => x
+            .iter()
+            .flat_map(|v| bf16::from_f32(*v).to_le_bytes())
+            .collect(),
+        _ => unreachable!(),
+    }
+}
+
+fn same_f32(a: f32, b: f32) -> bool {
+    a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())
+}
+
+/// Σ|w·x| over dequantized rows (the scale of float rounding errors).
+fn abs_dot(ty: GgmlType, k: usize, w_row: &[u8], x: &[f32]) -> f64 {
+    let mut wd = vec![0f32; k];
+    formats::dequantize_row(ty, w_row, &mut wd).unwrap();
+    wd.iter()
+        .zip(x)
+        .map(|(a, b)| (*a as f64 * *b as f64).abs())
+        .sum()
+}
+
+/// `gemm` at every level equals the reference dots (exact, or within the float bound).
+fn check_gemm(ty: GgmlType, w: &[u8], n: usize, k: usize, x: &[f32], m: usize, what: &str) {
+    let w_rb = row_bytes(ty, k).unwrap();
+    let at = ty.vec_dot_type();
+    let a_rb = row_bytes(at, k).unwrap();
+    let mut act = vec![0u8; m * a_rb];
+    for (xr, ar) in x.chunks(k).zip(act.chunks_mut(a_rb)) {
+        formats::quantize_row(at, xr, ar).unwrap();
+    }
+    let mut want = vec![0f32; m * n];
+    for c in 0..m {
+        for r in 0..n {
+            want[c * n + r] = formats::vec_dot(
+                ty,
+                k,
+                &w[r * w_rb..(r + 1) * w_rb],
+                &act[c * a_rb..(c + 1) * a_rb],
+            );
+        }
+    }
+    // unaligned copies
+    let mut w_odd = vec![0u8; w.len() + 1];
+    w_odd[1..].copy_from_slice(w);
+    let mut a_odd = vec![0u8; act.len() + 3];
+    a_odd[3..].copy_from_slice(&act);
+    let float = FLOATS.contains(&ty);
+    for kern in levels() {
+        for (wb, ab) in [(w, &act[..]), (&w_odd[1..], &a_odd[3..])] {
+            let mut got = vec![f32::NAN; m * n];
+            kern.gemm(ty, k, wb, n, ab, m, &mut got).unwrap();
+            for c in 0..m {
+                for r in 0..n {
+                    let (g, e) = (got[c * n + r], want[c * n + r]);
+                    let ctx =
+                        || format!("{} {ty} {what} n={n} k={k} m={m} [{c}][{r}]", kern.level());
+                    if float {
+                        let xr = &x[c * k..(c + 1) * k];
+                        let scale = abs_dot(ty, k, &w[r * w_rb..(r + 1) * w_rb], xr);
+                        let tol = (k as f64 / 8.0 + 16.0) * f64::powi(2.0, -24) * scale;
+                        assert!(
+                            (g as f64 - e as f64).abs() <= tol || same_f32(g, e),
+                            "{}: {g} vs {e} (tol {tol})",
+                            ctx()
+                        );
+                    } else {
+                        assert!(same_f32(g, e), "{}: {g} vs {e}", ctx());
+                    }
+                }
+            }
+        }
+        // vec_dot is the 1 × 1 case
+        let v = kern.vec_dot(ty, k, &w[..w_rb], &act[..a_rb]);
+        if !float {
+            assert!(same_f32(v, want[0]), "{} {ty} vec_dot", kern.level());
+        }
+    }
+}
+
+fn shapes(ty: GgmlType) -> Vec<(usize, usize, usize)> {
+    let kb = ty.block_size().max(32);
+    // (n, k, m): odd row counts, counts that are not tile multiples, one-block rows
+    vec![
+        (1, kb, 1),
+        (8, kb * 3, 4),
+        (13, kb * 2, 5),
+        (19, kb * 5, 9),
+        (7, kb * 4, 3),
+        (16, kb, 2),
+    ]
+}
+
+#[test]
+fn quantized_gemm_matches_reference_exactly() {
+    let mut rng = StdRng::seed_from_u64(11);
+    for ty in QUANTIZED {
+        for (n, k, m) in shapes(ty) {
+            let x = activation_rows(&mut rng, m, k);
+            let w = reference_quantized(&mut rng, ty, n, k);
+            check_gemm(ty, &w, n, k, &x, m, "quantized");
+            let w = random_weights(&mut rng, ty, n, k);
+            check_gemm(ty, &w, n, k, &x, m, "random bytes");
+        }
+    }
+}
+
+#[test]
+fn many_random_blocks_match_reference_exactly() {
+    // enough large integer dots with full-mantissa scales that a change in the order of the
+    // f32 operations would show
+    let mut rng = StdRng::seed_from_u64(14);
+    for ty in QUANTIZED {
+        let (n, k, m) = (24, 4096, 4);
+        let mut x = noise(&mut rng, m * k, 32);
+        // one row of large positive values (quantized to 100..127, scale 0.37/127)
+        for v in x[k..2 * k].iter_mut() {
+            *v = rng.random_range(100..=127) as f32 * 0.37 / 127.0;
+        }
+        let w = random_weights(&mut rng, ty, n, k);
+        check_gemm(ty, &w, n, k, &x, m, "many random");
+    }
+}
+
+#[test]
+fn long_rows_match_reference_exactly() {
+    // Phi-2-like row length; all activation rows plain noise
+    let mut rng = StdRng::seed_from_u64(12);
+    for ty in QUANTIZED {
+        let (n, k, m) = (9, 2560, 6);
+        let x = noise(&mut rng, m * k, 64);
+        let w = reference_quantized(&mut rng, ty, n, k);
+        check_gemm(ty, &w, n, k, &x, m, "long");
+    }
+}
+
+#[test]
+fn float_gemm_within_f32_summation_bound() {
+    let mut rng = StdRng::seed_from_u64(13);
+    for ty in FLOATS {
+        // k not a multiple of 8 or 16 exercises the scalar tail
+        for (n, k, m) in [
+            (1, 7, 1),
+            (9, 100, 5),
+            (8, 1408, 4),
+            (5, 37, 3),
+            (17, 64, 2),
+        ] {
+            let x = noise(&mut rng, m * k, 16);
+            let w = float_weights(&mut rng, ty, n, k);
+            check_gemm(ty, &w, n, k, &x, m, "float");
+        }
+    }
+}
+
+#[test]
+fn errors_instead_of_panics() {
+    let kern = simd::kernels();
+    let w = vec![0u8; 2 * 18];
+    let act = vec![0u8; 34];
+    let mut y = vec![0f32; 2];
+    assert!(kern
+        .gemm(GgmlType::Q4_0, 32, &w, 2, &act, 1, &mut y)
+        .is_ok());
+    assert!(kern
+        .gemm(GgmlType::Q4_0, 32, &w, 3, &act, 1, &mut y)
+        .is_err());
+    assert!(kern
+        .gemm(GgmlType::Q4_0, 32, &w, 2, &act[1..], 1, &mut y)
+        .is_err());
+    assert!(kern
+        .gemm(GgmlType::Q4_0, 32, &w, 2, &act, 1, &mut y[1..])
+        .is_err());
+    assert!(kern
+        .gemm(GgmlType::Q4_0, 33, &w, 2, &act, 1, &mut y)
+        .is_err());
+    assert!(kern
+        .gemm(GgmlType::Q8_K, 256, &w, 2, &act, 1, &mut y)
+        .is_err());
+    assert!(kern
+        .gemm(GgmlType::Q4_0, 32, &w, usize::MAX, &act, 1, &mut y)
+        .is_err());
+    let x = vec![1f32; 64];
+    let mut q = vec![0u8; 68];
+    assert!(kern
+        .quantize_activations(GgmlType::Q4_0, &x, 32, &mut q)
+        .is_ok());
+    assert!(kern
+        .quantize_activations(GgmlType::Q4_0, &x, 32, &mut q[1..])
+        .is_err());
+    assert!(kern
+        .quantize_activations(GgmlType::Q4_0, &x[1..], 32, &mut q)
+        .is_err());
+    assert!(kern
+        .quantize_activations(GgmlType::Q4_K, &x, 64, &mut q)
+        .is_err());
+    assert!(kern
+        .quantize_activations(GgmlType::I8, &x, 32, &mut q)
+        .is_err());
+    // empty shapes
+    assert!(kern
+        .gemm(GgmlType::Q4_0, 32, &[], 0, &act, 1, &mut [])
+        .is_ok());
+}
