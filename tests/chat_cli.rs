@@ -17,8 +17,23 @@ fn chat_session_with_image_commands_and_eof() {
     convert_vision(3, "f16", &vision);
     let image = fixtures().join("images/rgb_37x23.png");
     let mut child = Command::new(env!("CARGO_BIN_EXE_tinygptv"))
-        .args(["chat", "--model", lm.to_str().unwrap(), "--mmproj", vision.to_str().unwrap()])
-        .args(["--image", image.to_str().unwrap(), "-n", "4", "--temp", "0", "--seed", "1"])
+        .args([
+            "chat",
+            "--model",
+            lm.to_str().unwrap(),
+            "--mmproj",
+            vision.to_str().unwrap(),
+        ])
+        .args([
+            "--image",
+            image.to_str().unwrap(),
+            "-n",
+            "4",
+            "--temp",
+            "0",
+            "--seed",
+            "1",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -28,7 +43,12 @@ fn chat_session_with_image_commands_and_eof() {
         "/help\nWhere is the red square?\nAnd the circle?\n/image {}\nWhat is this?\n/image /nonexistent.png\n/reset\nHello\n/bogus\n",
         fixtures().join("images/gray_19x25.png").display()
     );
-    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap(); // then EOF = Ctrl-D
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap(); // then EOF = Ctrl-D
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
@@ -42,10 +62,17 @@ fn chat_session_with_image_commands_and_eof() {
     // is only the new text (fewer tokens than the first turn's prompt with the image)
     let prompts: Vec<usize> = stderr
         .lines()
-        .filter_map(|l| l.strip_prefix("[prompt ").and_then(|r| r.split(' ').next()).and_then(|n| n.parse().ok()))
+        .filter_map(|l| {
+            l.strip_prefix("[prompt ")
+                .and_then(|r| r.split(' ').next())
+                .and_then(|n| n.parse().ok())
+        })
         .collect();
     assert_eq!(prompts.len(), 4, "{stderr}");
-    assert!(prompts[1] < prompts[0], "second turn re-processed the whole conversation: {prompts:?}");
+    assert!(
+        prompts[1] < prompts[0],
+        "second turn re-processed the whole conversation: {prompts:?}"
+    );
 }
 
 #[test]
@@ -71,15 +98,39 @@ fn run_draw_boxes_writes_an_image() {
     convert_vision(4, "q8_0", &vision);
     let cli_out = dir.path().join("cli.png");
     let o = Command::new(env!("CARGO_BIN_EXE_tinygptv"))
-        .args(["run", "--model", lm.to_str().unwrap(), "--mmproj", vision.to_str().unwrap()])
-        .args(["--image", fixtures().join("images/rgb_37x23.png").to_str().unwrap()])
-        .args(["--task", "refer", "--prompt", "give me the location of the square", "-n", "6", "--seed", "3", "--json"])
+        .args([
+            "run",
+            "--model",
+            lm.to_str().unwrap(),
+            "--mmproj",
+            vision.to_str().unwrap(),
+        ])
+        .args([
+            "--image",
+            fixtures().join("images/rgb_37x23.png").to_str().unwrap(),
+        ])
+        .args([
+            "--task",
+            "refer",
+            "--prompt",
+            "give me the location of the square",
+            "-n",
+            "6",
+            "--seed",
+            "3",
+            "--json",
+        ])
         .args(["--draw-boxes", cli_out.to_str().unwrap()])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert!(v["text"].is_string() && v["tokens"].is_array() && v["boxes"].is_array() && v["timings"].is_object());
+    assert!(
+        v["text"].is_string()
+            && v["tokens"].is_array()
+            && v["boxes"].is_array()
+            && v["timings"].is_object()
+    );
     assert!(runtime::image::load_rgb(&cli_out, 1 << 20).is_ok());
 }
 
@@ -92,9 +143,19 @@ fn unreadable_images_are_clear_errors() {
     std::fs::write(&bad, b"\x89PNG\r\n\x1a\n truncated").unwrap();
     let txt = dir.path().join("notes.txt");
     std::fs::write(&txt, b"hello").unwrap();
-    for (img, needle) in [(bad.clone(), "bad.png"), (txt.clone(), "notes.txt"), (dir.path().join("missing.png"), "missing.png")] {
+    for (img, needle) in [
+        (bad.clone(), "bad.png"),
+        (txt.clone(), "notes.txt"),
+        (dir.path().join("missing.png"), "missing.png"),
+    ] {
         let o = Command::new(env!("CARGO_BIN_EXE_tinygptv"))
-            .args(["embed-image", "--mmproj", vision.to_str().unwrap(), "--image", img.to_str().unwrap()])
+            .args([
+                "embed-image",
+                "--mmproj",
+                vision.to_str().unwrap(),
+                "--image",
+                img.to_str().unwrap(),
+            ])
             .args(["--out", dir.path().join("t.npy").to_str().unwrap()])
             .output()
             .unwrap();
@@ -104,8 +165,17 @@ fn unreadable_images_are_clear_errors() {
     }
     // the pixel limit guards against decompression bombs
     let o = Command::new(env!("CARGO_BIN_EXE_tinygptv"))
-        .args(["embed-image", "--mmproj", vision.to_str().unwrap(), "--max-pixels", "100"])
-        .args(["--image", fixtures().join("images/rgb_37x23.png").to_str().unwrap()])
+        .args([
+            "embed-image",
+            "--mmproj",
+            vision.to_str().unwrap(),
+            "--max-pixels",
+            "100",
+        ])
+        .args([
+            "--image",
+            fixtures().join("images/rgb_37x23.png").to_str().unwrap(),
+        ])
         .args(["--out", dir.path().join("t.npy").to_str().unwrap()])
         .output()
         .unwrap();

@@ -9,7 +9,10 @@ use std::process::{Command, Output};
 use common::*;
 
 fn tinygptv(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tinygptv")).args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_tinygptv"))
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 fn s(p: &Path) -> &str {
@@ -22,7 +25,10 @@ fn fixture(rel: &str) -> String {
 
 /// No temporary or partial files next to the outputs.
 fn only_files(dir: &Path, want: &[&str]) {
-    let mut names: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     names.sort();
     let mut want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
     want.sort();
@@ -35,15 +41,35 @@ fn every_phi2_layout_converts_and_reads_back() {
     let mut outs = Vec::new();
     for layout in ["phi2-safetensors", "phi2-sharded", "phi2-bin", "phi2-fused"] {
         let out = dir.path().join(format!("{layout}.gguf"));
-        let o = tinygptv(&["convert", "--phi2", &fixture(layout), "--type", "q8_0", "--out", s(&out)]);
-        assert!(o.status.success(), "{layout}: {}", String::from_utf8_lossy(&o.stderr));
+        let o = tinygptv(&[
+            "convert",
+            "--phi2",
+            &fixture(layout),
+            "--type",
+            "q8_0",
+            "--out",
+            s(&out),
+        ]);
+        assert!(
+            o.status.success(),
+            "{layout}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         let info = tinygptv(&["info", s(&out), "--json"]);
         assert!(info.status.success());
         let v: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
         assert!(v.to_string().contains("\"phi2\""), "{layout}: architecture");
         outs.push(out);
     }
-    only_files(dir.path(), &["phi2-safetensors.gguf", "phi2-sharded.gguf", "phi2-bin.gguf", "phi2-fused.gguf"]);
+    only_files(
+        dir.path(),
+        &[
+            "phi2-safetensors.gguf",
+            "phi2-sharded.gguf",
+            "phi2-bin.gguf",
+            "phi2-fused.gguf",
+        ],
+    );
     // split layouts give llama.cpp's 453-tensor-style separate Q/K/V; the fused one attn_qkv
     let split = kernels::gguf::GgufFile::open(&outs[0]).unwrap();
     assert!(split.tensor_info("blk.0.attn_q.weight").is_some());
@@ -73,10 +99,27 @@ fn tinygptv_conversion_writes_both_files() {
     let lm = dir.path().join("lm.gguf");
     let vision = dir.path().join("vision.gguf");
     let o = tinygptv(&[
-        "convert", "--phi2", &fixture("phi2-fused"), "--tinygptv", &fixture("checkpoints/tinygptv_stage4.pth"),
-        "--eva", &fixture("checkpoints/eva_vit_g.pth"), "--blip2", &fixture("checkpoints/blip2_pretrained.pth"),
-        "--image-size", "56", "--vision-heads", "4", "--qformer-heads", "4", "--type", "q4_k_m",
-        "--out", s(&lm), "--mmproj-out", s(&vision),
+        "convert",
+        "--phi2",
+        &fixture("phi2-fused"),
+        "--tinygptv",
+        &fixture("checkpoints/tinygptv_stage4.pth"),
+        "--eva",
+        &fixture("checkpoints/eva_vit_g.pth"),
+        "--blip2",
+        &fixture("checkpoints/blip2_pretrained.pth"),
+        "--image-size",
+        "56",
+        "--vision-heads",
+        "4",
+        "--qformer-heads",
+        "4",
+        "--type",
+        "q4_k_m",
+        "--out",
+        s(&lm),
+        "--mmproj-out",
+        s(&vision),
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let f = kernels::gguf::GgufFile::open(&lm).unwrap();
@@ -98,20 +141,40 @@ fn tinygptv_conversion_writes_both_files() {
 #[test]
 fn hostile_checkpoint_is_refused_and_leaves_nothing() {
     let marker = {
-        let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("converter/tests/data/expected.json")).unwrap();
+        let text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("converter/tests/data/expected.json"),
+        )
+        .unwrap();
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         v["hostile_marker"].as_str().unwrap().to_string()
     };
     let _ = std::fs::remove_file(&marker);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("lm.gguf");
-    let hostile = Path::new(env!("CARGO_MANIFEST_DIR")).join("converter/tests/data/hostile_model.pth");
-    let o = tinygptv(&["convert", "--phi2", &fixture("phi2-safetensors"), "--tinygptv", s(&hostile), "--type", "f16", "--out", s(&out)]);
+    let hostile =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("converter/tests/data/hostile_model.pth");
+    let o = tinygptv(&[
+        "convert",
+        "--phi2",
+        &fixture("phi2-safetensors"),
+        "--tinygptv",
+        s(&hostile),
+        "--type",
+        "f16",
+        "--out",
+        s(&out),
+    ]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("refusing") && err.contains("hostile_model.pth"), "{err}");
+    assert!(
+        err.contains("refusing") && err.contains("hostile_model.pth"),
+        "{err}"
+    );
     assert_eq!(err.trim().lines().count(), 1, "one-line error: {err}");
-    assert!(!Path::new(&marker).exists(), "the hostile pickle ran a command");
+    assert!(
+        !Path::new(&marker).exists(),
+        "the hostile pickle ran a command"
+    );
     only_files(dir.path(), &[]);
 }
 
@@ -120,10 +183,56 @@ fn bad_inputs_give_one_line_errors() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("x.gguf");
     for (args, needle) in [
-        (vec!["convert", "--phi2", "/nonexistent/dir", "--type", "q4_0", "--out", s(&out)], "/nonexistent/dir"),
-        (vec!["convert", "--phi2", &fixture("tokenizer"), "--type", "q4_0", "--out", s(&out)], "tokenizer"),
-        (vec!["convert", "--phi2", &fixture("phi2-safetensors"), "--type", "q3_k", "--out", s(&out)], "q3_k"),
-        (vec!["convert", "--phi2", &fixture("phi2-safetensors"), "--tinygptv", &fixture("checkpoints/eva_vit_g.pth"), "--type", "f16", "--out", s(&out)], "eva_vit_g.pth"),
+        (
+            vec![
+                "convert",
+                "--phi2",
+                "/nonexistent/dir",
+                "--type",
+                "q4_0",
+                "--out",
+                s(&out),
+            ],
+            "/nonexistent/dir",
+        ),
+        (
+            vec![
+                "convert",
+                "--phi2",
+                &fixture("tokenizer"),
+                "--type",
+                "q4_0",
+                "--out",
+                s(&out),
+            ],
+            "tokenizer",
+        ),
+        (
+            vec![
+                "convert",
+                "--phi2",
+                &fixture("phi2-safetensors"),
+                "--type",
+                "q3_k",
+                "--out",
+                s(&out),
+            ],
+            "q3_k",
+        ),
+        (
+            vec![
+                "convert",
+                "--phi2",
+                &fixture("phi2-safetensors"),
+                "--tinygptv",
+                &fixture("checkpoints/eva_vit_g.pth"),
+                "--type",
+                "f16",
+                "--out",
+                s(&out),
+            ],
+            "eva_vit_g.pth",
+        ),
     ] {
         let o = tinygptv(&args);
         assert!(!o.status.success(), "{args:?} should fail");
@@ -139,19 +248,31 @@ fn quantize_requantizes_f32_files() {
     let dir = tempfile::tempdir().unwrap();
     let f32_path = dir.path().join("f32.gguf");
     convert_lm("phi2-safetensors", "f32", Some(3), &f32_path);
-    for (ty, expect) in [("q4_0", kernels::GgmlType::Q4_0), ("q4_k", kernels::GgmlType::Q4_K), ("bf16", kernels::GgmlType::BF16)] {
+    for (ty, expect) in [
+        ("q4_0", kernels::GgmlType::Q4_0),
+        ("q4_k", kernels::GgmlType::Q4_K),
+        ("bf16", kernels::GgmlType::BF16),
+    ] {
         let out = dir.path().join(format!("{ty}.gguf"));
         let o = tinygptv(&["quantize", s(&f32_path), s(&out), ty]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let f = kernels::gguf::GgufFile::open(&out).unwrap();
         assert_eq!(f.tensor_info("blk.0.ffn_up.weight").unwrap().ty, expect);
-        assert_eq!(f.tensor_info("blk.0.attn_norm.weight").unwrap().ty, kernels::GgmlType::F32);
+        assert_eq!(
+            f.tensor_info("blk.0.attn_norm.weight").unwrap().ty,
+            kernels::GgmlType::F32
+        );
         // metadata carried over
         assert_eq!(f.get_str("tinygptv.prompt_template").unwrap(), "stage3");
         runtime::llm::load_language_model(&out).unwrap();
     }
     // an already-quantized input is refused
-    let o = tinygptv(&["quantize", s(&dir.path().join("q4_0.gguf")), s(&dir.path().join("again.gguf")), "q8_0"]);
+    let o = tinygptv(&[
+        "quantize",
+        s(&dir.path().join("q4_0.gguf")),
+        s(&dir.path().join("again.gguf")),
+        "q8_0",
+    ]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("already quantized"));
 }

@@ -22,7 +22,11 @@ fn convert(stage: u32, ty: &str) -> Files {
     let vision = dir.path().join(format!("vision-{ty}.gguf"));
     convert_lm("phi2-safetensors", ty, Some(stage), &lm);
     convert_vision(stage, ty, &vision);
-    Files { _dir: dir, lm, vision }
+    Files {
+        _dir: dir,
+        lm,
+        vision,
+    }
 }
 
 /// Logits of the whole spliced sequence (prompt + the reference greedy ids but the last).
@@ -36,13 +40,19 @@ fn spliced_logits(f: &Files, r: &serde_json::Value, template: Template) -> (Vec<
     let spliced = runtime::pipeline::splice(&lm.model, &lm.tokenizer, &prompt, &visual).unwrap();
     let want_pieces: Vec<Vec<u32>> = r["piece_ids"].as_array().unwrap().iter().map(ids).collect();
     assert_eq!(spliced.pieces, want_pieces, "tokenized prompt pieces");
-    assert_eq!(spliced.n_positions, r["prompt_len"].as_u64().unwrap() as usize);
+    assert_eq!(
+        spliced.n_positions,
+        r["prompt_len"].as_u64().unwrap() as usize
+    );
     let greedy = ids(&r["greedy_ids"]);
     let mut x = spliced.embeddings;
     x.extend(lm.model.embed_tokens(&greedy[..greedy.len() - 1]).unwrap());
     let n = x.len() / lm.model.cfg.n_embd;
     let mut cache = lm.model.new_cache(CacheType::F32, n);
-    (lm.model.forward(x, &mut cache, true).unwrap(), lm.model.cfg.n_vocab)
+    (
+        lm.model.forward(x, &mut cache, true).unwrap(),
+        lm.model.cfg.n_vocab,
+    )
 }
 
 /// Greedy answer through the real generation loop (KV cache, one token at a time).
@@ -54,14 +64,29 @@ fn greedy_answer(f: &Files, r: &serde_json::Value, template: Template) -> Vec<u3
     let prompt = render_single(template, r["question"].as_str().unwrap(), true);
     let spliced = runtime::pipeline::splice(&lm.model, &lm.tokenizer, &prompt, &visual).unwrap();
     let n_new = ids(&r["greedy_ids"]).len();
-    let mut cache = lm.model.new_cache(CacheType::F16, spliced.n_positions + n_new);
+    let mut cache = lm
+        .model
+        .new_cache(CacheType::F16, spliced.n_positions + n_new);
     let opts = runtime::generate::GenerateOptions {
         max_new_tokens: n_new,
-        sampling: runtime::sampling::SamplingParams { temperature: 0.0, repeat_penalty: 1.0, ..Default::default() },
+        sampling: runtime::sampling::SamplingParams {
+            temperature: 0.0,
+            repeat_penalty: 1.0,
+            ..Default::default()
+        },
         stop_ids: vec![],
         stop_strings: vec![],
     };
-    let g = runtime::generate::generate(&lm.model, &lm.tokenizer, &mut cache, spliced.embeddings, &[], &opts, &mut |_| {}).unwrap();
+    let g = runtime::generate::generate(
+        &lm.model,
+        &lm.tokenizer,
+        &mut cache,
+        spliced.embeddings,
+        &[],
+        &opts,
+        &mut |_| {},
+    )
+    .unwrap();
     g.tokens
 }
 
@@ -73,12 +98,23 @@ fn check_stage(stage: u32, template: Template) {
     let (want, shape) = npy(r["logits"].as_str().unwrap());
     assert_eq!(shape, vec![logits.len() / vocab, vocab]);
     let err = max_row_rel_err(&logits, &want, vocab);
-    assert!(err <= 1e-4, "stage {stage}: spliced logits max relative error {err:.3e} > 1e-4");
+    assert!(
+        err <= 1e-4,
+        "stage {stage}: spliced logits max relative error {err:.3e} > 1e-4"
+    );
 
     let want_greedy = ids(&r["greedy_ids"]);
-    assert_eq!(greedy_answer(&f32_files, r, template), want_greedy, "stage {stage} f32 greedy answer");
+    assert_eq!(
+        greedy_answer(&f32_files, r, template),
+        want_greedy,
+        "stage {stage} f32 greedy answer"
+    );
     let f16_files = convert(stage, "f16");
-    assert_eq!(greedy_answer(&f16_files, r, template), want_greedy, "stage {stage} f16 greedy answer");
+    assert_eq!(
+        greedy_answer(&f16_files, r, template),
+        want_greedy,
+        "stage {stage} f16 greedy answer"
+    );
 }
 
 #[test]
@@ -107,10 +143,16 @@ fn visual_tokens_quantized_cosine() {
             let got = tower.encode(&pixels).unwrap();
             let c = cosine(&got, &want);
             eprintln!("stage {stage} {ty}: visual-token cosine {c:.6}");
-            assert!(c >= min_cos, "stage {stage} {ty}: cosine {c:.6} < {min_cos}");
+            assert!(
+                c >= min_cos,
+                "stage {stage} {ty}: cosine {c:.6} < {min_cos}"
+            );
             if ty == "f32" {
                 let err = max_row_rel_err(&got, &want, want.len());
-                assert!(err <= 1e-4, "stage {stage}: f32 visual tokens relative error {err:.3e}");
+                assert!(
+                    err <= 1e-4,
+                    "stage {stage}: f32 visual tokens relative error {err:.3e}"
+                );
             }
         }
     }
@@ -134,11 +176,23 @@ fn cli_logits_and_run_with_image() {
         .arg(&f.vision)
         .arg("--image")
         .arg(&image)
-        .args(["--prompt", question, "--template", "auto", "--cache-type", "f32", "--out"])
+        .args([
+            "--prompt",
+            question,
+            "--template",
+            "auto",
+            "--cache-type",
+            "f32",
+            "--out",
+        ])
         .arg(&out)
         .output()
         .unwrap();
-    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
     let (got, shape) = runtime::npy::read_f32(Path::new(&out)).unwrap();
     let prompt_len = r["prompt_len"].as_u64().unwrap() as usize;
     assert_eq!(shape, vec![prompt_len, 1280]);
@@ -154,16 +208,33 @@ fn cli_logits_and_run_with_image() {
         .arg(&f.vision)
         .arg("--image")
         .arg(&image)
-        .args(["--prompt", question, "--temp", "0", "--repeat-penalty", "1.0", "-n", &n, "--json"])
+        .args([
+            "--prompt",
+            question,
+            "--temp",
+            "0",
+            "--repeat-penalty",
+            "1.0",
+            "-n",
+            &n,
+            "--json",
+        ])
         .output()
         .unwrap();
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
     // Generation stops early if the answer produces the stop string `###`; the ids generated
     // must be a prefix of the reference's.
     let got = ids(&v["tokens"]);
     let want = ids(&r["greedy_ids"]);
-    assert!(!got.is_empty() && want.starts_with(&got), "run --json tokens {got:?} vs reference {want:?}");
+    assert!(
+        !got.is_empty() && want.starts_with(&got),
+        "run --json tokens {got:?} vs reference {want:?}"
+    );
     assert!(v["timings"]["image_encode_ms"].as_f64().is_some());
     assert!(v["boxes"].is_array());
 }

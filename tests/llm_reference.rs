@@ -9,18 +9,31 @@ use runtime::kv_cache::CacheType;
 use runtime::llm::load_language_model;
 
 /// Logits at every position of `prompt_ids ++ greedy_ids[..-1]` for reference `key`.
-fn check_case(gguf: &std::path::Path, refs: &serde_json::Value, case: &str, cache: CacheType, tol: f64) -> (f64, usize, usize) {
+fn check_case(
+    gguf: &std::path::Path,
+    refs: &serde_json::Value,
+    case: &str,
+    cache: CacheType,
+    tol: f64,
+) -> (f64, usize, usize) {
     let r = &refs[case];
     let mut tokens = ids(&r["prompt_ids"]);
     let greedy = ids(&r["greedy_ids"]);
     tokens.extend_from_slice(&greedy[..greedy.len() - 1]);
     let lm = load_language_model(gguf).unwrap();
     let mut kv = lm.model.new_cache(cache, tokens.len());
-    let logits = lm.model.forward(lm.model.embed_tokens(&tokens).unwrap(), &mut kv, true).unwrap();
+    let logits = lm
+        .model
+        .forward(lm.model.embed_tokens(&tokens).unwrap(), &mut kv, true)
+        .unwrap();
     let (want, shape) = npy(r["logits"].as_str().unwrap());
     assert_eq!(shape, vec![tokens.len(), lm.model.cfg.n_vocab]);
     let err = max_row_rel_err(&logits, &want, shape[1]);
-    assert!(err <= tol, "{}: {case}: max relative logit error {err:.3e} > {tol:.1e}", gguf.display());
+    assert!(
+        err <= tol,
+        "{}: {case}: max relative logit error {err:.3e} > {tol:.1e}",
+        gguf.display()
+    );
     let agree = logits
         .chunks(shape[1])
         .zip(want.chunks(shape[1]))
@@ -35,12 +48,18 @@ fn check_greedy(gguf: &std::path::Path, r: &serde_json::Value, cache: CacheType)
     let want = ids(&r["greedy_ids"]);
     let lm = load_language_model(gguf).unwrap();
     let mut kv = lm.model.new_cache(cache, prompt.len() + want.len());
-    let mut logits = lm.model.forward(lm.model.embed_tokens(&prompt).unwrap(), &mut kv, false).unwrap();
+    let mut logits = lm
+        .model
+        .forward(lm.model.embed_tokens(&prompt).unwrap(), &mut kv, false)
+        .unwrap();
     let mut got = Vec::new();
     for _ in 0..want.len() {
         let id = argmax(&logits) as u32;
         got.push(id);
-        logits = lm.model.forward(lm.model.embed_tokens(&[id]).unwrap(), &mut kv, false).unwrap();
+        logits = lm
+            .model
+            .forward(lm.model.embed_tokens(&[id]).unwrap(), &mut kv, false)
+            .unwrap();
     }
     assert_eq!(got, want, "{}: greedy continuation differs", gguf.display());
 }
@@ -55,7 +74,11 @@ fn stock_phi2_f32_every_layout_matches_pytorch() {
         convert_lm(dir, "f32", None, &out);
         // f16/bf16 sources carry their own rounding: the reference was computed from the f32
         // weights, so only the f32 source is held to 1e-4.
-        let tol = if dir == "phi2-safetensors" { 1e-4 } else { 2e-2 };
+        let tol = if dir == "phi2-safetensors" {
+            1e-4
+        } else {
+            2e-2
+        };
         for case in ["one", "short", "long"] {
             check_case(&out, refs, case, CacheType::F32, tol);
         }
@@ -80,7 +103,10 @@ fn stock_phi2_greedy_f32_and_f16() {
 fn tinygptv_variant_matches_pytorch() {
     let m = manifest();
     let tmp = tempfile::tempdir().unwrap();
-    for (stage, key, cases) in [(3, "tinygptv_stage3", vec!["one", "short", "long"]), (4, "tinygptv_stage4", vec!["short"])] {
+    for (stage, key, cases) in [
+        (3, "tinygptv_stage3", vec!["one", "short", "long"]),
+        (4, "tinygptv_stage4", vec!["short"]),
+    ] {
         let refs = &m["llm_refs"][key];
         let out = tmp.path().join(format!("{key}.gguf"));
         convert_lm("phi2-safetensors", "f32", Some(stage), &out);
@@ -115,5 +141,8 @@ fn q8_0_argmax_agreement() {
     }
     let frac = agree as f64 / total as f64;
     // observed 346/346; at most one flip allowed
-    assert!(frac >= 0.995, "Q8_0 argmax agreement {frac:.4} < 0.995 ({agree}/{total})");
+    assert!(
+        frac >= 0.995,
+        "Q8_0 argmax agreement {frac:.4} < 0.995 ({agree}/{total})"
+    );
 }

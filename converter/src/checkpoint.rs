@@ -178,7 +178,9 @@ impl FileData for Mmap {
         if end > first && end <= self.len() {
             // SAFETY: a read-only private file mapping: dropped pages are read from the file
             // again if touched later, so no data can change or be lost.
-            let _ = unsafe { self.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, first, end - first) };
+            let _ = unsafe {
+                self.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, first, end - first)
+            };
         }
     }
 }

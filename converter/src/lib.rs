@@ -4,12 +4,12 @@ pub mod checkpoint;
 pub mod hf;
 pub mod interp;
 pub mod phi2;
+pub mod pickle;
 pub mod plan;
 pub mod policy;
 pub mod requantize;
-pub mod synth;
-pub mod pickle;
 pub mod safetensors;
+pub mod synth;
 pub mod torch;
 pub mod vision;
 

@@ -47,8 +47,19 @@ impl Plan {
         self.kv.push((key.to_string(), value));
     }
 
-    pub fn tensor(&mut self, name: impl Into<String>, ty: GgmlType, dims: Vec<u64>, source: Source) {
-        self.tensors.push(PlannedTensor { name: name.into(), ty, dims, source });
+    pub fn tensor(
+        &mut self,
+        name: impl Into<String>,
+        ty: GgmlType,
+        dims: Vec<u64>,
+        source: Source,
+    ) {
+        self.tensors.push(PlannedTensor {
+            name: name.into(),
+            ty,
+            dims,
+            source,
+        });
     }
 
     /// Writes the plan to `out` (temporary file + rename; nothing is left behind on error),
@@ -71,9 +82,11 @@ impl Plan {
         let bar = if show {
             let b = ProgressBar::new(total);
             b.set_style(
-                ProgressStyle::with_template("{msg:40!} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-                    .unwrap()
-                    .progress_chars("=> "),
+                ProgressStyle::with_template(
+                    "{msg:40!} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                )
+                .unwrap()
+                .progress_chars("=> "),
             );
             b
         } else {
@@ -82,7 +95,10 @@ impl Plan {
         let result = w.write_to_path(out, |i, info, sink: &mut dyn Write| {
             let t = &self.tensors[i];
             if INTERRUPTED.load(Ordering::Relaxed) {
-                return Err(std::io::Error::new(std::io::ErrorKind::Interrupted, "interrupted"));
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::Interrupted,
+                    "interrupted",
+                ));
             }
             bar.set_message(t.name.clone());
             let data = (t.source)().map_err(|e| std::io::Error::other(format!("{e:#}")))?;
@@ -94,7 +110,8 @@ impl Plan {
                     data.len()
                 )));
             }
-            let bytes = quantize_tensor(t.ty, &data, t.dims[0] as usize).map_err(std::io::Error::other)?;
+            let bytes =
+                quantize_tensor(t.ty, &data, t.dims[0] as usize).map_err(std::io::Error::other)?;
             sink.write_all(&bytes)?;
             bar.inc(bytes.len() as u64);
             Ok(())
@@ -105,7 +122,12 @@ impl Plan {
         // Re-open and validate what was written.
         let f = GgufFile::open(out).with_context(|| format!("re-opening {}", out.display()))?;
         if f.tensors().len() != self.tensors.len() {
-            bail!("{}: wrote {} tensors but read back {}", out.display(), self.tensors.len(), f.tensors().len());
+            bail!(
+                "{}: wrote {} tensors but read back {}",
+                out.display(),
+                self.tensors.len(),
+                f.tensors().len()
+            );
         }
         let mut per_type: Vec<(GgmlType, usize)> = Vec::new();
         for t in &self.tensors {
@@ -114,9 +136,17 @@ impl Plan {
                 None => per_type.push((t.ty, 1)),
             }
         }
-        let summary = Summary { tensors_per_type: per_type, bytes: f.file_size(), seconds: t0.elapsed().as_secs_f64() };
+        let summary = Summary {
+            tensors_per_type: per_type,
+            bytes: f.file_size(),
+            seconds: t0.elapsed().as_secs_f64(),
+        };
         if !quiet {
-            let types: Vec<String> = summary.tensors_per_type.iter().map(|(t, n)| format!("{n} {t}")).collect();
+            let types: Vec<String> = summary
+                .tensors_per_type
+                .iter()
+                .map(|(t, n)| format!("{n} {t}"))
+                .collect();
             eprintln!(
                 "wrote {} ({} tensors: {}; {:.1} MiB) in {:.1} s",
                 out.display(),
@@ -134,7 +164,8 @@ impl Plan {
 pub fn quantize_tensor(ty: GgmlType, data: &[f32], ne0: usize) -> Result<Vec<u8>> {
     let row_bytes = ty
         .row_bytes(ne0 as u64)
-        .ok_or_else(|| anyhow!("rows of {ne0} elements do not fit {ty} blocks"))? as usize;
+        .ok_or_else(|| anyhow!("rows of {ne0} elements do not fit {ty} blocks"))?
+        as usize;
     let rows = data.len() / ne0;
     let mut out = vec![0u8; rows * row_bytes];
     out.par_chunks_mut(row_bytes)

@@ -22,7 +22,10 @@ impl std::str::FromStr for Target {
         if lower == "q4_k_m" {
             return Ok(Target::Q4KM);
         }
-        let lower = lower.strip_suffix("_s").filter(|b| b.ends_with("_k")).unwrap_or(&lower);
+        let lower = lower
+            .strip_suffix("_s")
+            .filter(|b| b.ends_with("_k"))
+            .unwrap_or(&lower);
         match GgmlType::from_name(lower) {
             Some(t @ (GgmlType::F32
             | GgmlType::F16
@@ -106,7 +109,7 @@ fn layer_of(name: &str) -> Option<usize> {
 
 /// Nearest type whose block fits rows of `ne0` elements.
 pub fn fallback(ty: GgmlType, ne0: u64) -> GgmlType {
-    if ne0 % ty.block_size() as u64 == 0 {
+    if ne0.is_multiple_of(ty.block_size() as u64) {
         return ty;
     }
     let next = match ty {
@@ -119,7 +122,13 @@ pub fn fallback(ty: GgmlType, ne0: u64) -> GgmlType {
 }
 
 /// The type of tensor `name` with GGUF dims `dims` (`dims[0]` = row length).
-pub fn choose_type(name: &str, dims: &[u64], target: Target, pure: bool, n_layer: usize) -> GgmlType {
+pub fn choose_type(
+    name: &str,
+    dims: &[u64],
+    target: Target,
+    pure: bool,
+    n_layer: usize,
+) -> GgmlType {
     if keep_f32(name, dims.len()) {
         return GgmlType::F32;
     }
@@ -127,7 +136,11 @@ pub fn choose_type(name: &str, dims: &[u64], target: Target, pure: bool, n_layer
     let mut ty = base;
     if !pure && base.is_quantized() {
         if name == "output.weight" {
-            ty = if base == GgmlType::Q8_0 { GgmlType::Q8_0 } else { GgmlType::Q6_K };
+            ty = if base == GgmlType::Q8_0 {
+                GgmlType::Q8_0
+            } else {
+                GgmlType::Q6_K
+            };
         } else if target == Target::Q4KM {
             let layer = layer_of(name);
             if name.ends_with("attn_v.weight") || name.ends_with("ffn_down.weight") {
@@ -149,21 +162,57 @@ mod tests {
     #[test]
     fn policy() {
         let t: Target = "q4_0".parse().unwrap();
-        assert_eq!(choose_type("blk.0.attn_norm.weight", &[2560], t, false, 32), GgmlType::F32);
-        assert_eq!(choose_type("blk.0.attn_q.bias", &[2560], t, false, 32), GgmlType::F32);
-        assert_eq!(choose_type("blk.0.attn_q.weight", &[2560, 2560], t, false, 32), GgmlType::Q4_0);
-        assert_eq!(choose_type("output.weight", &[2560, 51200], t, false, 32), GgmlType::Q6_K);
-        assert_eq!(choose_type("output.weight", &[2560, 51200], t, true, 32), GgmlType::Q4_0);
-        assert_eq!(choose_type("v.patch_embd.weight", &[14, 14, 3, 1408], t, false, 39), GgmlType::F32);
+        assert_eq!(
+            choose_type("blk.0.attn_norm.weight", &[2560], t, false, 32),
+            GgmlType::F32
+        );
+        assert_eq!(
+            choose_type("blk.0.attn_q.bias", &[2560], t, false, 32),
+            GgmlType::F32
+        );
+        assert_eq!(
+            choose_type("blk.0.attn_q.weight", &[2560, 2560], t, false, 32),
+            GgmlType::Q4_0
+        );
+        assert_eq!(
+            choose_type("output.weight", &[2560, 51200], t, false, 32),
+            GgmlType::Q6_K
+        );
+        assert_eq!(
+            choose_type("output.weight", &[2560, 51200], t, true, 32),
+            GgmlType::Q4_0
+        );
+        assert_eq!(
+            choose_type("v.patch_embd.weight", &[14, 14, 3, 1408], t, false, 39),
+            GgmlType::F32
+        );
         let k: Target = "q4_k".parse().unwrap();
-        assert_eq!(choose_type("v.blk.0.attn_qkv.weight", &[1408, 4224], k, false, 39), GgmlType::Q5_0);
+        assert_eq!(
+            choose_type("v.blk.0.attn_qkv.weight", &[1408, 4224], k, false, 39),
+            GgmlType::Q5_0
+        );
         let m: Target = "q4_k_m".parse().unwrap();
-        assert_eq!(choose_type("blk.0.ffn_down.weight", &[10240, 2560], m, false, 32), GgmlType::Q6_K);
-        assert_eq!(choose_type("blk.5.ffn_down.weight", &[10240, 2560], m, false, 32), GgmlType::Q4_K);
-        assert_eq!(choose_type("blk.6.ffn_down.weight", &[10240, 2560], m, false, 32), GgmlType::Q6_K);
-        assert_eq!(choose_type("blk.5.attn_qkv.weight", &[2560, 7680], m, false, 32), GgmlType::Q5_K);
+        assert_eq!(
+            choose_type("blk.0.ffn_down.weight", &[10240, 2560], m, false, 32),
+            GgmlType::Q6_K
+        );
+        assert_eq!(
+            choose_type("blk.5.ffn_down.weight", &[10240, 2560], m, false, 32),
+            GgmlType::Q4_K
+        );
+        assert_eq!(
+            choose_type("blk.6.ffn_down.weight", &[10240, 2560], m, false, 32),
+            GgmlType::Q6_K
+        );
+        assert_eq!(
+            choose_type("blk.5.attn_qkv.weight", &[2560, 7680], m, false, 32),
+            GgmlType::Q5_K
+        );
         assert_eq!(m.llama_ftype(), 15);
-        assert_eq!("Q4_K_S".parse::<Target>().unwrap(), Target::Plain(GgmlType::Q4_K));
+        assert_eq!(
+            "Q4_K_S".parse::<Target>().unwrap(),
+            Target::Plain(GgmlType::Q4_K)
+        );
         assert!("q3_k".parse::<Target>().is_err());
         // 1408 is not a multiple of 32·k: F16 fallback chain for odd widths
         assert_eq!(fallback(GgmlType::Q4_0, 100), GgmlType::F16);

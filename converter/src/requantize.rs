@@ -11,7 +11,8 @@ use crate::plan::{Plan, Source};
 use crate::policy::{choose_type, Target};
 
 pub fn plan_requantize(input: &Path, target: Target, pure: bool) -> Result<Plan> {
-    let f = Arc::new(GgufFile::open(input).with_context(|| format!("opening {}", input.display()))?);
+    let f =
+        Arc::new(GgufFile::open(input).with_context(|| format!("opening {}", input.display()))?);
     if let Some(t) = f.tensors().iter().find(|t| t.ty.is_quantized()) {
         bail!(
             "{}: tensor '{}' is already quantized ({}); re-quantize from an F32, F16 or BF16 file",
@@ -21,10 +22,13 @@ pub fn plan_requantize(input: &Path, target: Target, pure: bool) -> Result<Plan>
         );
     }
     let arch = f.architecture().unwrap_or("").to_string();
-    let n_layer = [format!("{arch}.block_count"), "clip.vision.block_count".to_string()]
-        .iter()
-        .find_map(|k| f.get(k).and_then(|v| v.as_u32()))
-        .unwrap_or(1) as usize;
+    let n_layer = [
+        format!("{arch}.block_count"),
+        "clip.vision.block_count".to_string(),
+    ]
+    .iter()
+    .find_map(|k| f.get(k).and_then(|v| v.as_u32()))
+    .unwrap_or(1) as usize;
     let mut plan = Plan::default();
     for (k, v) in f.metadata() {
         match k.as_str() {

@@ -25,7 +25,9 @@ impl std::str::FromStr for SynthArch {
             "phi2" => Ok(SynthArch::Phi2),
             "tinygptv-stage3" => Ok(SynthArch::TinyGptvStage3),
             "tinygptv-stage4" => Ok(SynthArch::TinyGptvStage4),
-            _ => Err(format!("unknown arch '{s}' (expected phi2, tinygptv-stage3 or tinygptv-stage4)")),
+            _ => Err(format!(
+                "unknown arch '{s}' (expected phi2, tinygptv-stage3 or tinygptv-stage4)"
+            )),
         }
     }
 }
@@ -35,18 +37,20 @@ impl std::str::FromStr for SynthArch {
 pub fn random_values(n: usize, seed: u64, mean: f32, amp: f32) -> Vec<f32> {
     const CHUNK: usize = 1 << 16;
     let mut out = vec![0.0f32; n];
-    out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| {
-        let mut s = seed ^ (c as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        for v in chunk {
-            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            let u = (z >> 40) as f32 / (1u64 << 24) as f32; // [0, 1)
-            *v = mean + amp * (2.0 * u - 1.0);
-        }
-    });
+    out.par_chunks_mut(CHUNK)
+        .enumerate()
+        .for_each(|(c, chunk)| {
+            let mut s = seed ^ (c as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            for v in chunk {
+                s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                let mut z = s;
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                z ^= z >> 31;
+                let u = (z >> 40) as f32 / (1u64 << 24) as f32; // [0, 1)
+                *v = mean + amp * (2.0 * u - 1.0);
+            }
+        });
     out
 }
 
@@ -59,7 +63,10 @@ fn rand_source(n: usize, seed: u64, mean: f32, amp: f32) -> Source {
 
 /// GPT-2's byte → printable-character map (the `Ġ` = space spelling).
 fn byte_chars() -> Vec<char> {
-    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32).chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
+    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32)
+        .chain(0xA1..=0xAC)
+        .chain(0xAE..=0xFF)
+        .collect();
     let mut cs = bs.clone();
     let mut n = 0;
     for b in 0..256u32 {
@@ -111,10 +118,16 @@ fn synth_tokenizer(plan: &mut Plan, n_vocab: usize) {
 
 /// The language model at Phi-2's real shapes.
 pub fn plan_synth_lm(arch_kind: SynthArch, target: Target, pure: bool) -> Result<Plan> {
-    let (n_vocab, e, n_layer, ff, n_head, n_rot, n_ctx) = (51200usize, 2560usize, 32usize, 10240usize, 32usize, 32usize, 2048usize);
+    let (n_vocab, e, n_layer, ff, n_head, n_rot, n_ctx) = (
+        51200usize, 2560usize, 32usize, 10240usize, 32usize, 32usize, 2048usize,
+    );
     let hd = e / n_head;
     let tinygptv = arch_kind != SynthArch::Phi2;
-    let name = if tinygptv { arch::ARCH_TINYGPTV } else { arch::ARCH_PHI2 };
+    let name = if tinygptv {
+        arch::ARCH_TINYGPTV
+    } else {
+        arch::ARCH_PHI2
+    };
     let k = |s: &str| arch::llm_key(name, s);
     let mut plan = Plan::default();
     plan.kv("general.architecture", v_str(name));
@@ -133,7 +146,10 @@ pub fn plan_synth_lm(arch_kind: SynthArch, target: Target, pure: bool) -> Result
     if tinygptv {
         plan.kv(&k("attention.layer_norm_rms_epsilon"), v_f32(1e-6));
         let stage4 = arch_kind == SynthArch::TinyGptvStage4;
-        plan.kv(arch::KEY_PROMPT_TEMPLATE, v_str(if stage4 { "stage4" } else { "stage3" }));
+        plan.kv(
+            arch::KEY_PROMPT_TEMPLATE,
+            v_str(if stage4 { "stage4" } else { "stage3" }),
+        );
         plan.kv(arch::KEY_GEN_STOP, Value::string_array(["###"]));
     }
     synth_tokenizer(&mut plan, n_vocab);
@@ -147,31 +163,85 @@ pub fn plan_synth_lm(arch_kind: SynthArch, target: Target, pure: bool) -> Result
     };
     let (e64, ff64, v64, hd64) = (e as u64, ff as u64, n_vocab as u64, hd as u64);
     let w = 1.7 / (e as f32).sqrt(); // uniform amplitude ≈ std 1/sqrt(fan_in)
-    add(&mut plan, "token_embd.weight".into(), vec![e64, v64], 0.0, 0.05);
+    add(
+        &mut plan,
+        "token_embd.weight".into(),
+        vec![e64, v64],
+        0.0,
+        0.05,
+    );
     for i in 0..n_layer {
         add(&mut plan, blk(i, "attn_norm.weight"), vec![e64], 1.0, 0.1);
         add(&mut plan, blk(i, "attn_norm.bias"), vec![e64], 0.0, 0.05);
         if tinygptv {
-            add(&mut plan, blk(i, "attn_qkv.weight"), vec![e64, 3 * e64], 0.0, w);
+            add(
+                &mut plan,
+                blk(i, "attn_qkv.weight"),
+                vec![e64, 3 * e64],
+                0.0,
+                w,
+            );
             add(&mut plan, blk(i, "attn_qkv.bias"), vec![3 * e64], 0.0, 0.05);
         } else {
             for p in ["attn_q", "attn_k", "attn_v"] {
-                add(&mut plan, blk(i, &format!("{p}.weight")), vec![e64, e64], 0.0, w);
-                add(&mut plan, blk(i, &format!("{p}.bias")), vec![e64], 0.0, 0.05);
+                add(
+                    &mut plan,
+                    blk(i, &format!("{p}.weight")),
+                    vec![e64, e64],
+                    0.0,
+                    w,
+                );
+                add(
+                    &mut plan,
+                    blk(i, &format!("{p}.bias")),
+                    vec![e64],
+                    0.0,
+                    0.05,
+                );
             }
         }
-        add(&mut plan, blk(i, "attn_output.weight"), vec![e64, e64], 0.0, w * 0.5);
+        add(
+            &mut plan,
+            blk(i, "attn_output.weight"),
+            vec![e64, e64],
+            0.0,
+            w * 0.5,
+        );
         add(&mut plan, blk(i, "attn_output.bias"), vec![e64], 0.0, 0.02);
         if tinygptv {
             for p in ["attn_q_norm", "attn_k_norm"] {
-                add(&mut plan, blk(i, &format!("{p}.weight")), vec![hd64], 1.0, 0.1);
-                add(&mut plan, blk(i, &format!("{p}.bias")), vec![hd64], 0.0, 0.0);
+                add(
+                    &mut plan,
+                    blk(i, &format!("{p}.weight")),
+                    vec![hd64],
+                    1.0,
+                    0.1,
+                );
+                add(
+                    &mut plan,
+                    blk(i, &format!("{p}.bias")),
+                    vec![hd64],
+                    0.0,
+                    0.0,
+                );
             }
-            add(&mut plan, blk(i, "post_attention_norm.weight"), vec![e64], 0.3, 0.05);
+            add(
+                &mut plan,
+                blk(i, "post_attention_norm.weight"),
+                vec![e64],
+                0.3,
+                0.05,
+            );
         }
         add(&mut plan, blk(i, "ffn_up.weight"), vec![e64, ff64], 0.0, w);
         add(&mut plan, blk(i, "ffn_up.bias"), vec![ff64], 0.0, 0.05);
-        add(&mut plan, blk(i, "ffn_down.weight"), vec![ff64, e64], 0.0, 0.5 / (ff as f32).sqrt());
+        add(
+            &mut plan,
+            blk(i, "ffn_down.weight"),
+            vec![ff64, e64],
+            0.0,
+            0.5 / (ff as f32).sqrt(),
+        );
         add(&mut plan, blk(i, "ffn_down.bias"), vec![e64], 0.0, 0.02);
     }
     add(&mut plan, "output_norm.weight".into(), vec![e64], 1.0, 0.1);
@@ -190,7 +260,11 @@ pub fn plan_synth_vision(arch_kind: SynthArch, target: Target, pure: bool) -> Re
     if arch_kind == SynthArch::Phi2 {
         bail!("--mmproj-out needs --arch tinygptv-stage3 or tinygptv-stage4");
     }
-    let image = if arch_kind == SynthArch::TinyGptvStage4 { 448usize } else { 224 };
+    let image = if arch_kind == SynthArch::TinyGptvStage4 {
+        448usize
+    } else {
+        224
+    };
     let (p, d, heads, ff, blocks) = (14usize, 1408usize, 16usize, 6144usize, 39usize);
     let (qd, q_layers, q_heads, q_ff, nq) = (768usize, 12usize, 12usize, 3072usize, 32usize);
     let (proj_mid, n_embd) = (4096usize, 2560usize);
@@ -199,7 +273,10 @@ pub fn plan_synth_vision(arch_kind: SynthArch, target: Target, pure: bool) -> Re
     let mut plan = Plan::default();
     plan.kv("general.architecture", v_str(arch::ARCH_CLIP));
     plan.kv("general.type", v_str("mmproj"));
-    plan.kv("general.name", v_str("synthetic random-weight TinyGPT-V vision tower"));
+    plan.kv(
+        "general.name",
+        v_str("synthetic random-weight TinyGPT-V vision tower"),
+    );
     plan.kv("general.file_type", Value::U32(target.llama_ftype()));
     plan.kv("clip.projector_type", v_str(arch::PROJECTOR_QFORMER));
     plan.kv("clip.has_vision_encoder", Value::Bool(true));
@@ -212,8 +289,14 @@ pub fn plan_synth_vision(arch_kind: SynthArch, target: Target, pure: bool) -> Re
     plan.kv("clip.vision.attention.layer_norm_epsilon", v_f32(1e-6));
     plan.kv(arch::KEY_VISION_POST_LN_EPS, v_f32(1e-5));
     plan.kv("clip.vision.projection_dim", v_u32(n_embd));
-    plan.kv("clip.vision.image_mean", Value::f32_array(&crate::vision::IMAGE_MEAN));
-    plan.kv("clip.vision.image_std", Value::f32_array(&crate::vision::IMAGE_STD));
+    plan.kv(
+        "clip.vision.image_mean",
+        Value::f32_array(&crate::vision::IMAGE_MEAN),
+    );
+    plan.kv(
+        "clip.vision.image_std",
+        Value::f32_array(&crate::vision::IMAGE_STD),
+    );
     plan.kv("clip.vision.gelu_erf", Value::Bool(true));
     plan.kv("clip.qformer.query_count", v_u32(nq));
     plan.kv("clip.qformer.embedding_length", v_u32(qd));
@@ -234,17 +317,35 @@ pub fn plan_synth_vision(arch_kind: SynthArch, target: Target, pure: bool) -> Re
     };
     let u = |v: usize| v as u64;
     let lin = |plan: &mut Plan, add: &mut AddTensor, name: &str, rows: usize, cols: usize| {
-        add(plan, format!("{name}.weight"), vec![u(cols), u(rows)], 0.0, 1.7 / (cols as f32).sqrt());
+        add(
+            plan,
+            format!("{name}.weight"),
+            vec![u(cols), u(rows)],
+            0.0,
+            1.7 / (cols as f32).sqrt(),
+        );
         add(plan, format!("{name}.bias"), vec![u(rows)], 0.0, 0.02);
     };
     let norm = |plan: &mut Plan, add: &mut AddTensor, name: &str, n: usize| {
         add(plan, format!("{name}.weight"), vec![u(n)], 1.0, 0.1);
         add(plan, format!("{name}.bias"), vec![u(n)], 0.0, 0.02);
     };
-    add(&mut plan, "v.patch_embd.weight".into(), vec![u(p), u(p), 3, u(d)], 0.0, 0.05);
+    add(
+        &mut plan,
+        "v.patch_embd.weight".into(),
+        vec![u(p), u(p), 3, u(d)],
+        0.0,
+        0.05,
+    );
     add(&mut plan, "v.patch_embd.bias".into(), vec![u(d)], 0.0, 0.02);
     add(&mut plan, "v.class_embd".into(), vec![u(d)], 0.0, 0.1);
-    add(&mut plan, "v.position_embd.weight".into(), vec![u(d), u(n_pos)], 0.0, 0.1);
+    add(
+        &mut plan,
+        "v.position_embd.weight".into(),
+        vec![u(d), u(n_pos)],
+        0.0,
+        0.1,
+    );
     for i in 0..blocks {
         let pre = format!("v.blk.{i}");
         norm(&mut plan, &mut add, &format!("{pre}.ln1"), d);
@@ -255,7 +356,13 @@ pub fn plan_synth_vision(arch_kind: SynthArch, target: Target, pure: bool) -> Re
         lin(&mut plan, &mut add, &format!("{pre}.ffn_down"), d, ff);
     }
     norm(&mut plan, &mut add, "v.post_ln", d);
-    add(&mut plan, "qformer.query".into(), vec![u(qd), u(nq)], 0.0, 0.5);
+    add(
+        &mut plan,
+        "qformer.query".into(),
+        vec![u(qd), u(nq)],
+        0.0,
+        0.5,
+    );
     norm(&mut plan, &mut add, "qformer.embd_norm", qd);
     for i in 0..q_layers {
         let pre = format!("qformer.blk.{i}");
@@ -299,16 +406,30 @@ mod tests {
     fn synthetic_tokenizer_is_well_formed() {
         let mut plan = Plan::default();
         synth_tokenizer(&mut plan, 51200);
-        let get = |k: &str| plan.kv.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).unwrap();
+        let get = |k: &str| {
+            plan.kv
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.clone())
+                .unwrap()
+        };
         let tokens = get("tokenizer.ggml.tokens");
         let tokens = tokens.as_string_array().unwrap();
         assert_eq!(tokens.len(), 51200);
         assert_eq!(tokens[50256], "<|endoftext|>");
-        assert_eq!(get("tokenizer.ggml.merges").as_array().unwrap().len(), 50_000);
+        assert_eq!(
+            get("tokenizer.ggml.merges").as_array().unwrap().len(),
+            50_000
+        );
         let tok = runtime::tokenizer::Tokenizer::from_parts(
             tokens.iter().map(|s| s.to_string()).collect(),
             get("tokenizer.ggml.token_type").as_i32_array().unwrap(),
-            get("tokenizer.ggml.merges").as_string_array().unwrap().iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            get("tokenizer.ggml.merges")
+                .as_string_array()
+                .unwrap()
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
             Some(50256),
             Some(50256),
         )

@@ -26,7 +26,7 @@ pub fn splice(
     visual: &[f32],
 ) -> Result<SplicedPrompt> {
     let e = model.cfg.n_embd;
-    if visual.len() % e != 0 {
+    if !visual.len().is_multiple_of(e) {
         bail!(
             "the visual tokens are {}-wide but the language model's embedding width is {e}: vision and language files do not belong together",
             if visual.is_empty() { 0 } else { visual.len() }

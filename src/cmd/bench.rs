@@ -54,7 +54,11 @@ pub struct BenchResult {
 pub fn mean_sd(v: &[f64]) -> (f64, f64) {
     let n = v.len() as f64;
     let mean = v.iter().sum::<f64>() / n;
-    let var = if v.len() > 1 { v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+    let var = if v.len() > 1 {
+        v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
     (mean, var.sqrt())
 }
 
@@ -66,7 +70,10 @@ pub fn read_bandwidth_gb_s() -> f64 {
     let mut best: f64 = 0.0;
     for _ in 0..3 {
         let t = Instant::now();
-        let s: f32 = buf.par_chunks(1 << 16).map(|c| c.iter().copied().fold(0.0f32, |a, b| a + b)).sum();
+        let s: f32 = buf
+            .par_chunks(1 << 16)
+            .map(|c| c.iter().copied().fold(0.0f32, |a, b| a + b))
+            .sum();
         let secs = t.elapsed().as_secs_f64();
         std::hint::black_box(s);
         best = best.max((n * 4) as f64 / secs / 1e9);
@@ -81,7 +88,12 @@ pub fn bench_token(i: usize, vocab: usize) -> u32 {
 
 /// `pp<n>`: one batched forward over `n` tokens from an empty cache, `reps` times;
 /// tokens/s (mean, sd).
-pub fn speed_pp(model: &runtime::model::phi2::Phi2Model, vocab: usize, n: usize, reps: usize) -> Result<(f64, f64)> {
+pub fn speed_pp(
+    model: &runtime::model::phi2::Phi2Model,
+    vocab: usize,
+    n: usize,
+    reps: usize,
+) -> Result<(f64, f64)> {
     let ids: Vec<u32> = (0..n).map(|i| bench_token(i, vocab)).collect();
     let mut tps = Vec::new();
     for _ in 0..reps.max(1) {
@@ -94,7 +106,12 @@ pub fn speed_pp(model: &runtime::model::phi2::Phi2Model, vocab: usize, n: usize,
 }
 
 /// `tg<n>`: `n` single-token forwards, `reps` times; tokens/s (mean, sd).
-pub fn speed_tg(model: &runtime::model::phi2::Phi2Model, vocab: usize, n: usize, reps: usize) -> Result<(f64, f64)> {
+pub fn speed_tg(
+    model: &runtime::model::phi2::Phi2Model,
+    vocab: usize,
+    n: usize,
+    reps: usize,
+) -> Result<(f64, f64)> {
     let mut tps = Vec::new();
     for _ in 0..reps.max(1) {
         let mut c = model.new_cache(CacheType::F16, n + 1);
@@ -125,16 +142,28 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     }
     if args.n_prompt > 0 {
         let (m, sd) = speed_pp(model, vocab, args.n_prompt, args.reps)?;
-        results.push(BenchResult { engine: "tinygptv".into(), test: format!("pp{}", args.n_prompt), tokens_per_s: m, stddev: sd });
+        results.push(BenchResult {
+            engine: "tinygptv".into(),
+            test: format!("pp{}", args.n_prompt),
+            tokens_per_s: m,
+            stddev: sd,
+        });
     }
     if args.n_gen > 0 {
         let (m, sd) = speed_tg(model, vocab, args.n_gen, args.reps)?;
-        results.push(BenchResult { engine: "tinygptv".into(), test: format!("tg{}", args.n_gen), tokens_per_s: m, stddev: sd });
+        results.push(BenchResult {
+            engine: "tinygptv".into(),
+            test: format!("tg{}", args.n_gen),
+            tokens_per_s: m,
+            stddev: sd,
+        });
     }
     if let Some(mmproj) = &args.mmproj {
         let tower = runtime::vision::load_vision_tower(mmproj)?;
         let s = tower.cfg.image_size;
-        let pixels: Vec<f32> = (0..3 * s * s).map(|i| ((i % 255) as f32 / 255.0 - 0.45) / 0.27).collect();
+        let pixels: Vec<f32> = (0..3 * s * s)
+            .map(|i| ((i % 255) as f32 / 255.0 - 0.45) / 0.27)
+            .collect();
         tower.encode(&pixels)?; // warm-up
         let mut ips = Vec::new();
         for _ in 0..args.reps {
@@ -143,7 +172,12 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             ips.push(1.0 / t.elapsed().as_secs_f64());
         }
         let (m, sd) = mean_sd(&ips);
-        results.push(BenchResult { engine: "tinygptv".into(), test: "image".into(), tokens_per_s: m, stddev: sd });
+        results.push(BenchResult {
+            engine: "tinygptv".into(),
+            test: "image".into(),
+            tokens_per_s: m,
+            stddev: sd,
+        });
     }
     if args.vs_llama_cpp {
         results.extend(llama_cpp_results(&args, threads)?);
@@ -173,16 +207,29 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         );
     } else {
         let size = model.file.file_size() as f64 / (1u64 << 30) as f64;
-        println!("model: {} ({size:.2} GiB), threads: {threads}", args.model.display());
+        println!(
+            "model: {} ({size:.2} GiB), threads: {threads}",
+            args.model.display()
+        );
         println!("memory read bandwidth: {bw:.1} GB/s; decode roofline: {roofline:.2} t/s ({:.2} GB read per token)\n", weight_bytes as f64 / 1e9);
         println!("| engine | test | t/s |");
         println!("|---|---|---:|");
         for r in &results {
-            println!("| {} | {} | {:.2} ± {:.2} |", r.engine, r.test, r.tokens_per_s, r.stddev);
+            println!(
+                "| {} | {} | {:.2} ± {:.2} |",
+                r.engine, r.test, r.tokens_per_s, r.stddev
+            );
         }
         for test in results.iter().filter(|r| r.engine == "tinygptv") {
-            if let Some(l) = results.iter().find(|r| r.engine == "llama.cpp" && r.test == test.test) {
-                println!("\n{}: tinygptv / llama.cpp = {:.2}×", test.test, test.tokens_per_s / l.tokens_per_s);
+            if let Some(l) = results
+                .iter()
+                .find(|r| r.engine == "llama.cpp" && r.test == test.test)
+            {
+                println!(
+                    "\n{}: tinygptv / llama.cpp = {:.2}×",
+                    test.test,
+                    test.tokens_per_s / l.tokens_per_s
+                );
             }
         }
     }
@@ -191,15 +238,26 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
 
 #[cfg(feature = "llama-cpp")]
 fn llama_cpp_results(args: &BenchArgs, threads: usize) -> Result<Vec<BenchResult>> {
-    let (pp, tg) = crate::llama_cpp::llama_bench(&args.model, args.n_prompt, args.n_gen, threads, args.reps)?;
+    let (pp, tg) =
+        crate::llama_cpp::llama_bench(&args.model, args.n_prompt, args.n_gen, threads, args.reps)?;
     let mut out = Vec::new();
     if args.n_prompt > 0 {
         let (m, sd) = mean_sd(&pp);
-        out.push(BenchResult { engine: "llama.cpp".into(), test: format!("pp{}", args.n_prompt), tokens_per_s: m, stddev: sd });
+        out.push(BenchResult {
+            engine: "llama.cpp".into(),
+            test: format!("pp{}", args.n_prompt),
+            tokens_per_s: m,
+            stddev: sd,
+        });
     }
     if args.n_gen > 0 {
         let (m, sd) = mean_sd(&tg);
-        out.push(BenchResult { engine: "llama.cpp".into(), test: format!("tg{}", args.n_gen), tokens_per_s: m, stddev: sd });
+        out.push(BenchResult {
+            engine: "llama.cpp".into(),
+            test: format!("tg{}", args.n_gen),
+            tokens_per_s: m,
+            stddev: sd,
+        });
     }
     Ok(out)
 }

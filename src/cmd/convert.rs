@@ -99,10 +99,15 @@ pub fn run_convert(args: ConvertArgs) -> Result<ExitCode> {
     let dir = converter::HfModelDir::open(&args.phi2)?;
 
     let stage_ck = match &args.tinygptv {
-        Some(p) => Some(read_stage_checkpoint(p).with_context(|| format!("reading {}", p.display()))?),
+        Some(p) => {
+            Some(read_stage_checkpoint(p).with_context(|| format!("reading {}", p.display()))?)
+        }
         None => None,
     };
-    let stage = args.stage.or(stage_ck.as_ref().and_then(|s| s.stage)).unwrap_or(3);
+    let stage = args
+        .stage
+        .or(stage_ck.as_ref().and_then(|s| s.stage))
+        .unwrap_or(3);
     let lm_extra = stage_ck.as_ref().map(|s| {
         Arc::new(TinyGptvLm {
             sd: s.sd.clone(),
@@ -113,14 +118,23 @@ pub fn run_convert(args: ConvertArgs) -> Result<ExitCode> {
     });
     let plan = plan_language_model(&dir, args.ty, args.pure, lm_extra)?;
     if !quiet() {
-        eprintln!("converting {} → {} ({})", args.phi2.display(), args.out.display(), args.ty.name());
+        eprintln!(
+            "converting {} → {} ({})",
+            args.phi2.display(),
+            args.out.display(),
+            args.ty.name()
+        );
     }
     plan.write(&args.out, false)?;
 
-    if let (Some(eva), Some(blip2), Some(out), Some(ck)) = (&args.eva, &args.blip2, &args.mmproj_out, &stage_ck) {
+    if let (Some(eva), Some(blip2), Some(out), Some(ck)) =
+        (&args.eva, &args.blip2, &args.mmproj_out, &stage_ck)
+    {
         let opts = converter::vision::VisionOptions {
             stage,
-            image_size: args.image_size.or(if stage == 4 { ck.image_size } else { None }),
+            image_size: args
+                .image_size
+                .or(if stage == 4 { ck.image_size } else { None }),
             vision_blocks: args.vision_blocks,
             vision_heads: args.vision_heads,
             qformer_heads: args.qformer_heads,

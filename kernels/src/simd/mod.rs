@@ -347,7 +347,7 @@ impl CpuKernels {
                 Err(length_error("activations (k = 0)", 0, x.len()))
             };
         }
-        if x.len() % k != 0 {
+        if !x.len().is_multiple_of(k) {
             return Err(length_error(
                 "activations x (m·k)",
                 x.len() / k * k,

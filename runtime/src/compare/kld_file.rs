@@ -281,7 +281,7 @@ impl KldWriter {
                 path.display()
             );
         }
-        if tokens.len() % n_ctx != 0 || tokens.len() / n_ctx > MAX_N_CHUNK {
+        if !tokens.len().is_multiple_of(n_ctx) || tokens.len() / n_ctx > MAX_N_CHUNK {
             bail!(
                 "{}: {} tokens are not a whole number of {n_ctx}-token chunks",
                 path.display(),

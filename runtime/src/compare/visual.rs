@@ -51,7 +51,7 @@ pub struct VisualDiff {
 
 /// Compares the visual tokens `q` with `base` (both `[n, width]`).
 pub fn visual_diff(q: &[f32], base: &[f32], width: usize) -> Result<VisualDiff> {
-    if width == 0 || q.len() != base.len() || q.len() % width != 0 || q.is_empty() {
+    if width == 0 || q.len() != base.len() || !q.len().is_multiple_of(width) || q.is_empty() {
         bail!(
             "the visual tokens differ in shape ({} vs {} values, width {width}): the towers do not belong together",
             q.len(),

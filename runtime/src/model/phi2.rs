@@ -370,7 +370,7 @@ impl Phi2Model {
     pub fn forward(&self, x: Vec<f32>, cache: &mut KvCache, all_logits: bool) -> Result<Vec<f32>> {
         let cfg = &self.cfg;
         let e = cfg.n_embd;
-        if x.len() % e != 0 || x.is_empty() {
+        if !x.len().is_multiple_of(e) || x.is_empty() {
             bail!("forward: input is not a whole number of {e}-wide rows");
         }
         let t = x.len() / e;

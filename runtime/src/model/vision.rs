@@ -98,7 +98,7 @@ impl VisionConfig {
             q_cross_layers: cross,
             n_embd_llm: u("clip.vision.projection_dim")?,
         };
-        if cfg.patch_size == 0 || cfg.image_size % cfg.patch_size != 0 {
+        if cfg.patch_size == 0 || !cfg.image_size.is_multiple_of(cfg.patch_size) {
             bail!(
                 "{name}: image size {} is not a multiple of patch size {}",
                 cfg.image_size,
@@ -106,9 +106,9 @@ impl VisionConfig {
             );
         }
         if cfg.n_head == 0
-            || cfg.width % cfg.n_head != 0
+            || !cfg.width.is_multiple_of(cfg.n_head)
             || cfg.q_n_head == 0
-            || cfg.q_width % cfg.q_n_head != 0
+            || !cfg.q_width.is_multiple_of(cfg.q_n_head)
         {
             bail!("{name}: head counts do not divide the widths");
         }
@@ -226,8 +226,8 @@ impl Loader<'_> {
         let name = format!("{prefix}.weight");
         let info = self.info(&name)?;
         let ok = info.n_elements() == (rows * cols) as u64
-            && info.dims[0] as usize % info.ty.block_size() == 0;
-        let row_aligned = cols % info.ty.block_size() == 0;
+            && (info.dims[0] as usize).is_multiple_of(info.ty.block_size());
+        let row_aligned = cols.is_multiple_of(info.ty.block_size());
         if !ok || !row_aligned {
             bail!(
                 "{}: tensor '{name}' has shape {:?} ({}), expected {rows} rows of {cols}",
