@@ -98,23 +98,14 @@ pub fn run(args: ChatArgs) -> Result<ExitCode> {
     } else {
         args.template.parse().map_err(anyhow::Error::msg)?
     };
-    let (temp, top_k, top_p, rep, max_new) = match template {
-        Template::Stage4 => (0.6, 50, 0.9, 1.05, 500),
-        Template::Stage3 => (1.0, 50, 0.9, 1.05, 300),
-        Template::Raw => (0.8, 40, 0.95, 1.0, 256),
-    };
+    let (temp, top_k, top_p, min_p, rep, max_new) = super::run::template_defaults(template);
     let sampling = SamplingParams {
         temperature: args.temp.or(d.temperature).unwrap_or(temp),
         top_k: args.top_k.or(d.top_k.map(|v| v as usize)).unwrap_or(top_k),
         top_p: args.top_p.or(d.top_p).unwrap_or(top_p),
-        min_p: args.min_p.unwrap_or(0.0),
+        min_p: args.min_p.unwrap_or(min_p),
         repeat_penalty: args.repeat_penalty.or(d.repeat_penalty).unwrap_or(rep),
-        seed: args.seed.unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(0)
-        }),
+        seed: args.seed.unwrap_or_else(super::run::clock_seed),
     };
     let mut stop_strings = d.stop.clone();
     if template != Template::Raw && !stop_strings.iter().any(|s| s == "###") {

@@ -104,12 +104,20 @@ pub fn resolve_template(arg: &str, stored: Option<&str>, has_image: bool) -> Res
 
 /// Generation defaults of the Python demos (spec §11) for a template, used when neither a flag
 /// nor the model file says otherwise: (temperature, top_k, top_p, min_p, repeat_penalty, max_new).
-fn template_defaults(t: Template) -> (f32, usize, f32, f32, f32, usize) {
+pub fn template_defaults(t: Template) -> (f32, usize, f32, f32, f32, usize) {
     match t {
         Template::Stage3 => (1.0, 50, 0.9, 0.0, 1.05, 300),
         Template::Stage4 => (0.6, 50, 0.9, 0.0, 1.05, 500),
         Template::Raw => (0.8, 40, 0.95, 0.05, 1.0, 128),
     }
+}
+
+/// Default seed: from the clock.
+pub fn clock_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }
 
 /// The rendered prompt and the visual tokens for `run`/`logits`.
@@ -193,12 +201,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         top_p: args.top_p.or(d.top_p).unwrap_or(t_top_p),
         min_p: args.min_p.unwrap_or(t_min_p),
         repeat_penalty: args.repeat_penalty.or(d.repeat_penalty).unwrap_or(t_rep),
-        seed: args.seed.unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(0)
-        }),
+        seed: args.seed.unwrap_or_else(clock_seed),
     };
     let max_new = args
         .n_predict
