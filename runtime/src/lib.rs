@@ -1,6 +1,7 @@
 //! GGUF model loading, tokenizer, Phi-2 / TinyGPT-V forward pass, vision tower and generation.
 
 pub mod arch;
+pub mod attention;
 pub mod boxes;
 pub mod compare;
 pub mod draw;

@@ -10,6 +10,7 @@ use kernels::GgmlType;
 use rayon::prelude::*;
 
 use crate::arch::{self, blk, llm_key};
+use crate::attention::attend_head;
 use crate::kv_cache::{CacheType, KvCache};
 use crate::linear::{matmul, Weight};
 use crate::ops;
@@ -524,28 +525,23 @@ impl Phi2Model {
             .into_par_iter()
             .map(|hh| {
                 let kvh = hh / group;
+                let mut qh = vec![0.0; t * hd];
+                for (i, dst) in qh.chunks_exact_mut(hd).enumerate() {
+                    dst.copy_from_slice(&q[i * e + hh * hd..i * e + (hh + 1) * hd]);
+                }
                 let mut keys = vec![0.0; n_kv * hd];
-                let mut vals = vec![0.0; n_kv * hd];
+                let mut vt = vec![0.0; hd * n_kv];
+                let mut vrow = vec![0.0; hd];
                 for p in 0..n_kv {
                     cache_ref.read_k(il, p, kvh * hd, &mut keys[p * hd..(p + 1) * hd]);
-                    cache_ref.read_v(il, p, kvh * hd, &mut vals[p * hd..(p + 1) * hd]);
+                    cache_ref.read_v(il, p, kvh * hd, &mut vrow);
+                    for (d, &x) in vrow.iter().enumerate() {
+                        vt[d * n_kv + p] = x;
+                    }
                 }
                 let mut out = vec![0.0; t * hd];
-                let mut scores = vec![0.0; n_kv];
-                for i in 0..t {
-                    let qv = &q[i * e + hh * hd..i * e + (hh + 1) * hd];
-                    let n = pos0 + i + 1; // causal: positions 0..=pos0+i
-                    for (p, s) in scores[..n].iter_mut().enumerate() {
-                        *s = dot(qv, &keys[p * hd..(p + 1) * hd]);
-                    }
-                    ops::softmax(&mut scores[..n]);
-                    let o = &mut out[i * hd..(i + 1) * hd];
-                    for (p, &s) in scores[..n].iter().enumerate() {
-                        for (ov, &vv) in o.iter_mut().zip(&vals[p * hd..(p + 1) * hd]) {
-                            *ov += s * vv;
-                        }
-                    }
-                }
+                // q is pre-scaled; causal: query i sees positions 0..=pos0+i
+                attend_head(&qh, &keys, &vt, t, n_kv, hd, 1.0, Some(pos0), &mut out);
                 out
             })
             .collect();
@@ -566,8 +562,4 @@ impl Phi2Model {
         );
         a
     }
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }

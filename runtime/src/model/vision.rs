@@ -11,6 +11,7 @@ use kernels::GgmlType;
 use rayon::prelude::*;
 
 use crate::arch;
+use crate::attention::attend_head;
 use crate::linear::{matmul, Weight};
 use crate::ops;
 
@@ -471,9 +472,10 @@ impl VisionTower {
     }
 }
 
-/// Multi-head softmax attention where q is pre-scaled: q, k, v are read from row-major buffers
-/// with the given row strides and column offsets (so a fused QKV buffer needs no copies).
-/// Returns `[tq, n_head·hd]`.
+/// Multi-head softmax attention (scores scaled by `head_dim^-0.5`): q, k, v are read from
+/// row-major buffers with the given row strides and column offsets (so a fused QKV buffer needs
+/// no copies). Heads run in parallel; each gathers its q, k and transposed v into contiguous
+/// buffers for [`attend_head`]. Returns `[tq, n_head·hd]`.
 #[allow(clippy::too_many_arguments)]
 fn attention(
     q: &[f32],
@@ -493,21 +495,22 @@ fn attention(
     let per_head: Vec<Vec<f32>> = (0..n_head)
         .into_par_iter()
         .map(|h| {
-            let mut out = vec![0.0; tq * hd];
-            let mut scores = vec![0.0f32; tk];
-            for i in 0..tq {
-                let qi = &q[i * q_stride + q_off + h * hd..][..hd];
-                for (j, s) in scores.iter_mut().enumerate() {
-                    let kj = &kv[j * kv_stride + k_off + h * hd..][..hd];
-                    *s = qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale;
-                }
-                ops::softmax(&mut scores);
-                let o = &mut out[i * hd..(i + 1) * hd];
-                for (j, &s) in scores.iter().enumerate() {
-                    let vj = &kv[j * kv_stride + v_off + h * hd..][..hd];
-                    o.iter_mut().zip(vj).for_each(|(ov, vv)| *ov += s * vv);
+            let mut qh = vec![0.0; tq * hd];
+            for (i, dst) in qh.chunks_exact_mut(hd).enumerate() {
+                dst.copy_from_slice(&q[i * q_stride + q_off + h * hd..][..hd]);
+            }
+            let mut kh = vec![0.0; tk * hd];
+            let mut vt = vec![0.0; hd * tk];
+            for j in 0..tk {
+                kh[j * hd..(j + 1) * hd]
+                    .copy_from_slice(&kv[j * kv_stride + k_off + h * hd..][..hd]);
+                let vj = &kv[j * kv_stride + v_off + h * hd..][..hd];
+                for (d, &x) in vj.iter().enumerate() {
+                    vt[d * tk + j] = x;
                 }
             }
+            let mut out = vec![0.0; tq * hd];
+            attend_head(&qh, &kh, &vt, tq, tk, hd, scale, None, &mut out);
             out
         })
         .collect();

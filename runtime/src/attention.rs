@@ -1,0 +1,170 @@
+//! Softmax attention for one head, on f32 rows, through the SIMD F32 GEMM tiles of
+//! `kernels::simd` (the same tiles the F32 weight matmuls use), shared by the Phi-2 forward pass
+//! and the vision tower.
+//!
+//! Scores are computed for a block of at most [`QUERY_BLOCK`] queries at a time, so the score
+//! buffer is `QUERY_BLOCK × tk` floats whatever the sequence length (the 1025-token ViT at 448
+//! needs 256 KiB per running head, not `[heads, T, T]`).
+
+use kernels::simd;
+use kernels::GgmlType;
+
+use crate::ops;
+
+/// Queries per score block.
+pub const QUERY_BLOCK: usize = 64;
+
+/// The bytes of an f32 slice (what the F32 GEMM tiles read).
+fn f32_bytes(x: &[f32]) -> &[u8] {
+    // SAFETY: u8 has no alignment or validity requirements; the length covers the same memory.
+    unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<u8>(), std::mem::size_of_val(x)) }
+}
+
+/// One head of softmax attention.
+///
+/// - `q`: `[tq, hd]` queries; `k`: `[tk, hd]` keys; `vt`: `[hd, tk]` values, transposed (so the
+///   weighted sum over positions is a GEMM with contiguous rows).
+/// - Scores are `scale · q·k`; with `causal = Some(p0)`, query `i` sees keys `0..=p0 + i` only.
+/// - Writes `out`: `[tq, hd]`.
+///
+/// Scores and the softmax are f32 (the softmax sums in f64, like [`ops::softmax`]).
+#[allow(clippy::too_many_arguments)]
+pub fn attend_head(
+    q: &[f32],
+    k: &[f32],
+    vt: &[f32],
+    tq: usize,
+    tk: usize,
+    hd: usize,
+    scale: f32,
+    causal: Option<usize>,
+    out: &mut [f32],
+) {
+    assert_eq!(q.len(), tq * hd, "attention: q shape");
+    assert_eq!(k.len(), tk * hd, "attention: k shape");
+    assert_eq!(vt.len(), hd * tk, "attention: v shape");
+    assert_eq!(out.len(), tq * hd, "attention: out shape");
+    if tq == 0 || hd == 0 {
+        return;
+    }
+    if tk == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let kern = simd::kernels();
+    let mut scores = vec![0f32; QUERY_BLOCK.min(tq) * tk];
+    for i0 in (0..tq).step_by(QUERY_BLOCK) {
+        let nq = (tq - i0).min(QUERY_BLOCK);
+        let s = &mut scores[..nq * tk];
+        kern.gemm(
+            GgmlType::F32,
+            hd,
+            f32_bytes(k),
+            tk,
+            f32_bytes(&q[i0 * hd..(i0 + nq) * hd]),
+            nq,
+            s,
+        )
+        .expect("attention: score shapes checked above");
+        for (i, row) in s.chunks_exact_mut(tk).enumerate() {
+            let n = causal.map_or(tk, |p0| (p0 + i0 + i + 1).min(tk));
+            if scale != 1.0 {
+                row[..n].iter_mut().for_each(|v| *v *= scale);
+            }
+            ops::softmax(&mut row[..n]);
+            row[n..].fill(0.0);
+        }
+        kern.gemm(
+            GgmlType::F32,
+            tk,
+            f32_bytes(vt),
+            hd,
+            f32_bytes(s),
+            nq,
+            &mut out[i0 * hd..(i0 + nq) * hd],
+        )
+        .expect("attention: value shapes checked above");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Straightforward f64 attention for one head.
+    fn reference(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        tq: usize,
+        tk: usize,
+        hd: usize,
+        scale: f32,
+        causal: Option<usize>,
+    ) -> Vec<f32> {
+        let mut out = vec![0f32; tq * hd];
+        for i in 0..tq {
+            let n = causal.map_or(tk, |p0| (p0 + i + 1).min(tk));
+            let s: Vec<f64> = (0..n)
+                .map(|j| {
+                    (0..hd)
+                        .map(|d| q[i * hd + d] as f64 * k[j * hd + d] as f64)
+                        .sum::<f64>()
+                        * scale as f64
+                })
+                .collect();
+            let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
+            let z: f64 = e.iter().sum();
+            for d in 0..hd {
+                let acc: f64 = (0..n).map(|j| e[j] / z * v[j * hd + d] as f64).sum();
+                out[i * hd + d] = acc as f32;
+            }
+        }
+        out
+    }
+
+    fn pseudo_random(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s as f32 / u32::MAX as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn matches_f64_reference() {
+        // odd sizes: more queries than one block, lengths that are not multiples of the tiles
+        for &(tq, tk, hd, causal) in &[
+            (1, 1, 8, None),
+            (5, 7, 88, None),
+            (70, 70, 80, Some(0)),
+            (3, 130, 64, Some(127)),
+            (131, 257, 88, None),
+        ] {
+            let q = pseudo_random(tq * hd, 1);
+            let k = pseudo_random(tk * hd, 2);
+            let v = pseudo_random(tk * hd, 3);
+            let mut vt = vec![0f32; hd * tk];
+            for j in 0..tk {
+                for d in 0..hd {
+                    vt[d * tk + j] = v[j * hd + d];
+                }
+            }
+            let scale = 1.0 / (hd as f32).sqrt() * 3.0;
+            let mut out = vec![f32::NAN; tq * hd];
+            attend_head(&q, &k, &vt, tq, tk, hd, scale, causal, &mut out);
+            let want = reference(&q, &k, &v, tq, tk, hd, scale, causal);
+            for (i, (a, b)) in out.iter().zip(&want).enumerate() {
+                assert!(
+                    (a - b).abs() <= 2e-6,
+                    "tq {tq} tk {tk} hd {hd} {causal:?}: element {i}: {a} vs {b}"
+                );
+            }
+        }
+    }
+}
