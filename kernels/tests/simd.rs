@@ -143,6 +143,12 @@ fn simd_levels_have_kernels() {
         for at in [GgmlType::Q8_0, GgmlType::Q8_1, GgmlType::Q8_K] {
             assert!(kern.has_simd_quantizer(at), "{} {at}", kern.level());
         }
+        // the packed GEMM (exercised by the shapes with ≥ 8 activation rows)
+        if kern.level() == Level::Avx512 {
+            for ty in [GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q8_0] {
+                assert!(kern.has_packed_gemm(ty), "{} {ty} packed", kern.level());
+            }
+        }
     }
 }
 
@@ -350,6 +356,11 @@ fn shapes(ty: GgmlType) -> Vec<(usize, usize, usize)> {
         (19, kb * 5, 9),
         (7, kb * 4, 3),
         (16, kb, 2),
+        // many activation rows (the packed GEMM at AVX-512): full and partial 16-row tiles,
+        // full and partial groups of 8 activation rows
+        (16, kb * 2, 8),
+        (37, kb * 3, 21),
+        (5, kb, 13),
     ]
 }
 
@@ -373,7 +384,7 @@ fn many_random_blocks_match_reference_exactly() {
     // f32 operations would show
     let mut rng = StdRng::seed_from_u64(14);
     for ty in QUANTIZED {
-        let (n, k, m) = (24, 4096, 4);
+        let (n, k, m) = (24, 4096, 12);
         let mut x = noise(&mut rng, m * k, 32);
         // one row of large positive values (quantized to 100..127, scale 0.37/127)
         for v in x[k..2 * k].iter_mut() {

@@ -195,6 +195,32 @@ pub(crate) struct TileArgs {
     pub ldo: usize,
 }
 
+/// Arguments of a whole product for the packed GEMM kernels: `out[c·ldo + r] = dot(weight row
+/// r, activation row c)` for `r < n`, `c < m`; `nb` blocks per row; rows as in [`TileArgs`].
+pub(crate) struct GemmArgs {
+    pub nb: usize,
+    pub w: *const u8,
+    pub w_stride: usize,
+    pub n: usize,
+    pub a: *const u8,
+    pub a_stride: usize,
+    pub m: usize,
+    pub out: *mut f32,
+    pub ldo: usize,
+}
+
+/// A packed GEMM kernel (weight tiles unpacked once into a scratch layout, then multiplied with
+/// every activation row), for many activation rows.
+///
+/// # Safety
+/// As [`TileFn`], for all `n ≥ 1` rows and `m ≥ 1` activation rows; `out` valid for
+/// `(m − 1)·ldo + n` floats.
+pub(crate) type GemmFn = unsafe fn(&GemmArgs);
+
+/// Activation rows from which a packed GEMM kernel is used (its packing costs about as much as
+/// a few activation rows of the plain tiles).
+const PACKED_MIN_ROWS: usize = 8;
+
 /// A tile kernel.
 ///
 /// # Safety
@@ -227,6 +253,9 @@ pub struct CpuKernels {
     pub(crate) tile_q4_k: Option<TileFn>,
     pub(crate) tile_q5_k: Option<TileFn>,
     pub(crate) tile_q6_k: Option<TileFn>,
+    pub(crate) packed_q4_0: Option<GemmFn>,
+    pub(crate) packed_q5_0: Option<GemmFn>,
+    pub(crate) packed_q8_0: Option<GemmFn>,
 }
 
 impl CpuKernels {
@@ -247,6 +276,9 @@ impl CpuKernels {
             tile_q4_k: None,
             tile_q5_k: None,
             tile_q6_k: None,
+            packed_q4_0: None,
+            packed_q5_0: None,
+            packed_q8_0: None,
         }
     }
 }
@@ -292,6 +324,21 @@ impl CpuKernels {
     /// Whether the activation quantizer for `act_ty` (Q8_0, Q8_1, Q8_K) is a SIMD kernel here.
     pub fn has_simd_quantizer(&self, act_ty: GgmlType) -> bool {
         self.quantizer(act_ty).is_some()
+    }
+
+    /// Whether products with many activation rows and weights of type `ty` use a packed GEMM
+    /// kernel at this level.
+    pub fn has_packed_gemm(&self, ty: GgmlType) -> bool {
+        self.packed(ty).is_some()
+    }
+
+    fn packed(&self, ty: GgmlType) -> Option<GemmFn> {
+        match ty {
+            GgmlType::Q4_0 => self.packed_q4_0,
+            GgmlType::Q5_0 => self.packed_q5_0,
+            GgmlType::Q8_0 => self.packed_q8_0,
+            _ => None,
+        }
     }
 
     fn tile(&self, ty: GgmlType) -> Option<TileFn> {
@@ -436,6 +483,25 @@ impl CpuKernels {
             }
         };
         let nb = k / ty.block_size();
+        if m >= PACKED_MIN_ROWS {
+            if let Some(packed) = self.packed(ty) {
+                let args = GemmArgs {
+                    nb,
+                    w: w.as_ptr(),
+                    w_stride: w_rb,
+                    n,
+                    a: act.as_ptr(),
+                    a_stride: a_rb,
+                    m,
+                    out: out.as_mut_ptr(),
+                    ldo: n,
+                };
+                // SAFETY: lengths checked above (n rows of w, m rows of act, m·n outputs); the
+                // table's level runs on this CPU.
+                unsafe { packed(&args) };
+                return Ok(());
+            }
+        }
         // activation rows in groups of about 96 KiB (kept in L2 while every weight tile of
         // this call passes over them); weights are re-read once per group
         let group = (ACT_GROUP_BYTES / a_rb / TILE_COLS * TILE_COLS)

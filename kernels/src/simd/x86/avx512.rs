@@ -4,8 +4,8 @@
 
 use core::arch::x86_64::*;
 
-use super::{float::FloatW, kquant, legacy, quant, Isa};
-use crate::simd::{CpuKernels, Level, TileArgs};
+use super::{float::FloatW, kquant, legacy, packed, quant, Isa};
+use crate::simd::{CpuKernels, GemmArgs, Level, TileArgs};
 
 /// `vpdpbusd`: u8 × i8 summed in i32 directly.
 pub(crate) struct Avx512;
@@ -131,6 +131,19 @@ entry!(tile_f32, t, float_tile::<super::float::F32>(t));
 entry!(tile_f16, t, float_tile::<super::float::F16>(t));
 entry!(tile_bf16, t, float_tile::<super::float::BF16>(t));
 
+macro_rules! packed_entry {
+    ($name:ident, $format:ty) => {
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+        unsafe fn $name(t: &GemmArgs) {
+            packed::gemm::<$format>(t)
+        }
+    };
+}
+
+packed_entry!(packed_q4_0, legacy::Q4_0);
+packed_entry!(packed_q5_0, legacy::Q5_0);
+packed_entry!(packed_q8_0, legacy::Q8_0);
+
 pub(super) fn table(level: Level) -> CpuKernels {
     let mut k = CpuKernels::scalar(level);
     k.quant_q8_0 = Some(quant_q8_0);
@@ -147,5 +160,8 @@ pub(super) fn table(level: Level) -> CpuKernels {
     k.tile_f32 = Some(tile_f32);
     k.tile_f16 = Some(tile_f16);
     k.tile_bf16 = Some(tile_bf16);
+    k.packed_q4_0 = Some(packed_q4_0);
+    k.packed_q5_0 = Some(packed_q5_0);
+    k.packed_q8_0 = Some(packed_q8_0);
     k
 }

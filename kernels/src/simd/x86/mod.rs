@@ -15,6 +15,8 @@ mod avx512;
 mod float;
 mod kquant;
 mod legacy;
+#[clippy::msrv = "1.89"]
+mod packed;
 mod quant;
 
 pub(super) fn has_avx2() -> bool {
