@@ -22,10 +22,11 @@ fn f32_bytes(x: &[f32]) -> &[u8] {
 
 /// One head of softmax attention.
 ///
-/// - `q`: `[tq, hd]` queries; `k`: `[tk, hd]` keys; `vt`: `[hd, tk]` values, transposed (so the
-///   weighted sum over positions is a GEMM with contiguous rows).
+/// - `q`: `[tq, dk]` queries; `k`: `[tk, dk]` keys; `vt`: `[dv, tk]` values, transposed (so the
+///   weighted sum over positions is a GEMM with contiguous rows). `dk` may be the head size
+///   padded with zeros to a multiple of 16 (the GEMM tiles' width), `dv` is the head size.
 /// - Scores are `scale · q·k`; with `causal = Some(p0)`, query `i` sees keys `0..=p0 + i` only.
-/// - Writes `out`: `[tq, hd]`.
+/// - Writes `out`: `[tq, dv]`.
 ///
 /// Scores and the softmax are f32 (the softmax sums in f64, like [`ops::softmax`]).
 #[allow(clippy::too_many_arguments)]
@@ -35,16 +36,17 @@ pub fn attend_head(
     vt: &[f32],
     tq: usize,
     tk: usize,
-    hd: usize,
+    dk: usize,
+    dv: usize,
     scale: f32,
     causal: Option<usize>,
     out: &mut [f32],
 ) {
-    assert_eq!(q.len(), tq * hd, "attention: q shape");
-    assert_eq!(k.len(), tk * hd, "attention: k shape");
-    assert_eq!(vt.len(), hd * tk, "attention: v shape");
-    assert_eq!(out.len(), tq * hd, "attention: out shape");
-    if tq == 0 || hd == 0 {
+    assert_eq!(q.len(), tq * dk, "attention: q shape");
+    assert_eq!(k.len(), tk * dk, "attention: k shape");
+    assert_eq!(vt.len(), dv * tk, "attention: v shape");
+    assert_eq!(out.len(), tq * dv, "attention: out shape");
+    if tq == 0 || dv == 0 {
         return;
     }
     if tk == 0 {
@@ -58,10 +60,10 @@ pub fn attend_head(
         let s = &mut scores[..nq * tk];
         kern.gemm(
             GgmlType::F32,
-            hd,
+            dk,
             f32_bytes(k),
             tk,
-            f32_bytes(&q[i0 * hd..(i0 + nq) * hd]),
+            f32_bytes(&q[i0 * dk..(i0 + nq) * dk]),
             nq,
             s,
         )
@@ -78,10 +80,10 @@ pub fn attend_head(
             GgmlType::F32,
             tk,
             f32_bytes(vt),
-            hd,
+            dv,
             f32_bytes(s),
             nq,
-            &mut out[i0 * hd..(i0 + nq) * hd],
+            &mut out[i0 * dv..(i0 + nq) * dv],
         )
         .expect("attention: value shapes checked above");
     }
@@ -157,7 +159,7 @@ mod tests {
             }
             let scale = 1.0 / (hd as f32).sqrt() * 3.0;
             let mut out = vec![f32::NAN; tq * hd];
-            attend_head(&q, &k, &vt, tq, tk, hd, scale, causal, &mut out);
+            attend_head(&q, &k, &vt, tq, tk, hd, hd, scale, causal, &mut out);
             let want = reference(&q, &k, &v, tq, tk, hd, scale, causal);
             for (i, (a, b)) in out.iter().zip(&want).enumerate() {
                 assert!(

@@ -541,7 +541,7 @@ impl Phi2Model {
                 }
                 let mut out = vec![0.0; t * hd];
                 // q is pre-scaled; causal: query i sees positions 0..=pos0+i
-                attend_head(&qh, &keys, &vt, t, n_kv, hd, 1.0, Some(pos0), &mut out);
+                attend_head(&qh, &keys, &vt, t, n_kv, hd, hd, 1.0, Some(pos0), &mut out);
                 out
             })
             .collect();

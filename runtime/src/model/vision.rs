@@ -492,17 +492,19 @@ fn attention(
 ) -> Vec<f32> {
     let scale = 1.0 / (hd as f32).sqrt();
     let width = n_head * hd;
+    // q and k rows padded with zeros to the GEMM tiles' width (ViT-g's 88 → 96)
+    let dk = hd.next_multiple_of(16);
     let per_head: Vec<Vec<f32>> = (0..n_head)
         .into_par_iter()
         .map(|h| {
-            let mut qh = vec![0.0; tq * hd];
-            for (i, dst) in qh.chunks_exact_mut(hd).enumerate() {
-                dst.copy_from_slice(&q[i * q_stride + q_off + h * hd..][..hd]);
+            let mut qh = vec![0.0; tq * dk];
+            for (i, dst) in qh.chunks_exact_mut(dk).enumerate() {
+                dst[..hd].copy_from_slice(&q[i * q_stride + q_off + h * hd..][..hd]);
             }
-            let mut kh = vec![0.0; tk * hd];
+            let mut kh = vec![0.0; tk * dk];
             let mut vt = vec![0.0; hd * tk];
             for j in 0..tk {
-                kh[j * hd..(j + 1) * hd]
+                kh[j * dk..j * dk + hd]
                     .copy_from_slice(&kv[j * kv_stride + k_off + h * hd..][..hd]);
                 let vj = &kv[j * kv_stride + v_off + h * hd..][..hd];
                 for (d, &x) in vj.iter().enumerate() {
@@ -510,7 +512,7 @@ fn attention(
                 }
             }
             let mut out = vec![0.0; tq * hd];
-            attend_head(&qh, &kh, &vt, tq, tk, hd, scale, None, &mut out);
+            attend_head(&qh, &kh, &vt, tq, tk, dk, hd, scale, None, &mut out);
             out
         })
         .collect();
