@@ -216,7 +216,7 @@ def cast(sd, dtype):
     return OrderedDict((k, v.to(dtype).contiguous()) for k, v in sd.items())
 
 
-def write_phi_dirs(W, vocab, eos_id, with_msft):
+def write_phi_dirs(W, vocab, eos_id):
     out = {}
     # 1. current transformers layout, f32, one file
     d = FIX / "phi2-safetensors"
@@ -259,16 +259,39 @@ def write_phi_dirs(W, vocab, eos_id, with_msft):
     save_file(cast(phi.to_fused_layout(W, PHI), torch.float16), d / "model.safetensors", metadata={"format": "pt"})
     out["phi2-fused"] = d
 
-    # 5. Microsoft's original remote-code layout, f16 safetensors (optional: size budget)
-    d = FIX / "phi2-msft"
-    if d.exists():
-        shutil.rmtree(d)
-    if with_msft:
-        d.mkdir(parents=True)
-        write_hf_dir(d, msft_config_json(vocab), eos_id)
-        save_file(cast(phi.to_msft_layout(W, PHI), torch.float16), d / "model.safetensors", metadata={"format": "pt"})
-        out["phi2-msft"] = d
+    # 5. Microsoft's original remote-code layout, f16 safetensors, derived from the file just
+    #    written (scripts/gen_msft_fixture.py runs the same step alone). Not in manifest.json.
+    out["phi2-msft"] = write_msft_dir(FIX / "phi2-safetensors")
     return out
+
+
+def sha256_file(p):
+    return hashlib.sha256(Path(p).read_bytes()).hexdigest()
+
+
+def write_msft_dir(src):
+    """Writes phi2-msft/ from the split-layout f32 directory `src` (as stored on disk).
+
+    Same numbers (every value is f16-exact), Microsoft's names and config; the tokenizer files
+    come from tokenizer/ like every other phi2-* directory. Checks the written file reads back,
+    through the independent from_msft_layout, to exactly the weights of `src`.
+    """
+    src = Path(src)
+    config = json.loads((src / "config.json").read_text())
+    vocab, eos_id = config["vocab_size"], config["eos_token_id"]
+    W = OrderedDict((k, v.to(F64)) for k, v in load_file(src / "model.safetensors").items())
+    d = FIX / "phi2-msft"
+    clean_dir(d)
+    write_hf_dir(d, msft_config_json(vocab), eos_id)
+    msft = cast(phi.to_msft_layout(W, PHI), torch.float16)
+    for k, v in msft.items():
+        assert torch.isfinite(v).all(), k
+    save_file(msft, d / "model.safetensors", metadata={"format": "pt"})
+    back = phi.from_msft_layout(OrderedDict((k, v.to(F64)) for k, v in load_file(d / "model.safetensors").items()), PHI)
+    assert set(back) == set(W), "phi2-msft: tensor names do not map back to phi2-safetensors"
+    for k in W:
+        assert torch.equal(back[k], W[k]), f"phi2-msft: {k} differs from phi2-safetensors"
+    return d
 
 
 def read_phi_dir(d):
@@ -528,7 +551,6 @@ def vision_pipeline(eva_sd, blip2_sd, stage_sd, stage):
 
 
 def main():
-    with_msft = "--with-msft" in sys.argv  # not committed by default: size budget
     torch.set_num_threads(2)
     tok = Tokenizer.from_file(str(TOK_DIR / "tokenizer.json"))
     tok_vocab = tok.get_vocab_size(with_added_tokens=True)
@@ -543,7 +565,7 @@ def main():
 
     # ---- Phi-2 base checkpoints
     W = phi.make_base_weights(cfg, tok_vocab)
-    dirs = write_phi_dirs(W, vocab, eos_id, with_msft)
+    dirs = write_phi_dirs(W, vocab, eos_id)
     W = read_phi_dir(dirs["phi2-safetensors"])
     for name, d in dirs.items():
         back = read_phi_dir(d)
@@ -628,7 +650,7 @@ def main():
     for name in ("phi2-safetensors", "phi2-sharded", "phi2-bin"):
         m = PhiForCausalLM.from_pretrained(dirs[name], dtype=F64, attn_implementation="eager").eval()
         assert torch.equal(phi.hf_logits(m, probe), want), name
-    # the msft layout is checked in memory even when its directory is not written
+    # and the msft layout once more in memory, without the file round trip
     msft_back = phi.from_msft_layout(phi.to_msft_layout(W, PHI), PHI)
     assert torch.equal(phi.hf_logits(phi.hf_model(dirs["phi2-safetensors"], msft_back, F64), probe), want)
     print("layout check: every phi2-* dir (and the msft layout) gives bit-identical float64 logits in transformers")
@@ -776,9 +798,10 @@ def main():
 
     files = OrderedDict()
     # only what this script writes (other generators add folders such as interp/ and python-gguf/)
+    # phi2-msft/ (added later, scripts/gen_msft_fixture.py) is left out so this file stays as committed
     ours = ("phi2-", "checkpoints/", "images/", "reference/", "README.md", "manifest.json")
     for p in sorted(FIX.rglob("*")):
-        if p.is_file() and rel(p).startswith(ours):
+        if p.is_file() and rel(p).startswith(ours) and not rel(p).startswith("phi2-msft/"):
             files[rel(p)] = fsize(p)
     manifest = OrderedDict(
         [
@@ -792,7 +815,6 @@ def main():
                     ("phi2-bin", "split layout, bfloat16, pytorch_model.bin (torch.save zip)"),
                     ("phi2-fused", "transformers 4.36 fused self_attn.query_key_value rows [heads][3][head_dim], float16, model.safetensors"),
                 ]
-                + ([("phi2-msft", "Microsoft remote-code names (transformer.h.N.mixer.Wqkv rows [3][heads][head_dim]), float16, model.safetensors")] if with_msft else [])
             )),
             ("tinygptv", OrderedDict(
                 [

@@ -39,7 +39,13 @@ fn only_files(dir: &Path, want: &[&str]) {
 fn every_phi2_layout_converts_and_reads_back() {
     let dir = tempfile::tempdir().unwrap();
     let mut outs = Vec::new();
-    for layout in ["phi2-safetensors", "phi2-sharded", "phi2-bin", "phi2-fused"] {
+    for layout in [
+        "phi2-safetensors",
+        "phi2-sharded",
+        "phi2-bin",
+        "phi2-fused",
+        "phi2-msft",
+    ] {
         let out = dir.path().join(format!("{layout}.gguf"));
         let o = tinygptv(&[
             "convert",
@@ -68,6 +74,7 @@ fn every_phi2_layout_converts_and_reads_back() {
             "phi2-sharded.gguf",
             "phi2-bin.gguf",
             "phi2-fused.gguf",
+            "phi2-msft.gguf",
         ],
     );
     // split layouts give llama.cpp's 453-tensor-style separate Q/K/V; the fused one attn_qkv
@@ -77,6 +84,18 @@ fn every_phi2_layout_converts_and_reads_back() {
     let fused = kernels::gguf::GgufFile::open(&outs[3]).unwrap();
     assert!(fused.tensor_info("blk.0.attn_qkv.weight").is_some());
     assert_eq!(fused.tensors().len(), 10 * 2 + 5);
+    // Microsoft's Wqkv ([3][heads][head_dim] rows) also becomes attn_qkv, and since both
+    // fixtures hold the same (f16-exact) numbers, every tensor is byte-identical to the fused one
+    let msft = kernels::gguf::GgufFile::open(&outs[4]).unwrap();
+    assert_eq!(msft.tensors().len(), fused.tensors().len());
+    for (m, f) in msft.tensors().iter().zip(fused.tensors()) {
+        assert_eq!((&m.name, m.ty, &m.dims), (&f.name, f.ty, &f.dims));
+        assert!(
+            msft.tensor_data(m) == fused.tensor_data(f),
+            "phi2-msft: {} differs from phi2-fused",
+            m.name
+        );
+    }
     // the independent gguf-rs reader agrees on names, types and shapes
     for out in &outs {
         let ours = kernels::gguf::GgufFile::open(out).unwrap();

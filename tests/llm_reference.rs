@@ -69,12 +69,19 @@ fn stock_phi2_f32_every_layout_matches_pytorch() {
     let m = manifest();
     let refs = &m["llm_refs"]["stock"];
     let tmp = tempfile::tempdir().unwrap();
-    for dir in ["phi2-safetensors", "phi2-sharded", "phi2-bin", "phi2-fused"] {
+    for dir in [
+        "phi2-safetensors",
+        "phi2-sharded",
+        "phi2-bin",
+        "phi2-fused",
+        "phi2-msft",
+    ] {
         let out = tmp.path().join(format!("{dir}.gguf"));
         convert_lm(dir, "f32", None, &out);
         // f16/bf16 sources carry their own rounding: the reference was computed from the f32
-        // weights, so only the f32 source is held to 1e-4.
-        let tol = if dir == "phi2-safetensors" {
+        // weights, so only the f32 source is held to 1e-4 — and phi2-msft, whose f16 values
+        // are those of phi2-safetensors exactly (scripts/gen_msft_fixture.py checks it).
+        let tol = if dir == "phi2-safetensors" || dir == "phi2-msft" {
             1e-4
         } else {
             2e-2
@@ -119,6 +126,20 @@ fn tinygptv_variant_matches_pytorch() {
         for case in &cases {
             check_greedy(&f16, &refs[*case], CacheType::F16);
         }
+    }
+}
+
+/// Microsoft's original layout with the TinyGPT-V stage-3 file on top (its overrides use the
+/// HF names, the base the `transformer.h.N.*` ones).
+#[test]
+fn tinygptv_on_msft_layout_matches_pytorch() {
+    let m = manifest();
+    let refs = &m["llm_refs"]["tinygptv_stage3"];
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("msft-stage3.gguf");
+    convert_lm("phi2-msft", "f32", Some(3), &out);
+    for case in ["short", "long"] {
+        check_case(&out, refs, case, CacheType::F32, 1e-4);
     }
 }
 

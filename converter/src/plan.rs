@@ -119,16 +119,25 @@ impl Plan {
         bar.finish_and_clear();
         result.with_context(|| format!("writing {}", out.display()))?;
 
-        // Re-open and validate what was written.
-        let f = GgufFile::open(out).with_context(|| format!("re-opening {}", out.display()))?;
-        if f.tensors().len() != self.tensors.len() {
-            bail!(
-                "{}: wrote {} tensors but read back {}",
-                out.display(),
-                self.tensors.len(),
-                f.tensors().len()
-            );
-        }
+        // Re-open and validate what was written; a file that fails is not left behind either.
+        let f = match GgufFile::open(out) {
+            Ok(f) if f.tensors().len() == self.tensors.len() => f,
+            Ok(f) => {
+                let _ = std::fs::remove_file(out);
+                bail!(
+                    "{}: wrote {} tensors but read back {} (output removed)",
+                    out.display(),
+                    self.tensors.len(),
+                    f.tensors().len()
+                );
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(out);
+                return Err(
+                    anyhow!(e).context(format!("re-opening {} (output removed)", out.display()))
+                );
+            }
+        };
         let mut per_type: Vec<(GgmlType, usize)> = Vec::new();
         for t in &self.tensors {
             match per_type.iter_mut().find(|(ty, _)| *ty == t.ty) {
@@ -161,6 +170,7 @@ impl Plan {
 }
 
 /// Quantizes a whole tensor (rows of `ne0` f32 values) to `ty` bytes, rows in parallel.
+/// Stops early with an error once [`INTERRUPTED`] is set (a full-size embedding takes seconds).
 pub fn quantize_tensor(ty: GgmlType, data: &[f32], ne0: usize) -> Result<Vec<u8>> {
     let row_bytes = ty
         .row_bytes(ne0 as u64)
@@ -170,8 +180,13 @@ pub fn quantize_tensor(ty: GgmlType, data: &[f32], ne0: usize) -> Result<Vec<u8>
     let mut out = vec![0u8; rows * row_bytes];
     out.par_chunks_mut(row_bytes)
         .zip(data.par_chunks(ne0))
-        .try_for_each(|(dst, src)| kernels::formats::quantize_row(ty, src, dst))
-        .map_err(|e| anyhow!("quantizing to {ty}: {e}"))?;
+        .try_for_each(|(dst, src)| {
+            if INTERRUPTED.load(Ordering::Relaxed) {
+                bail!("interrupted");
+            }
+            kernels::formats::quantize_row(ty, src, dst)
+                .map_err(|e| anyhow!("quantizing to {ty}: {e}"))
+        })?;
     Ok(out)
 }
 

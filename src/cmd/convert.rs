@@ -1,13 +1,13 @@
 //! `tinygptv convert` (checkpoints → GGUF) and `tinygptv quantize` (GGUF → GGUF).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use converter::phi2::{plan_language_model, read_stage_checkpoint, TinyGptvLm};
-use converter::plan::INTERRUPTED;
+use converter::plan::{Plan, INTERRUPTED};
 use converter::policy::Target;
 
 use super::common::init_threads;
@@ -79,13 +79,102 @@ pub struct QuantizeArgs {
     pub threads: Option<usize>,
 }
 
-fn install_interrupt_handler() {
+/// The outputs of this command, for Ctrl-C and failure handling.
+struct Outputs {
+    /// Every output of the run: a forced exit removes their temporary files itself.
+    planned: Vec<PathBuf>,
+    /// Outputs this run has already finished (removed again when a later one fails).
+    finished: Vec<PathBuf>,
+}
+
+static OUTPUTS: Mutex<Outputs> = Mutex::new(Outputs {
+    planned: Vec::new(),
+    finished: Vec::new(),
+});
+
+fn outputs() -> std::sync::MutexGuard<'static, Outputs> {
+    OUTPUTS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// First Ctrl-C: the GGUF writer stops before the next tensor (or row batch) and removes its
+/// temporary file. A second one exits at once: `exit` runs no destructors, so the handler removes
+/// the temporary files (and any output this run already finished) itself.
+pub(crate) fn install_interrupt_handler() {
     let _ = ctrlc::set_handler(|| {
         if INTERRUPTED.swap(true, Ordering::SeqCst) {
+            let o = outputs();
+            for out in &o.planned {
+                remove_temp_files(out);
+            }
+            for out in &o.finished {
+                let _ = std::fs::remove_file(out);
+            }
+            eprintln!("interrupted: no output written");
             std::process::exit(130);
         }
-        eprintln!("\ninterrupted: stopping after the current tensor (Ctrl-C again to exit now)");
+        if !quiet() {
+            eprintln!(
+                "\ninterrupted: stopping after the current tensor (Ctrl-C again to exit now)"
+            );
+        }
     });
+}
+
+/// Removes this process's temporary files for `out` (the GGUF writer names them
+/// `.NAME.tmp.PID.N`, next to `out`).
+fn remove_temp_files(out: &Path) {
+    let Some(name) = out.file_name() else { return };
+    let prefix = format!(".{}.tmp.{}.", name.to_string_lossy(), std::process::id());
+    let dir = match out.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// Writes each plan to its output, in order, as one unit: when a write fails or Ctrl-C stops
+/// it, the outputs already finished are removed again, so no partial set of files is left.
+/// An interruption prints one line and gives exit status 130.
+pub(crate) fn write_outputs(jobs: &[(&Plan, &Path)]) -> Result<ExitCode> {
+    {
+        let mut o = outputs();
+        o.planned = jobs.iter().map(|(_, p)| p.to_path_buf()).collect();
+        o.finished.clear();
+    }
+    for (plan, out) in jobs {
+        match plan.write(out, false) {
+            Ok(_) => outputs().finished.push(out.to_path_buf()),
+            Err(e) => {
+                let finished = std::mem::take(&mut outputs().finished);
+                for p in &finished {
+                    let _ = std::fs::remove_file(p);
+                }
+                if INTERRUPTED.load(Ordering::SeqCst) {
+                    eprintln!(
+                        "interrupted: stopped before {} was finished; no output written",
+                        out.display()
+                    );
+                    return Ok(ExitCode::from(130));
+                }
+                if finished.is_empty() {
+                    return Err(e);
+                }
+                let names: Vec<String> = finished.iter().map(|p| p.display().to_string()).collect();
+                return Err(anyhow!(
+                    "{e:#} (removed the finished {} as well)",
+                    names.join(", ")
+                ));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn quiet() -> bool {
@@ -117,6 +206,28 @@ pub fn run_convert(args: ConvertArgs) -> Result<ExitCode> {
         })
     });
     let plan = plan_language_model(&dir, args.ty, args.pure, lm_extra)?;
+    // Plan the vision file before writing anything, so that its errors come first.
+    let vision = match (&args.eva, &args.blip2, &args.mmproj_out, &stage_ck) {
+        (Some(eva), Some(blip2), Some(out), Some(ck)) => {
+            let opts = converter::vision::VisionOptions {
+                stage,
+                image_size: args
+                    .image_size
+                    .or(if stage == 4 { ck.image_size } else { None }),
+                vision_blocks: args.vision_blocks,
+                vision_heads: args.vision_heads,
+                qformer_heads: args.qformer_heads,
+                target: args.ty,
+                pure: args.pure,
+            };
+            Some((
+                converter::vision::plan_vision(eva, blip2, &ck.sd, &opts)?,
+                out,
+            ))
+        }
+        _ if args.eva.is_some() => bail!("--eva needs --blip2, --tinygptv and --mmproj-out"),
+        _ => None,
+    };
     if !quiet() {
         eprintln!(
             "converting {} → {} ({})",
@@ -125,34 +236,16 @@ pub fn run_convert(args: ConvertArgs) -> Result<ExitCode> {
             args.ty.name()
         );
     }
-    plan.write(&args.out, false)?;
-
-    if let (Some(eva), Some(blip2), Some(out), Some(ck)) =
-        (&args.eva, &args.blip2, &args.mmproj_out, &stage_ck)
-    {
-        let opts = converter::vision::VisionOptions {
-            stage,
-            image_size: args
-                .image_size
-                .or(if stage == 4 { ck.image_size } else { None }),
-            vision_blocks: args.vision_blocks,
-            vision_heads: args.vision_heads,
-            qformer_heads: args.qformer_heads,
-            target: args.ty,
-            pure: args.pure,
-        };
-        let plan = converter::vision::plan_vision(eva, blip2, &ck.sd, &opts)?;
-        plan.write(out, false)?;
-    } else if args.eva.is_some() {
-        bail!("--eva needs --blip2, --tinygptv and --mmproj-out");
+    let mut jobs = vec![(&plan, args.out.as_path())];
+    if let Some((vision_plan, out)) = &vision {
+        jobs.push((vision_plan, out.as_path()));
     }
-    Ok(ExitCode::SUCCESS)
+    write_outputs(&jobs)
 }
 
 pub fn run_quantize(args: QuantizeArgs) -> Result<ExitCode> {
     init_threads(args.threads);
     install_interrupt_handler();
     let plan = converter::requantize::plan_requantize(&args.input, args.ty, args.pure)?;
-    plan.write(&args.output, false)?;
-    Ok(ExitCode::SUCCESS)
+    write_outputs(&[(&plan, args.output.as_path())])
 }

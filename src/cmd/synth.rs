@@ -8,6 +8,7 @@ use converter::policy::Target;
 use converter::synth::{plan_synth_lm, plan_synth_vision, SynthArch};
 
 use super::common::init_threads;
+use super::convert::{install_interrupt_handler, write_outputs};
 
 #[derive(clap::Args)]
 pub struct SynthArgs {
@@ -33,9 +34,16 @@ pub struct SynthArgs {
 
 pub fn run(args: SynthArgs) -> Result<ExitCode> {
     init_threads(args.threads);
-    plan_synth_lm(args.arch, args.ty, args.pure)?.write(&args.out, false)?;
-    if let Some(out) = &args.mmproj_out {
-        plan_synth_vision(args.arch, args.ty, args.pure)?.write(out, false)?;
+    // Ctrl-C and errors as for convert: no temporary or partial set of files is left behind.
+    install_interrupt_handler();
+    let lm = plan_synth_lm(args.arch, args.ty, args.pure)?;
+    let vision = match &args.mmproj_out {
+        Some(out) => Some((plan_synth_vision(args.arch, args.ty, args.pure)?, out)),
+        None => None,
+    };
+    let mut jobs = vec![(&lm, args.out.as_path())];
+    if let Some((plan, out)) = &vision {
+        jobs.push((plan, out.as_path()));
     }
-    Ok(ExitCode::SUCCESS)
+    write_outputs(&jobs)
 }
