@@ -14,15 +14,8 @@ pub fn layer_norm(x: &mut [f32], dim: usize, weight: &[f32], bias: Option<&[f32]
 /// behaves like the float64 reference.
 pub fn layer_norm_row(row: &mut [f32], weight: &[f32], bias: Option<&[f32]>, eps: f32) {
     let n = row.len() as f64;
-    let mean = row.iter().map(|&v| v as f64).sum::<f64>() / n;
-    let var = row
-        .iter()
-        .map(|&v| {
-            let d = v as f64 - mean;
-            d * d
-        })
-        .sum::<f64>()
-        / n;
+    let mean = sum_f64(row, |v| v) / n;
+    let var = sum_f64(row, |v| (v - mean) * (v - mean)) / n;
     let inv = 1.0 / (var + eps as f64).sqrt();
     match bias {
         Some(b) => {
@@ -38,10 +31,25 @@ pub fn layer_norm_row(row: &mut [f32], weight: &[f32], bias: Option<&[f32]>, eps
     }
 }
 
+/// `Σ f(x_i)` in f64 with eight independent partial sums (a single running sum is bound by the
+/// latency of one f64 add per element; eight lanes also vectorize).
+#[inline(always)]
+pub fn sum_f64(x: &[f32], f: impl Fn(f64) -> f64) -> f64 {
+    let mut acc = [0f64; 8];
+    let chunks = x.chunks_exact(8);
+    let tail: f64 = chunks.remainder().iter().map(|&v| f(v as f64)).sum();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += f(v as f64);
+        }
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
 /// RMSNorm of each `dim`-sized row in place: `x / sqrt(mean(x²) + eps) * w` (LlamaRMSNorm).
 pub fn rms_norm(x: &mut [f32], dim: usize, weight: &[f32], eps: f32) {
     for row in x.chunks_exact_mut(dim) {
-        let ms = row.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / dim as f64;
+        let ms = sum_f64(row, |v| v * v) / dim as f64;
         let inv = (1.0 / (ms + eps as f64).sqrt()) as f32;
         for (v, &w) in row.iter_mut().zip(weight) {
             *v = *v * inv * w;
@@ -53,16 +61,66 @@ pub fn rms_norm(x: &mut [f32], dim: usize, weight: &[f32], eps: f32) {
 /// overhead is noise, small enough that a 257 × 6144 ViT MLP splits over many cores).
 const ACTIVATION_CHUNK: usize = 1 << 14;
 
-/// `gelu_new` / ggml_gelu: the tanh approximation (Phi-2's MLP). Parallel over chunks.
+/// `gelu_new` / ggml_gelu: the tanh approximation (Phi-2's MLP), parallel over chunks.
+///
+/// `0.5·z·(1 + tanh(u)) = z·σ(2u) = z / (1 + e^(−2u))` with `u = √(2/π)·(z + 0.044715·z³)`:
+/// one [`exp_f32`] and no cancellation in the negative tail (relative error ~3e-7).
 pub fn gelu_tanh(x: &mut [f32]) {
     const SQRT_2_OVER_PI: f32 = 0.797_884_6;
     let f = |xs: &mut [f32]| {
-        for v in xs {
-            let z = *v;
-            *v = 0.5 * z * (1.0 + (SQRT_2_OVER_PI * (z + 0.044715 * z * z * z)).tanh());
-        }
+        map_f32(xs, |z| {
+            let u = SQRT_2_OVER_PI * (z + 0.044715 * z * z * z);
+            z / (1.0 + exp_f32(-2.0 * u))
+        })
     };
     par_chunks(x, f);
+}
+
+/// `e^x` in f32 from plain arithmetic, so loops over it vectorize: `x = n·ln2 + r` with
+/// `|r| ≤ ln2/2` (Cody–Waite split of ln2), `e^r` by its degree-7 Taylor polynomial (truncation
+/// < 1e-8), `2^n` through the exponent bits. Relative error about 2e-7; inputs are clamped to
+/// `[−87.3, 88.3]`, so large negative inputs give ~1e-38 instead of 0 and NaN stays NaN.
+#[inline(always)]
+pub fn exp_f32(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75; // ln 2 with its low 12 mantissa bits cleared
+    const LN2_LO: f32 = 1.428_606_8e-6; // ln 2 − LN2_HI
+    const ROUND: f32 = 12_582_912.0; // 1.5·2²³: adding and subtracting it rounds to an integer
+    let x = x.clamp(-87.3, 88.3);
+    let n = (x * LOG2E + ROUND) - ROUND;
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0
+                    + r * (1.0 / 24.0
+                        + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// `x[i] = f(x[i])`, compiled for AVX2 + FMA too and chosen at run time, so that an `f` made
+/// of plain arithmetic (like [`exp_f32`]) runs 8 lanes wide. (Rust never fuses `a·b + c` on its
+/// own, so both versions give the same bits.)
+#[inline(always)]
+pub fn map_f32(x: &mut [f32], f: impl Fn(f32) -> f32) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn map_avx2(x: &mut [f32], f: impl Fn(f32) -> f32) {
+            for v in x {
+                *v = f(*v);
+            }
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has the features the function is compiled for.
+            unsafe { map_avx2(x, f) };
+            return;
+        }
+    }
+    for v in x {
+        *v = f(*v);
+    }
 }
 
 /// Exact GELU `x·Φ(x) = 0.5·x·erfc(−x/√2)` (ViT and Q-Former MLPs), with [`erfc_f32`], so
@@ -189,11 +247,8 @@ fn erfc_cf(x: f64) -> f64 {
 /// Softmax of one row in place (f32 with an f64 sum).
 pub fn softmax(row: &mut [f32]) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0f64;
-    for v in row.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v as f64;
-    }
+    map_f32(row, |v| exp_f32(v - max));
+    let sum = sum_f64(row, |v| v);
     let inv = (1.0 / sum) as f32;
     for v in row.iter_mut() {
         *v *= inv;
@@ -334,5 +389,41 @@ mod tests {
         let mut b = vec![1.0f32];
         gelu_tanh(&mut b);
         assert!((b[0] - 0.841_192).abs() < 1e-5);
+    }
+
+    #[test]
+    fn exp_f32_and_gelu_tanh_track_f64() {
+        let mut worst = 0f64;
+        for i in -87_000..=88_000 {
+            let x = i as f32 * 1e-3;
+            let want = (x as f64).exp();
+            worst = worst.max((exp_f32(x) as f64 - want).abs() / want);
+        }
+        assert!(worst < 3e-7, "exp_f32: relative error {worst}");
+        assert_eq!(exp_f32(0.0), 1.0);
+        assert!(exp_f32(-1000.0) < 1e-37 && exp_f32(-1000.0) >= 0.0);
+        assert!(exp_f32(f32::NAN).is_nan());
+
+        let mut x: Vec<f32> = (0..200_000)
+            .map(|i| (i as f32 - 100_000.0) * 1e-4)
+            .collect();
+        // (reference, relative tolerance): in the negative tail e^(−2u) is steep, so rounding
+        // u to f32 alone costs about 2·|u|·2⁻²⁴ relative
+        let want: Vec<(f64, f64)> = x
+            .iter()
+            .map(|&z| {
+                let z = z as f64;
+                let u = (2.0 / std::f64::consts::PI).sqrt() * (z + 0.044715 * z * z * z);
+                // 0.5·z·(1 + tanh u) without the f64 cancellation of 1 + tanh in the tail
+                (
+                    z / (1.0 + (-2.0 * u).exp()),
+                    5e-7 + 2.5e-7 * (2.0 * u).abs(),
+                )
+            })
+            .collect();
+        gelu_tanh(&mut x);
+        for (a, (b, rel)) in x.iter().zip(&want) {
+            assert!((*a as f64 - b).abs() <= rel * b.abs() + 1e-37, "{a} vs {b}");
+        }
     }
 }
