@@ -94,6 +94,7 @@ mod tests {
     use super::*;
 
     /// Straightforward f64 attention for one head.
+    #[allow(clippy::too_many_arguments)]
     fn reference(
         q: &[f32],
         k: &[f32],

@@ -4,6 +4,8 @@ pub mod arch;
 pub mod attention;
 pub mod boxes;
 pub mod compare;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod draw;
 pub mod generate;
 pub mod image;

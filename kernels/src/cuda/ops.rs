@@ -1,0 +1,1026 @@
+//! Typed launch wrappers, one per kernel of `kernels/cuda/`: each checks its shapes and buffer
+//! lengths, computes the launch grid and passes the kernel exactly its parameters, so a wrong
+//! call is an error here and never an out-of-bounds access on the device.
+//!
+//! Conventions: matrices are row-major; `y[r][c]` of a matmul is output `c` of activation row
+//! `r` (GGUF weights are `[n outputs][k inputs]`); all activations are f32 unless said
+//! otherwise. Results are asynchronous until read back ([`Device::read`]) or
+//! [`Device::synchronize`].
+
+use crate::formats::row_bytes;
+use crate::types::GgmlType;
+
+use super::device::{Arg, DevSlice, Device, DeviceBuffer};
+use super::CudaError;
+
+/// Most activation rows a GEMV launch takes (decode, and small batches).
+pub const GEMV_MAX_COLS: usize = 8;
+/// Largest head dimension the attention kernel takes.
+pub const ATTENTION_MAX_HEAD_DIM: usize = 128;
+/// Bytes of one Q8_1 block (32 activations).
+pub const Q8_1_BLOCK_BYTES: usize = 36;
+
+const GEMV_WARPS: u32 = 4;
+const GEMM_TILE: usize = 64;
+
+fn shape(msg: String) -> CudaError {
+    CudaError::Shape(msg)
+}
+
+fn to_i32(v: usize, what: &str) -> Result<i32, CudaError> {
+    i32::try_from(v).map_err(|_| shape(format!("{what} = {v} exceeds the kernels' 32-bit sizes")))
+}
+
+fn need<T>(s: &DevSlice<'_, T>, n: usize, what: &str) -> Result<(), CudaError> {
+    if s.len() < n {
+        return Err(shape(format!(
+            "{what}: needs {n} elements, the buffer holds {}",
+            s.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Elements spanned by `rows` rows of `width` with row stride `ld` (0 rows: 0).
+fn span(rows: usize, ld: usize, width: usize) -> Result<usize, CudaError> {
+    if rows == 0 {
+        return Ok(0);
+    }
+    (rows - 1)
+        .checked_mul(ld)
+        .and_then(|v| v.checked_add(width))
+        .ok_or_else(|| shape(format!("{rows} rows of stride {ld} overflow")))
+}
+
+fn blocks(n: usize, per: usize) -> Result<u32, CudaError> {
+    u32::try_from(n.div_ceil(per)).map_err(|_| shape(format!("{n} elements need too many blocks")))
+}
+
+/// Weight formats the CUDA kernels read (GEMV, GEMM, embedding gather).
+pub fn is_supported_weight(ty: GgmlType) -> bool {
+    use GgmlType::*;
+    matches!(
+        ty,
+        F32 | F16 | BF16 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q4_K | Q5_K | Q6_K
+    )
+}
+
+fn is_float(ty: GgmlType) -> bool {
+    matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16)
+}
+
+fn gemv_kernel(ty: GgmlType) -> &'static str {
+    use GgmlType::*;
+    match ty {
+        F32 => "gemv_f32",
+        F16 => "gemv_f16",
+        BF16 => "gemv_bf16",
+        Q4_0 => "gemv_q4_0_q8_1",
+        Q4_1 => "gemv_q4_1_q8_1",
+        Q5_0 => "gemv_q5_0_q8_1",
+        Q5_1 => "gemv_q5_1_q8_1",
+        Q8_0 => "gemv_q8_0_q8_1",
+        Q4_K => "gemv_q4_k_q8_1",
+        Q5_K => "gemv_q5_k_q8_1",
+        Q6_K => "gemv_q6_k_q8_1",
+        _ => unreachable!("checked by is_supported_weight"),
+    }
+}
+
+fn gemm_kernel(ty: GgmlType) -> &'static str {
+    use GgmlType::*;
+    match ty {
+        F32 => "gemm_f32_f16",
+        F16 => "gemm_f16_f16",
+        BF16 => "gemm_bf16_f16",
+        Q4_0 => "gemm_q4_0_f16",
+        Q4_1 => "gemm_q4_1_f16",
+        Q5_0 => "gemm_q5_0_f16",
+        Q5_1 => "gemm_q5_1_f16",
+        Q8_0 => "gemm_q8_0_f16",
+        Q4_K => "gemm_q4_k_f16",
+        Q5_K => "gemm_q5_k_f16",
+        Q6_K => "gemm_q6_k_f16",
+        _ => unreachable!("checked by is_supported_weight"),
+    }
+}
+
+fn get_rows_kernel(ty: GgmlType) -> &'static str {
+    use GgmlType::*;
+    match ty {
+        F32 => "get_rows_f32",
+        F16 => "get_rows_f16",
+        BF16 => "get_rows_bf16",
+        Q4_0 => "get_rows_q4_0",
+        Q4_1 => "get_rows_q4_1",
+        Q5_0 => "get_rows_q5_0",
+        Q5_1 => "get_rows_q5_1",
+        Q8_0 => "get_rows_q8_0",
+        Q4_K => "get_rows_q4_k",
+        Q5_K => "get_rows_q5_k",
+        Q6_K => "get_rows_q6_k",
+        _ => unreachable!("checked by is_supported_weight"),
+    }
+}
+
+/// A weight matrix in device memory: `rows` outputs × `cols` inputs of type `ty`, bytes as in
+/// the GGUF file.
+#[derive(Debug)]
+pub struct DeviceWeight {
+    pub ty: GgmlType,
+    pub rows: usize,
+    pub cols: usize,
+    buf: DeviceBuffer,
+}
+
+impl DeviceWeight {
+    /// Bytes of one row.
+    pub fn row_bytes(&self) -> usize {
+        self.buf.len() / self.rows.max(1)
+    }
+
+    /// Device memory held.
+    pub fn bytes(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The weight bytes on the device (e.g. to fill them in parts).
+    pub fn bytes_slice(&self) -> DevSlice<'_, u8> {
+        self.buf.slice::<u8>()
+    }
+
+    fn data(&self) -> DevSlice<'_, u8> {
+        self.buf.slice::<u8>()
+    }
+}
+
+/// Where one row of a normalization starts: row (group g, token t) is at
+/// `t·ld_tok + g·ld_grp`. [`Rows::contiguous`] is the plain `[tokens, dim]` case; per-head
+/// rows inside a wider buffer use `groups = heads`, `ld_grp = head_dim`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rows {
+    pub tokens: usize,
+    pub groups: usize,
+    pub ld_tok: usize,
+    pub ld_grp: usize,
+}
+
+impl Rows {
+    pub fn contiguous(tokens: usize, dim: usize) -> Rows {
+        Rows {
+            tokens,
+            groups: 1,
+            ld_tok: dim,
+            ld_grp: 0,
+        }
+    }
+
+    fn extent(&self, dim: usize) -> Result<usize, CudaError> {
+        if self.tokens == 0 || self.groups == 0 {
+            return Ok(0);
+        }
+        let last_group = (self.groups - 1)
+            .checked_mul(self.ld_grp)
+            .ok_or_else(|| shape("row groups overflow".into()))?;
+        span(self.tokens, self.ld_tok, 0)?
+            .checked_add(last_group)
+            .and_then(|v| v.checked_add(dim))
+            .ok_or_else(|| shape("rows overflow".into()))
+    }
+}
+
+/// Keys and values of an attention call: f16 (the KV cache) or f32.
+#[derive(Clone, Copy, Debug)]
+pub enum KvSlices<'a> {
+    F16 {
+        k: DevSlice<'a, u16>,
+        v: DevSlice<'a, u16>,
+    },
+    F32 {
+        k: DevSlice<'a, f32>,
+        v: DevSlice<'a, f32>,
+    },
+}
+
+impl KvSlices<'_> {
+    fn len(&self) -> usize {
+        match self {
+            KvSlices::F16 { k, v } => k.len().min(v.len()),
+            KvSlices::F32 { k, v } => k.len().min(v.len()),
+        }
+    }
+}
+
+/// Shape of a multi-head attention call. Query `t` of head `h` is `q[t·ld_q + h·head_dim ..]`,
+/// key/value `p` of KV head `h / (n_head / n_head_kv)` is at `p·ld_kv + kvh·head_dim`, the
+/// output of `(t, h)` goes to `out[t·ld_out + h·head_dim ..]`. Scores are `scale·q·k`; with
+/// `causal = Some(pos0)`, query `t` sees keys `0 ..= pos0 + t` (the KV cache holds the new
+/// positions already), else all `n_kv` keys.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttentionShape {
+    pub n_q: usize,
+    pub n_kv: usize,
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub head_dim: usize,
+    pub ld_q: usize,
+    pub ld_kv: usize,
+    pub ld_out: usize,
+    pub scale: f32,
+    pub causal: Option<usize>,
+}
+
+/// Keys per split of [`Device::attention`]: split when the query blocks alone would leave
+/// most of a large GPU idle (aiming at ~256 blocks), in multiples of the 32-key chunk and at
+/// least 64 keys per split.
+fn auto_split_len(s: &AttentionShape) -> usize {
+    const TARGET_BLOCKS: usize = 256;
+    let blocks = s.n_q.div_ceil(16) * s.n_head;
+    if blocks >= TARGET_BLOCKS / 2 || s.n_kv < 128 {
+        return s.n_kv.max(1);
+    }
+    let splits = TARGET_BLOCKS.div_ceil(blocks).min(s.n_kv / 64).max(1);
+    s.n_kv.div_ceil(splits).div_ceil(32) * 32
+}
+
+/// Device scratch memory of [`Device::matmul`] (quantized or f16 activations) and
+/// [`Device::attention`] (split states), grown on demand. Its contents do not outlive a call.
+#[derive(Default)]
+pub struct Scratch {
+    buf: Option<DeviceBuffer>,
+}
+
+impl Scratch {
+    pub fn new() -> Scratch {
+        Scratch { buf: None }
+    }
+
+    fn get(&mut self, dev: &Device, bytes: usize) -> Result<&DeviceBuffer, CudaError> {
+        if self.buf.as_ref().is_none_or(|b| b.len() < bytes) {
+            self.buf = None; // free first: the old buffer may be large
+                             // grow by half again so slowly growing batches do not reallocate every call
+            let want = bytes.max(bytes / 2 * 3).max(1 << 16);
+            self.buf = Some(dev.alloc(want)?);
+        }
+        Ok(self.buf.as_ref().expect("allocated above"))
+    }
+}
+
+impl Device {
+    /// Uploads a weight matrix (`data` as stored in GGUF, e.g. a slice of the memory map).
+    pub fn upload_weight(
+        &self,
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+        data: &[u8],
+    ) -> Result<DeviceWeight, CudaError> {
+        if !is_supported_weight(ty) {
+            return Err(CudaError::Unsupported(format!("{ty} weights on CUDA")));
+        }
+        to_i32(rows, "weight rows")?;
+        to_i32(cols, "weight columns")?;
+        let rb = row_bytes(ty, cols).map_err(|e| shape(e.to_string()))?;
+        let expected = rb
+            .checked_mul(rows)
+            .ok_or_else(|| shape(format!("{rows} rows of {ty} overflow")))?;
+        if data.len() != expected {
+            return Err(shape(format!(
+                "{ty} weight [{rows} × {cols}]: expected {expected} bytes, got {}",
+                data.len()
+            )));
+        }
+        Ok(DeviceWeight {
+            ty,
+            rows,
+            cols,
+            buf: self.upload(data)?,
+        })
+    }
+
+    /// Quantizes `m` rows of `k` activations (row stride `ldx`) to Q8_1 blocks in `y`
+    /// (`m·k/32` blocks of 36 bytes, rows contiguous), bit-identical to
+    /// [`crate::formats::quantize_row_q8_1_ref`].
+    pub fn quantize_q8_1(
+        &self,
+        x: DevSlice<'_, f32>,
+        ldx: usize,
+        k: usize,
+        m: usize,
+        y: DevSlice<'_, u8>,
+    ) -> Result<(), CudaError> {
+        if !k.is_multiple_of(32) || ldx < k {
+            return Err(shape(format!(
+                "quantize_q8_1: k = {k} must be a multiple of 32 and at most ldx = {ldx}"
+            )));
+        }
+        need(&x, span(m, ldx, k)?, "quantize_q8_1: x")?;
+        let groups = m * (k / 32);
+        need(&y, groups * Q8_1_BLOCK_BYTES, "quantize_q8_1: y")?;
+        self.launch(
+            "quantize_q8_1",
+            (blocks(groups, 4)?, 1, 1),
+            (32, 4, 1),
+            &[
+                x.arg(),
+                y.arg(),
+                Arg::I32(to_i32(k, "k")?),
+                Arg::I32(to_i32(m, "m")?),
+                Arg::I32(to_i32(ldx, "ldx")?),
+            ],
+        )
+    }
+
+    /// `y[r][c] = f16(x[r][c])` for `c < k`, zero for `k <= c < ldy` (`m` rows, strides `ldx`,
+    /// `ldy`): the zero-padded f16 activations [`Device::gemm`] reads.
+    pub fn convert_f32_f16_pad(
+        &self,
+        x: DevSlice<'_, f32>,
+        ldx: usize,
+        k: usize,
+        m: usize,
+        y: DevSlice<'_, u16>,
+        ldy: usize,
+    ) -> Result<(), CudaError> {
+        if ldy < k || ldx < k {
+            return Err(shape(format!(
+                "convert_f32_f16_pad: k = {k} exceeds a stride ({ldx}, {ldy})"
+            )));
+        }
+        need(&x, span(m, ldx, k)?, "convert_f32_f16_pad: x")?;
+        need(&y, span(m, ldy, ldy)?, "convert_f32_f16_pad: y")?;
+        self.launch(
+            "convert_f32_f16_pad",
+            (blocks(ldy, 256)?, to_grid_y(m)?, 1),
+            (256, 1, 1),
+            &[
+                x.arg(),
+                y.arg(),
+                Arg::I32(to_i32(k, "k")?),
+                Arg::I32(to_i32(m, "m")?),
+                Arg::I32(to_i32(ldx, "ldx")?),
+                Arg::I32(to_i32(ldy, "ldy")?),
+            ],
+        )
+    }
+
+    /// Matrix × vector(s) for at most [`GEMV_MAX_COLS`] activation rows:
+    /// `y[r][c] = Σ_k W[c][k]·x[r][k] (+ bias[c])`, `y` is `m × w.rows`. For quantized weights
+    /// `x` holds the activations as Q8_1 bytes ([`Device::quantize_q8_1`]); for F32 / F16 / BF16
+    /// weights use [`Device::gemv_f32_act`].
+    pub fn gemv_q8_1(
+        &self,
+        w: &DeviceWeight,
+        xq: DevSlice<'_, u8>,
+        m: usize,
+        bias: Option<DevSlice<'_, f32>>,
+        y: DevSlice<'_, f32>,
+    ) -> Result<(), CudaError> {
+        if is_float(w.ty) {
+            return Err(shape(format!(
+                "gemv_q8_1: {} weights take f32 activations (gemv_f32_act)",
+                w.ty
+            )));
+        }
+        self.check_gemv(w, m, bias, y)?;
+        need(
+            &xq,
+            m * (w.cols / 32) * Q8_1_BLOCK_BYTES,
+            "gemv: quantized activations",
+        )?;
+        self.launch_gemv(w, xq.arg(), m, bias, y)
+    }
+
+    /// [`Device::gemv_q8_1`] for F32 / F16 / BF16 weights with f32 activations `x` (`m × k`).
+    pub fn gemv_f32_act(
+        &self,
+        w: &DeviceWeight,
+        x: DevSlice<'_, f32>,
+        m: usize,
+        bias: Option<DevSlice<'_, f32>>,
+        y: DevSlice<'_, f32>,
+    ) -> Result<(), CudaError> {
+        if !is_float(w.ty) {
+            return Err(shape(format!(
+                "gemv_f32_act: {} weights take Q8_1 activations (gemv_q8_1)",
+                w.ty
+            )));
+        }
+        self.check_gemv(w, m, bias, y)?;
+        need(&x, m * w.cols, "gemv: activations")?;
+        self.launch_gemv(w, x.arg(), m, bias, y)
+    }
+
+    fn check_gemv(
+        &self,
+        w: &DeviceWeight,
+        m: usize,
+        bias: Option<DevSlice<'_, f32>>,
+        y: DevSlice<'_, f32>,
+    ) -> Result<(), CudaError> {
+        if m > GEMV_MAX_COLS {
+            return Err(shape(format!(
+                "gemv: {m} activation rows (at most {GEMV_MAX_COLS}; use gemm)"
+            )));
+        }
+        if let Some(b) = bias {
+            need(&b, w.rows, "gemv: bias")?;
+        }
+        need(&y, m * w.rows, "gemv: y")
+    }
+
+    fn launch_gemv(
+        &self,
+        w: &DeviceWeight,
+        x: Arg,
+        m: usize,
+        bias: Option<DevSlice<'_, f32>>,
+        y: DevSlice<'_, f32>,
+    ) -> Result<(), CudaError> {
+        if m == 0 {
+            return Ok(());
+        }
+        self.launch(
+            gemv_kernel(w.ty),
+            (blocks(w.rows, GEMV_WARPS as usize)?, 1, 1),
+            (32, GEMV_WARPS, 1),
+            &[
+                w.data().arg(),
+                x,
+                bias.map_or(Arg::Ptr(0), |b| b.arg()),
+                y.arg(),
+                Arg::I32(w.rows as i32),
+                Arg::I32(w.cols as i32),
+                Arg::I32(m as i32),
+            ],
+        )
+    }
+
+    /// Tiled tensor-core GEMM: `y[r][c] = Σ_k W[c][k]·x[r][k] (+ bias[c])` with `x` the f16
+    /// activations from [`Device::convert_f32_f16_pad`] (`m` rows of stride `ldx`, a multiple of
+    /// 32 at least `k`, zero padded), `y` is `m × w.rows` f32.
+    pub fn gemm(
+        &self,
+        w: &DeviceWeight,
+        x: DevSlice<'_, u16>,
+        ldx: usize,
+        m: usize,
+        bias: Option<DevSlice<'_, f32>>,
+        y: DevSlice<'_, f32>,
+    ) -> Result<(), CudaError> {
+        if !ldx.is_multiple_of(32) || ldx < w.cols {
+            return Err(shape(format!(
+                "gemm: ldx = {ldx} must be a multiple of 32 at least k = {}",
+                w.cols
+            )));
+        }
+        need(&x, span(m, ldx, ldx)?, "gemm: activations")?;
+        if let Some(b) = bias {
+            need(&b, w.rows, "gemm: bias")?;
+        }
+        need(&y, m * w.rows, "gemm: y")?;
+        self.launch(
+            gemm_kernel(w.ty),
+            (
+                blocks(w.rows, GEMM_TILE)?,
+                to_grid_y(m.div_ceil(GEMM_TILE))?,
+                1,
+            ),
+            (128, 1, 1),
+            &[
+                w.data().arg(),
+                x.arg(),
+                Arg::I32(to_i32(ldx, "ldx")?),
+                bias.map_or(Arg::Ptr(0), |b| b.arg()),
+                y.arg(),
+                Arg::I32(w.rows as i32),
+                Arg::I32(w.cols as i32),
+                Arg::I32(to_i32(m, "m")?),
+            ],
+        )
+    }
+
+    /// `y = x·Wᵀ (+ bias)` for `m` rows of f32 activations `x` (`m × w.cols`, contiguous):
+    /// GEMV over Q8_1 activations for `m <= GEMV_MAX_COLS` (decode), else the tensor-core GEMM
+    /// over f16 activations. `scratch` holds the converted activations between calls.
+    pub fn matmul(
+        &self,
+        w: &DeviceWeight,
+        x: DevSlice<'_, f32>,
+        m: usize,
+        bias: Option<DevSlice<'_, f32>>,
+        y: DevSlice<'_, f32>,
+        scratch: &mut Scratch,
+    ) -> Result<(), CudaError> {
+        let k = w.cols;
+        need(&x, m * k, "matmul: x")?;
+        if m <= GEMV_MAX_COLS {
+            if is_float(w.ty) {
+                return self.gemv_f32_act(w, x, m, bias, y);
+            }
+            let bytes = m * (k / 32) * Q8_1_BLOCK_BYTES;
+            let xq = scratch.get(self, bytes)?.slice::<u8>().range(0, bytes);
+            self.quantize_q8_1(x, k, k, m, xq)?;
+            return self.gemv_q8_1(w, xq, m, bias, y);
+        }
+        let ldx = k.div_ceil(32) * 32;
+        let n16 = m
+            .checked_mul(ldx)
+            .ok_or_else(|| shape("matmul: activations overflow".into()))?;
+        let x16 = scratch.get(self, n16 * 2)?.slice::<u16>().range(0, n16);
+        self.convert_f32_f16_pad(x, k, k, m, x16, ldx)?;
+        self.gemm(w, x16, ldx, m, bias, y)
+    }
+
+    /// LayerNorm of every row (see [`Rows`]): `y = (x − mean)/√(var + eps)·w + b`. `y` uses the
+    /// same layout and may be `x`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn layer_norm(
+        &self,
+        x: DevSlice<'_, f32>,
+        y: DevSlice<'_, f32>,
+        w: Option<DevSlice<'_, f32>>,
+        b: Option<DevSlice<'_, f32>>,
+        dim: usize,
+        rows: Rows,
+        eps: f32,
+    ) -> Result<(), CudaError> {
+        self.check_norm("layer_norm", x, y, w, dim, rows)?;
+        if let Some(b) = b {
+            need(&b, dim, "layer_norm: bias")?;
+        }
+        self.launch(
+            "layer_norm_f32",
+            (to_grid_x(rows.groups)?, to_grid_y(rows.tokens)?, 1),
+            (128, 1, 1),
+            &[
+                x.arg(),
+                y.arg(),
+                w.map_or(Arg::Ptr(0), |s| s.arg()),
+                b.map_or(Arg::Ptr(0), |s| s.arg()),
+                Arg::I32(to_i32(dim, "dim")?),
+                Arg::I32(to_i32(rows.ld_tok, "ld_tok")?),
+                Arg::I32(to_i32(rows.ld_grp, "ld_grp")?),
+                Arg::F32(eps),
+            ],
+        )
+    }
+
+    /// RMSNorm of every row: `y = x/√(mean(x²) + eps)·w`.
+    pub fn rms_norm(
+        &self,
+        x: DevSlice<'_, f32>,
+        y: DevSlice<'_, f32>,
+        w: Option<DevSlice<'_, f32>>,
+        dim: usize,
+        rows: Rows,
+        eps: f32,
+    ) -> Result<(), CudaError> {
+        self.check_norm("rms_norm", x, y, w, dim, rows)?;
+        self.launch(
+            "rms_norm_f32",
+            (to_grid_x(rows.groups)?, to_grid_y(rows.tokens)?, 1),
+            (128, 1, 1),
+            &[
+                x.arg(),
+                y.arg(),
+                w.map_or(Arg::Ptr(0), |s| s.arg()),
+                Arg::I32(to_i32(dim, "dim")?),
+                Arg::I32(to_i32(rows.ld_tok, "ld_tok")?),
+                Arg::I32(to_i32(rows.ld_grp, "ld_grp")?),
+                Arg::F32(eps),
+            ],
+        )
+    }
+
+    fn check_norm(
+        &self,
+        what: &str,
+        x: DevSlice<'_, f32>,
+        y: DevSlice<'_, f32>,
+        w: Option<DevSlice<'_, f32>>,
+        dim: usize,
+        rows: Rows,
+    ) -> Result<(), CudaError> {
+        if dim == 0 {
+            return Err(shape(format!("{what}: dim is 0")));
+        }
+        let extent = rows.extent(dim)?;
+        need(&x, extent, &format!("{what}: x"))?;
+        need(&y, extent, &format!("{what}: y"))?;
+        if let Some(w) = w {
+            need(&w, dim, &format!("{what}: weight"))?;
+        }
+        Ok(())
+    }
+
+    /// Partial NeoX RoPE in place on `tokens` rows of `n_head` heads of `head_dim` (head `h` of
+    /// token `t` at `x[t·ld_tok + h·head_dim]`, position `pos0 + t`), rotating the first
+    /// `n_rot` dims with frequency base `theta`, then multiplying every element by `scale`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rope_neox(
+        &self,
+        x: DevSlice<'_, f32>,
+        tokens: usize,
+        n_head: usize,
+        head_dim: usize,
+        n_rot: usize,
+        ld_tok: usize,
+        pos0: usize,
+        theta: f32,
+        scale: f32,
+    ) -> Result<(), CudaError> {
+        if !n_rot.is_multiple_of(2) || n_rot > head_dim {
+            return Err(shape(format!(
+                "rope: n_rot = {n_rot} must be even and at most head_dim = {head_dim}"
+            )));
+        }
+        need(&x, span(tokens, ld_tok, n_head * head_dim)?, "rope: x")?;
+        to_i32(pos0 + tokens, "rope positions")?;
+        self.launch(
+            "rope_neox_f32",
+            (to_grid_x(n_head)?, to_grid_y(tokens)?, 1),
+            (64, 1, 1),
+            &[
+                x.arg(),
+                Arg::I32(to_i32(head_dim, "head_dim")?),
+                Arg::I32(n_rot as i32),
+                Arg::I32(to_i32(ld_tok, "ld_tok")?),
+                Arg::I32(pos0 as i32),
+                Arg::F32(theta),
+                Arg::F32(scale),
+            ],
+        )
+    }
+
+    /// Softmax attention over all heads (see [`AttentionShape`]). When the queries alone
+    /// would give the GPU few blocks (decode: one query per head), the keys are split across
+    /// blocks (flash-decoding) and merged by a second kernel through `scratch`.
+    pub fn attention(
+        &self,
+        q: DevSlice<'_, f32>,
+        kv: KvSlices<'_>,
+        out: DevSlice<'_, f32>,
+        s: &AttentionShape,
+        scratch: &mut Scratch,
+    ) -> Result<(), CudaError> {
+        let split_len = auto_split_len(s);
+        self.attention_split(q, kv, out, s, split_len, scratch)
+    }
+
+    /// [`Device::attention`] with the keys split into blocks of `split_len` positions (`>= n_kv`:
+    /// no split).
+    pub fn attention_split(
+        &self,
+        q: DevSlice<'_, f32>,
+        kv: KvSlices<'_>,
+        out: DevSlice<'_, f32>,
+        s: &AttentionShape,
+        split_len: usize,
+        scratch: &mut Scratch,
+    ) -> Result<(), CudaError> {
+        if s.head_dim == 0 || s.head_dim > ATTENTION_MAX_HEAD_DIM {
+            return Err(shape(format!(
+                "attention: head_dim = {} (1 ..= {ATTENTION_MAX_HEAD_DIM})",
+                s.head_dim
+            )));
+        }
+        if s.n_head == 0 || s.n_head_kv == 0 || !s.n_head.is_multiple_of(s.n_head_kv) {
+            return Err(shape(format!(
+                "attention: {} heads over {} KV heads",
+                s.n_head, s.n_head_kv
+            )));
+        }
+        let width = s.n_head * s.head_dim;
+        need(&q, span(s.n_q, s.ld_q, width)?, "attention: q")?;
+        need(&out, span(s.n_q, s.ld_out, width)?, "attention: out")?;
+        let kv_need = span(s.n_kv, s.ld_kv, s.n_head_kv * s.head_dim)?;
+        if kv.len() < kv_need {
+            return Err(shape(format!(
+                "attention: k/v need {kv_need} elements, hold {}",
+                kv.len()
+            )));
+        }
+        let pos0 = s.causal.unwrap_or(0);
+        to_i32(pos0 + s.n_q, "attention positions")?;
+        let split_len = split_len.clamp(1, s.n_kv.max(1));
+        let splits = s.n_kv.div_ceil(split_len).max(1);
+        if splits > 65535 {
+            return Err(shape(format!(
+                "attention: {splits} key splits (at most 65535)"
+            )));
+        }
+        let partial_len = if splits > 1 {
+            splits
+                .checked_mul(s.n_head * s.n_q)
+                .and_then(|v| v.checked_mul(s.head_dim + 2))
+                .ok_or_else(|| shape("attention: split state overflows".into()))?
+        } else {
+            0
+        };
+        let partial = if splits > 1 {
+            Some(
+                scratch
+                    .get(self, partial_len * 4)?
+                    .slice::<f32>()
+                    .range(0, partial_len),
+            )
+        } else {
+            None
+        };
+        let (kernel, k, v) = match kv {
+            KvSlices::F16 { k, v } => ("attention_f16kv", k.arg(), v.arg()),
+            KvSlices::F32 { k, v } => ("attention_f32kv", k.arg(), v.arg()),
+        };
+        self.launch(
+            kernel,
+            (blocks(s.n_q, 16)?, to_grid_y(s.n_head)?, splits as u32),
+            (32, 4, 1),
+            &[
+                q.arg(),
+                Arg::I32(to_i32(s.ld_q, "ld_q")?),
+                k,
+                v,
+                Arg::I32(to_i32(s.ld_kv, "ld_kv")?),
+                out.arg(),
+                Arg::I32(to_i32(s.ld_out, "ld_out")?),
+                Arg::I32(to_i32(s.n_q, "n_q")?),
+                Arg::I32(to_i32(s.n_kv, "n_kv")?),
+                Arg::I32(s.n_head as i32),
+                Arg::I32(s.n_head_kv as i32),
+                Arg::I32(s.head_dim as i32),
+                Arg::F32(s.scale),
+                Arg::I32(s.causal.is_some() as i32),
+                Arg::I32(pos0 as i32),
+                Arg::I32(split_len as i32),
+                partial.map_or(Arg::Ptr(0), |p| p.arg()),
+            ],
+        )?;
+        if let Some(p) = partial {
+            self.launch(
+                "attention_combine",
+                (to_grid_x(s.n_q)?, to_grid_y(s.n_head)?, 1),
+                (128, 1, 1),
+                &[
+                    p.arg(),
+                    out.arg(),
+                    Arg::I32(s.ld_out as i32),
+                    Arg::I32(s.n_q as i32),
+                    Arg::I32(s.n_head as i32),
+                    Arg::I32(s.head_dim as i32),
+                    Arg::I32(splits as i32),
+                ],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn unary(
+        &self,
+        kernel: &'static str,
+        x: DevSlice<'_, f32>,
+        y: DevSlice<'_, f32>,
+        n: usize,
+    ) -> Result<(), CudaError> {
+        need(&x, n, kernel)?;
+        need(&y, n, kernel)?;
+        self.launch(
+            kernel,
+            (blocks(n, 256)?, 1, 1),
+            (256, 1, 1),
+            &[x.arg(), y.arg(), Arg::I32(to_i32(n, "n")?)],
+        )
+    }
+
+    /// `y = gelu(x)` with tanh (Phi-2's `gelu_new`); `y` may be `x`.
+    pub fn gelu_tanh(
+        &self,
+        x: DevSlice<'_, f32>,
+        y: DevSlice<'_, f32>,
+        n: usize,
+    ) -> Result<(), CudaError> {
+        self.unary("gelu_tanh_f32", x, y, n)
+    }
+
+    /// `y = gelu(x)` with erf (EVA ViT, Q-Former); `y` may be `x`.
+    pub fn gelu_erf(
+        &self,
+        x: DevSlice<'_, f32>,
+        y: DevSlice<'_, f32>,
+        n: usize,
+    ) -> Result<(), CudaError> {
+        self.unary("gelu_erf_f32", x, y, n)
+    }
+
+    /// `y = a + b` over `n` elements.
+    pub fn add(
+        &self,
+        a: DevSlice<'_, f32>,
+        b: DevSlice<'_, f32>,
+        y: DevSlice<'_, f32>,
+        n: usize,
+    ) -> Result<(), CudaError> {
+        for s in [&a, &b, &y] {
+            need(s, n, "add")?;
+        }
+        self.launch(
+            "add_f32",
+            (blocks(n, 256)?, 1, 1),
+            (256, 1, 1),
+            &[a.arg(), b.arg(), y.arg(), Arg::I32(to_i32(n, "n")?)],
+        )
+    }
+
+    /// `y = x + (a + b)` over `n` elements (Phi-2's parallel residual).
+    pub fn add3(
+        &self,
+        x: DevSlice<'_, f32>,
+        a: DevSlice<'_, f32>,
+        b: DevSlice<'_, f32>,
+        y: DevSlice<'_, f32>,
+        n: usize,
+    ) -> Result<(), CudaError> {
+        for s in [&x, &a, &b, &y] {
+            need(s, n, "add3")?;
+        }
+        self.launch(
+            "add3_f32",
+            (blocks(n, 256)?, 1, 1),
+            (256, 1, 1),
+            &[
+                x.arg(),
+                a.arg(),
+                b.arg(),
+                y.arg(),
+                Arg::I32(to_i32(n, "n")?),
+            ],
+        )
+    }
+
+    /// `y = x·s` over `n` elements.
+    pub fn scale(
+        &self,
+        x: DevSlice<'_, f32>,
+        y: DevSlice<'_, f32>,
+        s: f32,
+        n: usize,
+    ) -> Result<(), CudaError> {
+        need(&x, n, "scale")?;
+        need(&y, n, "scale")?;
+        self.launch(
+            "scale_f32",
+            (blocks(n, 256)?, 1, 1),
+            (256, 1, 1),
+            &[x.arg(), y.arg(), Arg::F32(s), Arg::I32(to_i32(n, "n")?)],
+        )
+    }
+
+    /// `x[r][c] += bias[c]` for `nrows` rows of `ncols` (row stride `ldx`).
+    pub fn add_bias(
+        &self,
+        x: DevSlice<'_, f32>,
+        bias: DevSlice<'_, f32>,
+        ncols: usize,
+        nrows: usize,
+        ldx: usize,
+    ) -> Result<(), CudaError> {
+        need(&x, span(nrows, ldx, ncols)?, "add_bias: x")?;
+        need(&bias, ncols, "add_bias: bias")?;
+        self.launch(
+            "add_bias_f32",
+            (blocks(ncols, 256)?, to_grid_y(nrows)?, 1),
+            (256, 1, 1),
+            &[
+                x.arg(),
+                bias.arg(),
+                Arg::I32(to_i32(ncols, "ncols")?),
+                Arg::I32(nrows as i32),
+                Arg::I32(to_i32(ldx, "ldx")?),
+            ],
+        )
+    }
+
+    /// `dst[r][c] = f16(src[r][c])` over `nrows × ncols` with row strides (e.g. storing new keys
+    /// into the f16 KV cache).
+    pub fn copy_f32_to_f16(
+        &self,
+        src: DevSlice<'_, f32>,
+        ld_src: usize,
+        dst: DevSlice<'_, u16>,
+        ld_dst: usize,
+        ncols: usize,
+        nrows: usize,
+    ) -> Result<(), CudaError> {
+        need(&src, span(nrows, ld_src, ncols)?, "copy_f32_to_f16: src")?;
+        need(&dst, span(nrows, ld_dst, ncols)?, "copy_f32_to_f16: dst")?;
+        self.launch(
+            "copy_f32_f16_2d",
+            (blocks(ncols, 256)?, to_grid_y(nrows)?, 1),
+            (256, 1, 1),
+            &[
+                src.arg(),
+                Arg::I32(to_i32(ld_src, "ld_src")?),
+                dst.arg(),
+                Arg::I32(to_i32(ld_dst, "ld_dst")?),
+                Arg::I32(to_i32(ncols, "ncols")?),
+                Arg::I32(nrows as i32),
+            ],
+        )
+    }
+
+    /// `dst[r][c] = src[r][c]` over `nrows × ncols` with row strides.
+    pub fn copy_f32(
+        &self,
+        src: DevSlice<'_, f32>,
+        ld_src: usize,
+        dst: DevSlice<'_, f32>,
+        ld_dst: usize,
+        ncols: usize,
+        nrows: usize,
+    ) -> Result<(), CudaError> {
+        need(&src, span(nrows, ld_src, ncols)?, "copy_f32: src")?;
+        need(&dst, span(nrows, ld_dst, ncols)?, "copy_f32: dst")?;
+        self.launch(
+            "copy_f32_2d",
+            (blocks(ncols, 256)?, to_grid_y(nrows)?, 1),
+            (256, 1, 1),
+            &[
+                src.arg(),
+                Arg::I32(to_i32(ld_src, "ld_src")?),
+                dst.arg(),
+                Arg::I32(to_i32(ld_dst, "ld_dst")?),
+                Arg::I32(to_i32(ncols, "ncols")?),
+                Arg::I32(nrows as i32),
+            ],
+        )
+    }
+
+    /// Embedding gather: `out[i][:] = W[ids[i]][:]` dequantized to f32 (`ids.len()` rows of
+    /// `w.cols`). Ids out of range give rows of zeros; check host-side ids first
+    /// ([`Device::get_rows_host_ids`] does).
+    pub fn get_rows(
+        &self,
+        w: &DeviceWeight,
+        ids: DevSlice<'_, i32>,
+        out: DevSlice<'_, f32>,
+    ) -> Result<(), CudaError> {
+        let n = ids.len();
+        need(&out, n * w.cols, "get_rows: out")?;
+        self.launch(
+            get_rows_kernel(w.ty),
+            (to_grid_x(n)?, 1, 1),
+            (128, 1, 1),
+            &[
+                w.data().arg(),
+                ids.arg(),
+                out.arg(),
+                Arg::I32(w.cols as i32),
+                Arg::I32(w.rows as i32),
+            ],
+        )
+    }
+
+    /// [`Device::get_rows`] for ids given on the host, checked against the row count.
+    pub fn get_rows_host_ids(
+        &self,
+        w: &DeviceWeight,
+        ids: &[u32],
+        out: DevSlice<'_, f32>,
+    ) -> Result<(), CudaError> {
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= w.rows) {
+            return Err(shape(format!(
+                "token id {bad} is out of range (the table has {} rows)",
+                w.rows
+            )));
+        }
+        let ids: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
+        let buf = self.upload(&ids)?;
+        self.get_rows(w, buf.slice::<i32>(), out)
+        // `buf` is freed here; cuMemFree waits for the device, so the kernel has read it
+    }
+
+    /// `out[0]` = index of the first maximum of `x` (greedy sampling on the device).
+    pub fn argmax(&self, x: DevSlice<'_, f32>, out: DevSlice<'_, i32>) -> Result<(), CudaError> {
+        need(&out, 1, "argmax: out")?;
+        self.launch(
+            "argmax_f32",
+            (1, 1, 1),
+            (256, 1, 1),
+            &[x.arg(), Arg::I32(to_i32(x.len(), "n")?), out.arg()],
+        )
+    }
+}
+
+fn to_grid_x(n: usize) -> Result<u32, CudaError> {
+    u32::try_from(n)
+        .ok()
+        .filter(|&v| v <= i32::MAX as u32)
+        .ok_or_else(|| shape(format!("{n} blocks exceed the grid limit")))
+}
+
+fn to_grid_y(n: usize) -> Result<u32, CudaError> {
+    u32::try_from(n)
+        .ok()
+        .filter(|&v| v <= 65535)
+        .ok_or_else(|| shape(format!("{n} rows exceed the grid's y limit of 65535")))
+}
