@@ -732,3 +732,183 @@ fn kld_agrees_with_llama_cpp_logits() {
         );
     }
 }
+
+/// Our converter's `--pure` conversion of the miniature stock phi2 (what the `.kld` fixture's
+/// numbers were measured on, scripts/gen_kld_fixture.sh).
+fn convert_pure(ty: &str, out: &Path) {
+    let o = tinygptv(&[
+        "convert",
+        "--phi2",
+        s(&fixtures().join("phi2-safetensors")),
+        "--type",
+        ty,
+        "--pure",
+        "--out",
+        s(out),
+        "-t",
+        "2",
+    ]);
+    assert!(
+        o.status.success(),
+        "convert {ty}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn rel_diff(ours: f64, theirs: f64) -> f64 {
+    (ours - theirs).abs() / theirs.abs()
+}
+
+/// Issue #8, `.kld` interoperability: a base file written by llama.cpp's own
+/// `llama-perplexity --kl-divergence-base` (tests/fixtures/kld, made by
+/// scripts/gen_kld_fixture.sh) is read by `compare --base-logits`, and our numbers for the same
+/// quantized files equal what `llama-perplexity --kl-divergence` printed: the base PPL (decoded
+/// from the file's 16-bit records by both) to 1e-3, PPL(Q), the mean KLD and the top-1 agreement
+/// to 1 %. Exception: q8_0's mean KLD on this random-weight miniature is ~5e-5, the size of the
+/// two runtimes' own numeric differences (llama.cpp moves it by 4 % between `-fa on` and
+/// `-fa off`, we by 10 % between an f16 and an f32 KV cache), so it is held to 10 %.
+#[test]
+fn reads_llama_perplexity_kld_and_reproduces_its_numbers() {
+    let fx = fixtures().join("kld");
+    let kld = fx.join("phi2-mini-f32-c64.kld");
+    let want: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fx.join("llama-perplexity.json")).unwrap())
+            .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let q8 = dir.path().join("q8_0.gguf");
+    let q4 = dir.path().join("q4_0.gguf");
+    convert_pure("q8_0", &q8);
+    convert_pure("q4_0", &q4);
+
+    // llama.cpp's tokens are what our tokenizer makes of the same text
+    let header = KldReader::open(&kld).unwrap().header;
+    assert_eq!(
+        (header.n_ctx, header.n_vocab, header.n_chunk),
+        (64, 1280, 6)
+    );
+    let text = std::fs::read_to_string(fx.join("sample.txt")).unwrap();
+    let ours = runtime::llm::load_language_model(&q4)
+        .unwrap()
+        .tokenizer
+        .encode(&text, false);
+    assert!(ours.len() >= header.tokens.len());
+    assert_eq!(&ours[..header.tokens.len()], &header.tokens[..]);
+
+    let report = json_of(&tinygptv(&[
+        "compare",
+        "--base-logits",
+        s(&kld),
+        "--model",
+        s(&q8),
+        "--model",
+        s(&q4),
+        "--json",
+        "-q",
+        "-t",
+        "2",
+    ]));
+    let rows = report["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    for (row, ty, kld_tol) in [(&rows[0], "q8_0", 0.10), (&rows[1], "q4_0", 0.01)] {
+        let w = &want[ty];
+        eprintln!(
+            "{ty}: KLD ours {:.6e} llama.cpp {:.6e}; same top p ours {:.4} llama.cpp {:.4} %; \
+             PPL ours {:.4} llama.cpp {:.4}; PPL(base) ours {:.4} llama.cpp {:.4}",
+            f(row, "kld_mean"),
+            f(w, "kld_mean"),
+            100.0 * f(row, "same_top_p"),
+            f(w, "same_top_p_percent"),
+            f(row, "ppl"),
+            f(w, "ppl"),
+            f(row, "ppl_base"),
+            f(w, "ppl_base"),
+        );
+        assert_eq!(f(row, "n_chunks"), 6.0, "{ty}");
+        assert_eq!(f(row, "n_tokens"), 6.0 * 31.0, "{ty}");
+        let d = rel_diff(f(row, "ppl_base"), f(w, "ppl_base"));
+        assert!(d <= 1e-3, "{ty}: PPL(base) differs by {d:.2e}");
+        let d = rel_diff(f(row, "ppl"), f(w, "ppl"));
+        assert!(d <= 0.01, "{ty}: PPL(Q) differs by {:.3} %", 100.0 * d);
+        let d = rel_diff(f(row, "kld_mean"), f(w, "kld_mean"));
+        assert!(d <= kld_tol, "{ty}: mean KLD differs by {:.2} %", 100.0 * d);
+        let d = rel_diff(100.0 * f(row, "same_top_p"), f(w, "same_top_p_percent"));
+        assert!(d <= 0.01, "{ty}: same top p differs by {:.2} %", 100.0 * d);
+    }
+}
+
+/// The other direction of the `.kld` interoperability: `llama-perplexity --kl-divergence` reads
+/// a base file written by `compare --save-base` and finds our numbers (q4_0, 1 %). Needs
+/// llama.cpp's tools (scripts/gen_kld_fixture.sh says how to build them):
+/// `LLAMA_PERPLEXITY=/work/llama-build/bin/llama-perplexity cargo test --test compare_cli -- --ignored llama_perplexity_reads`.
+#[test]
+#[ignore = "needs llama-perplexity (set LLAMA_PERPLEXITY)"]
+fn llama_perplexity_reads_our_kld() {
+    let Some(ppl_bin) = std::env::var_os("LLAMA_PERPLEXITY") else {
+        panic!("set LLAMA_PERPLEXITY to the llama-perplexity binary");
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (f32_path, q4) = (dir.path().join("f32.gguf"), dir.path().join("q4_0.gguf"));
+    convert_pure("f32", &f32_path);
+    convert_pure("q4_0", &q4);
+    let kld = dir.path().join("ours.kld");
+    let text = fixtures().join("kld/sample.txt");
+    let report = json_of(&tinygptv(&[
+        "compare",
+        "--base",
+        s(&f32_path),
+        "--model",
+        s(&q4),
+        "--text",
+        s(&text),
+        "--ctx",
+        "64",
+        "--chunks",
+        "6",
+        "--save-base",
+        s(&kld),
+        "--json",
+        "-q",
+        "-t",
+        "2",
+    ]));
+    let ours = &report["rows"][0];
+    let o = Command::new(ppl_bin)
+        .args(["-m", s(&q4), "--kl-divergence-base", s(&kld)])
+        .args(["--kl-divergence", "-b", "64", "-t", "2"])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "llama-perplexity failed: {log}");
+    // "Label : value ± error" lines of its final report
+    let value = |label: &str| -> f64 {
+        let line = log
+            .lines()
+            .find(|l| l.starts_with(label) && l.contains(':'))
+            .unwrap_or_else(|| panic!("no '{label}' line in: {log}"));
+        let v = line
+            .split_once(':')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .next()
+            .unwrap();
+        v.trim_end_matches('%').parse().unwrap()
+    };
+    let (kld_l, same_l, ppl_l) = (
+        value("Mean    KLD"),
+        value("Same top p"),
+        value("Mean PPL(Q)"),
+    );
+    eprintln!(
+        "KLD ours {:.6} llama.cpp {kld_l}; same top p ours {:.3} llama.cpp {same_l} %; PPL ours {:.4} llama.cpp {ppl_l}",
+        f(ours, "kld_mean"),
+        100.0 * f(ours, "same_top_p"),
+        f(ours, "ppl")
+    );
+    assert!(rel_diff(f(ours, "kld_mean"), kld_l) <= 0.01, "mean KLD");
+    assert!(
+        rel_diff(100.0 * f(ours, "same_top_p"), same_l) <= 0.01,
+        "same top p"
+    );
+    assert!(rel_diff(f(ours, "ppl"), ppl_l) <= 0.01, "PPL(Q)");
+}
