@@ -2,6 +2,8 @@
 //! `[n_ctx, n_kv_heads·head_dim]`, stored in f16 (default, like llama.cpp) or f32.
 
 use half::f16;
+// slice conversions run F16C / NEON code when the CPU has it (detected at run time)
+use half::slice::HalfFloatSliceExt;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CacheType {
@@ -35,23 +37,14 @@ impl Store {
 
     fn write(&mut self, at: usize, src: &[f32]) {
         match self {
-            Store::F16(v) => {
-                for (d, &s) in v[at..at + src.len()].iter_mut().zip(src) {
-                    *d = f16::from_f32(s);
-                }
-            }
+            Store::F16(v) => v[at..at + src.len()].convert_from_f32_slice(src),
             Store::F32(v) => v[at..at + src.len()].copy_from_slice(src),
         }
     }
 
     fn read(&self, at: usize, dst: &mut [f32]) {
         match self {
-            Store::F16(v) => {
-                let n = dst.len();
-                for (d, s) in dst.iter_mut().zip(&v[at..at + n]) {
-                    *d = s.to_f32();
-                }
-            }
+            Store::F16(v) => v[at..at + dst.len()].convert_to_f32_slice(dst),
             Store::F32(v) => dst.copy_from_slice(&v[at..at + dst.len()]),
         }
     }
