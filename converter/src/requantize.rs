@@ -48,6 +48,8 @@ pub fn plan_requantize(input: &Path, target: Target, pure: bool) -> Result<Plan>
             let mut out = vec![0.0f32; info.n_elements() as usize];
             kernels::formats::dequantize_row(info.ty, file.tensor_data(info), &mut out)
                 .with_context(|| format!("{}: tensor '{}'", file.path().display(), info.name))?;
+            // each input tensor is read once: let its pages go (peak RSS ≈ largest tensor)
+            file.release_tensor(info);
             Ok(out)
         });
         plan.tensor(info.name.clone(), ty, info.dims.clone(), source);

@@ -254,6 +254,31 @@ impl GgufFile {
         }
     }
 
+    /// Hints that the tensor's bytes will not be read again soon, so the pages of the map that
+    /// lie entirely inside it may leave memory (a one-pass reader such as `quantize` otherwise
+    /// keeps the whole mapped input resident). No effect on in-memory files.
+    pub fn release_tensor(&self, info: &TensorInfo) {
+        let Storage::Mapped(map) = &self.storage else {
+            return;
+        };
+        let data = self.tensor_data(info);
+        if data.is_empty() {
+            return;
+        }
+        let start = data.as_ptr() as usize - map.as_ptr() as usize;
+        let page = 4096;
+        let first = start.div_ceil(page) * page;
+        let end = (start + data.len()) / page * page;
+        if end > first && end <= map.len() {
+            // SAFETY: a read-only private file mapping: dropped pages are read from the file
+            // again if touched later, so no data can change or be lost. Views handed out
+            // earlier stay valid (same addresses, same contents).
+            let _ = unsafe {
+                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, first, end - first)
+            };
+        }
+    }
+
     pub fn tensor(&self, name: &str) -> Option<TensorView<'_>> {
         let info = self.tensor_info(name)?;
         Some(TensorView {
