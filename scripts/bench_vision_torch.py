@@ -3,10 +3,11 @@
 EVA ViT-g (39 blocks, 1408 wide, 16 heads, MLP 6144) + BLIP-2 Q-Former (12 layers, 768, 32
 queries) + the two projections, random weights, one image, fp32 and bf16, N threads.
 
-usage: bench_vision_torch.py [--threads 2] [--sizes 224,448] [--reps 3]
-Prints one markdown row per (size, dtype): seconds per image (best and mean of reps).
+usage: bench_vision_torch.py [--threads 2] [--sizes 224,448] [--dtypes float32,bfloat16] [--reps 3]
+Prints one markdown row per (size, dtype): seconds per image (best and mean of reps) and the
+process's peak RSS so far (run one size and dtype per process for a per-configuration peak).
 """
-import sys, time
+import resource, sys, time
 import torch
 from transformers import Blip2QFormerConfig, Blip2QFormerModel, Blip2VisionConfig, Blip2VisionModel
 
@@ -15,13 +16,14 @@ def arg(name, default):
 
 threads = int(arg("--threads", "2"))
 sizes = [int(s) for s in arg("--sizes", "224,448").split(",")]
+dtypes = [getattr(torch, d) for d in arg("--dtypes", "float32,bfloat16").split(",")]
 reps = int(arg("--reps", "3"))
 torch.set_num_threads(threads)
 torch.manual_seed(0)
 
 print(f"torch {torch.__version__}, threads {threads}")
-print("| size | dtype | s/image (best) | s/image (mean) |")
-print("|---|---|---:|---:|")
+print("| size | dtype | s/image (best) | s/image (mean) | peak RSS MiB |")
+print("|---|---|---:|---:|---:|")
 for size in sizes:
     vcfg = Blip2VisionConfig(hidden_size=1408, intermediate_size=6144, num_hidden_layers=39,
                              num_attention_heads=16, image_size=size, patch_size=14,
@@ -34,7 +36,7 @@ for size in sizes:
     proj1 = torch.nn.Linear(768, 4096)
     proj2 = torch.nn.Linear(4096, 2560)
     pixels = torch.randn(1, 3, size, size)
-    for dtype in [torch.float32, torch.bfloat16]:
+    for dtype in dtypes:
         for m in (vision, qformer, proj1, proj2):
             m.to(dtype)
         def encode():
@@ -48,4 +50,5 @@ for size in sizes:
             t = time.perf_counter()
             encode()
             times.append(time.perf_counter() - t)
-        print(f"| {size} | {str(dtype).replace('torch.', '')} | {min(times):.2f} | {sum(times) / len(times):.2f} |", flush=True)
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"| {size} | {str(dtype).replace('torch.', '')} | {min(times):.2f} | {sum(times) / len(times):.2f} | {rss:.0f} |", flush=True)
