@@ -217,9 +217,27 @@ fn stopped() -> bool {
     INTERRUPTED.load(Ordering::Relaxed)
 }
 
+/// The sweep's folder (and whether it is a temporary one), for the second Ctrl-C: exiting at
+/// once skips `QuantDir`'s drop, so the handler cleans up itself.
+static SWEEP_DIR: std::sync::Mutex<Option<(PathBuf, bool)>> = std::sync::Mutex::new(None);
+
 fn install_interrupt_handler() {
     let _ = ctrlc::set_handler(|| {
         if INTERRUPTED.swap(true, Ordering::SeqCst) {
+            if let Some((dir, temporary)) = SWEEP_DIR.lock().ok().and_then(|d| d.clone()) {
+                if temporary {
+                    let _ = std::fs::remove_dir_all(&dir);
+                } else {
+                    // a kept folder: only this process's unfinished files (`.NAME.tmp.PID.N`)
+                    let mark = format!(".tmp.{}.", std::process::id());
+                    for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        if name.starts_with('.') && name.contains(&mark) {
+                            let _ = std::fs::remove_file(e.path());
+                        }
+                    }
+                }
+            }
             std::process::exit(130);
         }
         eprintln!("\ninterrupted: finishing the current step, then printing what was measured (Ctrl-C again to quit now)");
@@ -804,12 +822,18 @@ impl QuantDir {
             ),
         };
         std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        if let Ok(mut d) = SWEEP_DIR.lock() {
+            *d = Some((path.clone(), remove));
+        }
         Ok(QuantDir { path, remove })
     }
 }
 
 impl Drop for QuantDir {
     fn drop(&mut self) {
+        if let Ok(mut d) = SWEEP_DIR.lock() {
+            *d = None;
+        }
         if self.remove {
             let _ = std::fs::remove_dir_all(&self.path);
         }
