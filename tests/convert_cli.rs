@@ -151,9 +151,18 @@ fn tinygptv_conversion_writes_both_files() {
     let tower = runtime::vision::load_vision_tower(&vision).unwrap();
     assert_eq!(tower.cfg.image_size, 56);
     assert_eq!(tower.cfg.n_embd_llm, lm_model.model.cfg.n_embd);
-    let v = kernels::gguf::GgufFile::open(&vision).unwrap();
-    let mut c = gguf_rs::get_gguf_container(s(&vision)).unwrap();
-    assert_eq!(c.decode().unwrap().num_tensor() as usize, v.tensors().len());
+    // the independent gguf-rs reader agrees on both files' names, types and shapes
+    for path in [&lm, &vision] {
+        let ours = kernels::gguf::GgufFile::open(path).unwrap();
+        let mut c = gguf_rs::get_gguf_container(s(path)).unwrap();
+        let model = c.decode().unwrap();
+        assert_eq!(model.num_tensor() as usize, ours.tensors().len());
+        for (t, info) in model.tensors().iter().zip(ours.tensors()) {
+            assert_eq!(t.name, info.name);
+            assert_eq!(t.kind, info.ty.id());
+            assert_eq!(t.shape[..info.dims.len()], info.dims[..]);
+        }
+    }
     only_files(dir.path(), &["lm.gguf", "vision.gguf"]);
 }
 
