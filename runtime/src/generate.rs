@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 
+use crate::backend::{CpuLm, LmBackend};
 use crate::kv_cache::KvCache;
 use crate::model::phi2::Phi2Model;
 use crate::sampling::{Sampler, SamplingParams};
@@ -55,7 +56,8 @@ fn held_back(text: &str, stops: &[String]) -> usize {
 
 /// Generates after the prompt embeddings `prompt` (`[T, n_embd]`), calling `on_text` with each
 /// new piece of visible text. `penalty_ids` seeds the repetition-penalty set (the prompt ids for
-/// a text prompt, spec §11 for image prompts).
+/// a text prompt, spec §11 for image prompts). The CPU forward pass over `cache`; see
+/// [`generate_with`] for any [`LmBackend`].
 pub fn generate(
     model: &Phi2Model,
     tok: &Tokenizer,
@@ -65,7 +67,21 @@ pub fn generate(
     opts: &GenerateOptions,
     on_text: &mut dyn FnMut(&str),
 ) -> Result<Generation> {
-    let e = model.cfg.n_embd;
+    let mut lm = CpuLm { model, cache };
+    generate_with(&mut lm, tok, prompt, penalty_ids, opts, on_text)
+}
+
+/// [`generate`] on any language-model backend (CPU, GPU, partial offload), appending to its KV
+/// cache. New tokens are embedded on the host.
+pub fn generate_with(
+    lm: &mut dyn LmBackend,
+    tok: &Tokenizer,
+    prompt: Vec<f32>,
+    penalty_ids: &[u32],
+    opts: &GenerateOptions,
+    on_text: &mut dyn FnMut(&str),
+) -> Result<Generation> {
+    let e = lm.config().n_embd;
     let n_prompt = prompt.len() / e;
     if n_prompt == 0 {
         bail!("the prompt is empty");
@@ -77,7 +93,7 @@ pub fn generate(
     };
 
     let t0 = Instant::now();
-    let mut logits = model.forward(prompt, cache, false)?;
+    let mut logits = lm.forward(prompt, false)?;
     timings.prompt_ms = t0.elapsed().as_secs_f64() * 1e3;
 
     let t1 = Instant::now();
@@ -114,11 +130,12 @@ pub fn generate(
         if tokens.len() == opts.max_new_tokens {
             break;
         }
-        if cache.len >= cache.n_ctx {
+        if lm.len() >= lm.n_ctx() {
             stop_reason = "context";
             break;
         }
-        logits = model.forward(model.embed_tokens(&[id])?, cache, false)?;
+        let x = lm.embed_tokens(&[id])?;
+        logits = lm.forward(x, false)?;
     }
     if stop_reason != "stop_string" {
         text.push_str(&decoder.finish());

@@ -2,6 +2,7 @@
 
 pub mod arch;
 pub mod attention;
+pub mod backend;
 pub mod boxes;
 pub mod compare;
 #[cfg(feature = "cuda")]

@@ -3,7 +3,9 @@
 //! llama-bench-style measurements: `pp<N>` = one batched forward over N prompt tokens from an
 //! empty cache, `tg<N>` = N single-token forwards, `image` = one image encode; mean ± sd of
 //! tokens (or images) per second over the repetitions. Also measures the memory read bandwidth
-//! and the decode roofline (bytes of weights read per token ÷ bandwidth).
+//! and the decode roofline (bytes of weights read per token ÷ bandwidth). With `--device cuda`
+//! the language model and the vision tower run on the GPU (engine `tinygptv-cuda`; `--gpu-layers`
+//! for partial offload) and the roofline uses the GPU's theoretical bandwidth.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,9 +13,10 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 use rayon::prelude::*;
+use runtime::backend::LmBackend;
 use runtime::kv_cache::CacheType;
 
-use super::common::init_threads;
+use super::common::{init_threads, DeviceArgs};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -41,6 +44,8 @@ pub struct BenchArgs {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 #[derive(serde::Serialize, Clone)]
@@ -134,57 +139,139 @@ pub fn speed_tg(
     Ok(mean_sd(&tps))
 }
 
+/// [`speed_pp`] on any backend (its KV cache is cleared before each repetition).
+pub fn speed_pp_lm(
+    lm: &mut dyn LmBackend,
+    vocab: usize,
+    n: usize,
+    reps: usize,
+) -> Result<(f64, f64)> {
+    let ids: Vec<u32> = (0..n).map(|i| bench_token(i, vocab)).collect();
+    let mut tps = Vec::new();
+    for _ in 0..reps.max(1) {
+        lm.clear();
+        let t = Instant::now();
+        let x = lm.embed_tokens(&ids)?;
+        lm.forward(x, false)?;
+        tps.push(n as f64 / t.elapsed().as_secs_f64());
+    }
+    Ok(mean_sd(&tps))
+}
+
+/// [`speed_tg`] on any backend.
+pub fn speed_tg_lm(
+    lm: &mut dyn LmBackend,
+    vocab: usize,
+    n: usize,
+    reps: usize,
+) -> Result<(f64, f64)> {
+    let mut tps = Vec::new();
+    for _ in 0..reps.max(1) {
+        lm.clear();
+        let t = Instant::now();
+        for i in 0..n {
+            let x = lm.embed_tokens(&[bench_token(i, vocab)])?;
+            lm.forward(x, false)?;
+        }
+        tps.push(n as f64 / t.elapsed().as_secs_f64());
+    }
+    Ok(mean_sd(&tps))
+}
+
 pub fn run(args: BenchArgs) -> Result<ExitCode> {
     let threads = init_threads(args.threads);
     if args.reps == 0 {
         bail!("-r must be at least 1");
     }
+    let compute = args.device.open()?;
     let lm = runtime::llm::load_language_model(&args.model)?;
     let model = &lm.model;
     let cfg = &model.cfg;
     let mut results = Vec::new();
     let vocab = lm.tokenizer.vocab_size().min(cfg.n_vocab);
+    let engine = if compute.is_cpu() {
+        "tinygptv"
+    } else {
+        "tinygptv-cuda"
+    };
+    let mut device_desc = compute.describe();
 
-    // warm-up (page in the weights)
-    {
-        let mut c = model.new_cache(CacheType::F16, 2);
-        model.forward(model.embed_tokens(&[bench_token(0, vocab)])?, &mut c, false)?;
-    }
-    if args.n_prompt > 0 {
-        let (m, sd) = speed_pp(model, vocab, args.n_prompt, args.reps)?;
-        results.push(BenchResult {
-            engine: "tinygptv".into(),
-            test: format!("pp{}", args.n_prompt),
-            tokens_per_s: m,
-            stddev: sd,
-        });
-    }
-    if args.n_gen > 0 {
-        let (m, sd) = speed_tg(model, vocab, args.n_gen, args.reps)?;
-        results.push(BenchResult {
-            engine: "tinygptv".into(),
-            test: format!("tg{}", args.n_gen),
-            tokens_per_s: m,
-            stddev: sd,
-        });
+    if compute.is_cpu() {
+        // warm-up (page in the weights)
+        {
+            let mut c = model.new_cache(CacheType::F16, 2);
+            model.forward(model.embed_tokens(&[bench_token(0, vocab)])?, &mut c, false)?;
+        }
+        if args.n_prompt > 0 {
+            let (m, sd) = speed_pp(model, vocab, args.n_prompt, args.reps)?;
+            results.push(BenchResult {
+                engine: engine.into(),
+                test: format!("pp{}", args.n_prompt),
+                tokens_per_s: m,
+                stddev: sd,
+            });
+        }
+        if args.n_gen > 0 {
+            let (m, sd) = speed_tg(model, vocab, args.n_gen, args.reps)?;
+            results.push(BenchResult {
+                engine: engine.into(),
+                test: format!("tg{}", args.n_gen),
+                tokens_per_s: m,
+                stddev: sd,
+            });
+        }
+    } else if args.n_prompt > 0 || args.n_gen > 0 {
+        let n_ctx = args.n_prompt.max(args.n_gen).max(1) + 1;
+        let mut backend =
+            compute.language_model(model, CacheType::F16, n_ctx, args.device.gpu_layers)?;
+        device_desc = backend.describe();
+        // warm-up: compiles the kernels (or reads them from the disk cache) for both paths
+        for n in [1, args.n_prompt.min(n_ctx - 1)] {
+            if n > 0 {
+                speed_pp_lm(backend.as_mut(), vocab, n, 1)?;
+            }
+        }
+        if args.n_prompt > 0 {
+            let (m, sd) = speed_pp_lm(backend.as_mut(), vocab, args.n_prompt, args.reps)?;
+            results.push(BenchResult {
+                engine: engine.into(),
+                test: format!("pp{}", args.n_prompt),
+                tokens_per_s: m,
+                stddev: sd,
+            });
+        }
+        if args.n_gen > 0 {
+            let (m, sd) = speed_tg_lm(backend.as_mut(), vocab, args.n_gen, args.reps)?;
+            results.push(BenchResult {
+                engine: engine.into(),
+                test: format!("tg{}", args.n_gen),
+                tokens_per_s: m,
+                stddev: sd,
+            });
+        }
     }
     if let Some(mmproj) = &args.mmproj {
         let tower = runtime::vision::load_vision_tower(mmproj)?;
+        let mut encoder = compute.image_encoder(&tower)?;
         let s = tower.cfg.image_size;
         let pixels: Vec<f32> = (0..3 * s * s)
             .map(|i| ((i % 255) as f32 / 255.0 - 0.45) / 0.27)
             .collect();
-        tower.encode(&pixels)?; // warm-up
+        encoder.encode(&pixels)?; // warm-up
         let mut ips = Vec::new();
         for _ in 0..args.reps {
             let t = Instant::now();
-            tower.encode(&pixels)?;
+            encoder.encode(&pixels)?;
             ips.push(1.0 / t.elapsed().as_secs_f64());
         }
         let (m, sd) = mean_sd(&ips);
         results.push(BenchResult {
-            engine: "tinygptv".into(),
-            test: "image".into(),
+            engine: engine.into(),
+            test: if compute.is_cpu() {
+                "image".into()
+            } else {
+                format!("image{s}")
+            },
             tokens_per_s: m,
             stddev: sd,
         });
@@ -201,7 +288,12 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         .filter(|t| t.name != "token_embd.weight")
         .map(|t| t.n_bytes)
         .sum();
-    let bw = read_bandwidth_gb_s();
+    let (bw, bw_what) = match compute.peak_bandwidth_gbs() {
+        Some(bw) => (bw, "GPU peak memory bandwidth"),
+        None if compute.is_cpu() => (read_bandwidth_gb_s(), "memory read bandwidth"),
+        // the emulator, or a driver that does not say
+        None => (f64::NAN, "GPU memory bandwidth unknown"),
+    };
     let roofline = bw * 1e9 / weight_bytes as f64;
 
     if args.json {
@@ -210,6 +302,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             serde_json::json!({
                 "model": args.model,
                 "threads": threads,
+                "device": device_desc,
                 "bandwidth_gb_s": bw,
                 "roofline_tg_tokens_per_s": roofline,
                 "results": results,
@@ -217,11 +310,18 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         );
     } else {
         let size = model.file.file_size() as f64 / (1u64 << 30) as f64;
-        println!(
-            "model: {} ({size:.2} GiB), threads: {threads}",
-            args.model.display()
-        );
-        println!("memory read bandwidth: {bw:.1} GB/s; decode roofline: {roofline:.2} t/s ({:.2} GB read per token)\n", weight_bytes as f64 / 1e9);
+        if compute.is_cpu() {
+            println!(
+                "model: {} ({size:.2} GiB), threads: {threads}",
+                args.model.display()
+            );
+        } else {
+            println!(
+                "model: {} ({size:.2} GiB), device: {device_desc}",
+                args.model.display()
+            );
+        }
+        println!("{bw_what}: {bw:.1} GB/s; decode roofline: {roofline:.2} t/s ({:.2} GB read per token)\n", weight_bytes as f64 / 1e9);
         println!("| engine | test | t/s |");
         println!("|---|---|---:|");
         for r in &results {
@@ -230,7 +330,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
                 r.engine, r.test, r.tokens_per_s, r.stddev
             );
         }
-        for test in results.iter().filter(|r| r.engine == "tinygptv") {
+        for test in results.iter().filter(|r| r.engine == engine) {
             if let Some(l) = results
                 .iter()
                 .find(|r| r.engine == "llama.cpp" && r.test == test.test)

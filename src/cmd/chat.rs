@@ -8,13 +8,13 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use runtime::generate::{generate, GenerateOptions};
+use runtime::backend::ImageEncoder;
+use runtime::generate::{generate_with, GenerateOptions};
 use runtime::kv_cache::CacheType;
-use runtime::model::vision::VisionTower;
 use runtime::prompt::{Conversation, Template};
 use runtime::sampling::SamplingParams;
 
-use super::common::init_threads;
+use super::common::{init_threads, DeviceArgs};
 
 #[derive(clap::Args)]
 pub struct ChatArgs {
@@ -53,6 +53,8 @@ pub struct ChatArgs {
     pub ctx: Option<usize>,
     #[arg(long, default_value = "f16")]
     pub cache_type: CacheType,
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 const HELP: &str = "commands: /image PATH  attach or change the image (starts a new conversation)\n          /reset       start a new conversation\n          /help        this text\n          Ctrl-D       quit";
@@ -65,10 +67,9 @@ struct ChatState {
     pending_image: bool,
 }
 
-fn encode_image(tower: &VisionTower, path: &Path) -> Result<Vec<f32>> {
+fn encode_image(encoder: &mut dyn ImageEncoder, path: &Path) -> Result<Vec<f32>> {
     let t0 = Instant::now();
-    let (_, _, tokens) =
-        runtime::vision::embed_image_file(tower, path, runtime::image::DEFAULT_MAX_PIXELS)?;
+    let (_, _, tokens) = encoder.embed_image_file(path, runtime::image::DEFAULT_MAX_PIXELS)?;
     eprintln!(
         "[image {} encoded in {:.0} ms]",
         path.display(),
@@ -79,6 +80,7 @@ fn encode_image(tower: &VisionTower, path: &Path) -> Result<Vec<f32>> {
 
 pub fn run(args: ChatArgs) -> Result<ExitCode> {
     init_threads(args.threads);
+    let compute = args.device.open()?;
     eprintln!("loading {}", args.model.display());
     let lm = runtime::llm::load_language_model(&args.model)?;
     let tower = match &args.mmproj {
@@ -86,6 +88,10 @@ pub fn run(args: ChatArgs) -> Result<ExitCode> {
             eprintln!("loading {}", p.display());
             Some(runtime::vision::load_vision_tower(p)?)
         }
+        None => None,
+    };
+    let mut encoder = match &tower {
+        Some(t) => Some(compute.image_encoder(t)?),
         None => None,
     };
     let d = &lm.defaults;
@@ -127,7 +133,11 @@ pub fn run(args: ChatArgs) -> Result<ExitCode> {
         stop_strings,
     };
     let n_ctx = args.ctx.unwrap_or(lm.model.cfg.n_ctx_train);
-    let mut cache = lm.model.new_cache(args.cache_type, n_ctx);
+    let mut backend =
+        compute.language_model(&lm.model, args.cache_type, n_ctx, args.device.gpu_layers)?;
+    if !compute.is_cpu() {
+        eprintln!("language model on {}", backend.describe());
+    }
 
     let mut state = ChatState {
         conv: Conversation::new(template),
@@ -135,8 +145,8 @@ pub fn run(args: ChatArgs) -> Result<ExitCode> {
         visual: Vec::new(),
         pending_image: false,
     };
-    if let (Some(t), Some(img)) = (&tower, &args.image) {
-        state.visual = encode_image(t, img)?;
+    if let (Some(enc), Some(img)) = (&mut encoder, &args.image) {
+        state.visual = encode_image(enc.as_mut(), img)?;
         state.pending_image = true;
     }
 
@@ -167,18 +177,18 @@ pub fn run(args: ChatArgs) -> Result<ExitCode> {
                     state.conv = Conversation::new(template);
                     state.cached_prompt.clear();
                     state.pending_image = !state.visual.is_empty();
-                    cache.clear();
+                    backend.clear();
                     eprintln!("[new conversation]");
                 }
-                "image" => match &tower {
+                "image" => match &mut encoder {
                     None => eprintln!("[no vision model: start chat with --mmproj VISION.gguf]"),
-                    Some(t) => match encode_image(t, Path::new(arg)) {
+                    Some(enc) => match encode_image(enc.as_mut(), Path::new(arg)) {
                         Ok(v) => {
                             state.visual = v;
                             state.pending_image = true;
                             state.conv = Conversation::new(template);
                             state.cached_prompt.clear();
-                            cache.clear();
+                            backend.clear();
                         }
                         Err(e) => eprintln!("[error: {e:#}]"),
                     },
@@ -196,9 +206,9 @@ pub fn run(args: ChatArgs) -> Result<ExitCode> {
             rendered = format!("{}{rendered}", runtime::prompt::IMAGE_PLACEHOLDER);
         }
         let new_text = match rendered.strip_prefix(state.cached_prompt.as_str()) {
-            Some(s) if cache.len > 0 => s.to_string(),
+            Some(s) if !backend.is_empty() => s.to_string(),
             _ => {
-                cache.clear();
+                backend.clear();
                 rendered.clone()
             }
         };
@@ -208,16 +218,16 @@ pub fn run(args: ChatArgs) -> Result<ExitCode> {
             &[]
         };
         let spliced = runtime::pipeline::splice(&lm.model, &lm.tokenizer, &new_text, visual)?;
-        if cache.len + spliced.n_positions + 1 >= cache.n_ctx {
+        if backend.len() + spliced.n_positions + 1 >= backend.n_ctx() {
             eprintln!(
                 "[the conversation no longer fits the context ({} tokens); use /reset]",
-                cache.n_ctx
+                backend.n_ctx()
             );
             state.conv.turns.pop();
             continue;
         }
         opts.sampling.seed = opts.sampling.seed.wrapping_add(1);
-        let prompt_len = cache.len + spliced.n_positions;
+        let prompt_len = backend.len() + spliced.n_positions;
         let penalty: Vec<u32> = lm.tokenizer.bos().into_iter().collect();
         let stdout = std::io::stdout();
         let mut on_text = |s: &str| {
@@ -225,10 +235,9 @@ pub fn run(args: ChatArgs) -> Result<ExitCode> {
             let _ = o.write_all(s.as_bytes());
             let _ = o.flush();
         };
-        let g = generate(
-            &lm.model,
+        let g = generate_with(
+            backend.as_mut(),
             &lm.tokenizer,
-            &mut cache,
             spliced.embeddings,
             &penalty,
             &opts,
@@ -242,7 +251,7 @@ pub fn run(args: ChatArgs) -> Result<ExitCode> {
         );
         // Keep only the prompt in the cache; the answer is re-read as part of the next turn's
         // text so the cache always matches the rendered conversation.
-        cache.truncate(prompt_len);
+        backend.truncate(prompt_len);
         state.cached_prompt = rendered;
         state.conv.set_answer(g.text.trim());
         state.pending_image = false;

@@ -1,6 +1,7 @@
 //! Argument helpers shared by the subcommands.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
+use runtime::backend::{Compute, DeviceChoice};
 
 /// `--prompt @file.txt` reads the prompt from a file; anything else is the prompt itself.
 pub fn read_prompt(arg: &str) -> Result<String> {
@@ -35,4 +36,27 @@ pub fn parse_token_list(s: &str) -> Result<Vec<u32>> {
                 .with_context(|| format!("'{t}' is not a token id"))
         })
         .collect()
+}
+
+/// `--device` and `--gpu-layers` (`run`, `chat`, `logits`, `bench`).
+#[derive(clap::Args, Clone, Debug)]
+pub struct DeviceArgs {
+    /// Where the models run: cpu, cuda (GPU 0) or cuda:N (builds with --features cuda).
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceChoice,
+    /// With --device cuda: language-model layers on the GPU, the rest and the LM head on the
+    /// CPU (partial offload for small GPUs; 0 = all on the CPU) [default: all].
+    #[arg(long)]
+    pub gpu_layers: Option<usize>,
+}
+
+impl DeviceArgs {
+    /// Opens the device: one-line errors for `cuda` without CUDA support, driver or device.
+    pub fn open(&self) -> Result<Compute> {
+        let compute = Compute::open(self.device)?;
+        if compute.is_cpu() && self.gpu_layers.is_some_and(|n| n > 0) {
+            bail!("--gpu-layers needs --device cuda");
+        }
+        Ok(compute)
+    }
 }

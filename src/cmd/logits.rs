@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Result};
 use runtime::kv_cache::CacheType;
 
-use super::common::{init_threads, parse_token_list, read_prompt};
+use super::common::{init_threads, parse_token_list, read_prompt, DeviceArgs};
 
 #[derive(clap::Args)]
 pub struct LogitsArgs {
@@ -30,10 +30,13 @@ pub struct LogitsArgs {
     pub cache_type: CacheType,
     #[command(flatten)]
     pub vision: super::run::VisionArgs,
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 pub fn run(args: LogitsArgs) -> Result<ExitCode> {
     init_threads(args.threads);
+    let compute = args.device.open()?;
     let lm = runtime::llm::load_language_model(&args.model)?;
     let x = match (&args.prompt, &args.tokens) {
         (Some(p), None) => {
@@ -42,6 +45,7 @@ pub fn run(args: LogitsArgs) -> Result<ExitCode> {
                 &read_prompt(p)?,
                 lm.defaults.prompt_template.as_deref(),
                 false,
+                &compute,
             )?;
             runtime::pipeline::splice(&lm.model, &lm.tokenizer, &input.prompt, &input.visual)?
                 .embeddings
@@ -59,11 +63,17 @@ pub fn run(args: LogitsArgs) -> Result<ExitCode> {
         _ => bail!("give exactly one of --prompt or --tokens"),
     };
     let n = x.len() / lm.model.cfg.n_embd;
-    let mut cache = lm.model.new_cache(args.cache_type, n);
-    let logits = lm.model.forward(x, &mut cache, true)?;
+    let mut backend =
+        compute.language_model(&lm.model, args.cache_type, n, args.device.gpu_layers)?;
+    let logits = backend.forward(x, true)?;
     runtime::npy::write_f32(&args.out, &logits, &[n, lm.model.cfg.n_vocab])?;
+    let device = if compute.is_cpu() {
+        String::new()
+    } else {
+        format!(" ({})", backend.describe())
+    };
     eprintln!(
-        "wrote logits [{n}, {}] to {}",
+        "wrote logits [{n}, {}] to {}{device}",
         lm.model.cfg.n_vocab,
         args.out.display()
     );

@@ -6,12 +6,13 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use runtime::generate::{generate, GenerateOptions};
+use runtime::backend::Compute;
+use runtime::generate::{generate_with, GenerateOptions};
 use runtime::kv_cache::CacheType;
 use runtime::prompt::Template;
 use runtime::sampling::SamplingParams;
 
-use super::common::{init_threads, read_prompt};
+use super::common::{init_threads, read_prompt, DeviceArgs};
 
 #[derive(clap::Args)]
 pub struct RunArgs {
@@ -62,6 +63,8 @@ pub struct RunArgs {
     pub json: bool,
     #[command(flatten)]
     pub vision: VisionArgs,
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 /// Image options shared by `run` and `logits`.
@@ -130,11 +133,13 @@ pub struct PreparedInput {
     pub encode_ms: f64,
 }
 
+/// The image (if any) is encoded on `compute`.
 pub fn prepare_input(
     vision: &VisionArgs,
     question: &str,
     stored_template: Option<&str>,
     quiet: bool,
+    compute: &Compute,
 ) -> Result<PreparedInput> {
     let template = resolve_template(&vision.template, stored_template, vision.image.is_some())?;
     let question = match &vision.task {
@@ -156,11 +161,12 @@ pub fn prepare_input(
         eprintln!("loading vision model {}", mmproj.display());
     }
     let tower = runtime::vision::load_vision_tower(mmproj)?;
+    let mut encoder = compute.image_encoder(&tower)?;
     let t0 = Instant::now();
     if !quiet {
         eprintln!("encoding image {}", image.display());
     }
-    let (img, _, visual) = runtime::vision::embed_image_file(&tower, image, vision.max_pixels)?;
+    let (img, _, visual) = encoder.embed_image_file(image, vision.max_pixels)?;
     let encode_ms = t0.elapsed().as_secs_f64() * 1e3;
     let mut prompt = runtime::prompt::render_single(template, &question, true);
     if template == Template::Raw && !prompt.contains(runtime::prompt::IMAGE_PLACEHOLDER) {
@@ -179,6 +185,7 @@ pub fn prepare_input(
 
 pub fn run(args: RunArgs) -> Result<ExitCode> {
     let threads = init_threads(args.threads);
+    let compute = args.device.open()?;
     let t_load = Instant::now();
     let lm = runtime::llm::load_language_model(&args.model)?;
     let load_ms = t_load.elapsed().as_secs_f64() * 1e3;
@@ -190,6 +197,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         &question,
         d.prompt_template.as_deref(),
         args.json,
+        &compute,
     )?;
     let (t_temp, t_top_k, t_top_p, t_min_p, t_rep, t_max) = template_defaults(input.template);
     let sampling = SamplingParams {
@@ -262,7 +270,16 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
             .collect()
     };
 
-    let mut cache = lm.model.new_cache(args.cache_type, n_ctx);
+    let t_upload = Instant::now();
+    let mut backend =
+        compute.language_model(&lm.model, args.cache_type, n_ctx, args.device.gpu_layers)?;
+    if !compute.is_cpu() && !args.json {
+        eprintln!(
+            "language model on {} (uploaded in {:.0} ms)",
+            backend.describe(),
+            t_upload.elapsed().as_secs_f64() * 1e3
+        );
+    }
     let stdout = std::io::stdout();
     let json = args.json;
     let mut on_text = |s: &str| {
@@ -272,10 +289,9 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
             let _ = out.flush();
         }
     };
-    let g = generate(
-        &lm.model,
+    let g = generate_with(
+        backend.as_mut(),
         &lm.tokenizer,
-        &mut cache,
         spliced.embeddings,
         &penalty_ids,
         &opts,
@@ -307,6 +323,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
                     "generation_ms": t.generation_ms,
                     "generation_tokens_per_s": t.generation_tokens_per_s,
                     "threads": threads,
+                    "device": backend.describe(),
                 }
             })
         );

@@ -7,6 +7,10 @@
 //! → output matmul → (TinyGPT-V) RMSNorm; in parallel up matmul → GELU (tanh) → down matmul;
 //! then `x += attn + mlp`. Then the final LayerNorm and the LM head on the rows that need
 //! logits. Separate q/k/v weights are concatenated into one fused matrix at load time.
+//!
+//! Partial offload ([`CudaPhi2::load_layers`]): only the first layers are uploaded (no
+//! embedding table, final norm or LM head) and [`CudaPhi2::forward_hidden`] returns the hidden
+//! state after them, for the CPU to finish (`crate::cuda::CudaLm`).
 
 use anyhow::{anyhow, bail, Context, Result};
 use kernels::cuda::{
@@ -33,6 +37,17 @@ struct Layer {
     post_attn_norm: Option<DeviceBuffer>,
 }
 
+/// The embedding table, final LayerNorm and LM head (absent when only the first layers are
+/// on the device).
+struct Head {
+    token_embd: DeviceWeight,
+    /// `None`: tied to `token_embd`.
+    output: Option<DeviceWeight>,
+    output_b: Option<DeviceBuffer>,
+    output_norm_w: DeviceBuffer,
+    output_norm_b: DeviceBuffer,
+}
+
 /// Activation buffers for up to `tokens` positions per call.
 struct Work {
     tokens: usize,
@@ -43,22 +58,19 @@ struct Work {
     a: DeviceBuffer,
     up: DeviceBuffer,
     m: DeviceBuffer,
-    logits: DeviceBuffer,
+    /// Absent without the head.
+    logits: Option<DeviceBuffer>,
 }
 
 /// A Phi-2 / TinyGPT-V language model resident on a CUDA device, with its own KV cache of
-/// `n_ctx` positions.
+/// `n_ctx` positions: all of it, or its first layers only ([`CudaPhi2::load_layers`]).
 pub struct CudaPhi2 {
     dev: Device,
     cfg: Phi2Config,
+    /// Layers `0 .. layers.len()` of the model.
     layers: Vec<Layer>,
-    token_embd: DeviceWeight,
-    /// `None`: tied to `token_embd`.
-    output: Option<DeviceWeight>,
-    output_b: Option<DeviceBuffer>,
-    output_norm_w: DeviceBuffer,
-    output_norm_b: DeviceBuffer,
-    /// `[layer][k, v][n_ctx][kv_width]` f16.
+    head: Option<Head>,
+    /// `[layer][k, v][n_ctx][kv_width]` f16 (the layers on the device).
     cache: DeviceBuffer,
     n_ctx: usize,
     len: usize,
@@ -70,24 +82,25 @@ fn f32_bytes(n: usize) -> usize {
     n * std::mem::size_of::<f32>()
 }
 
-struct Loader<'a> {
-    dev: &'a Device,
-    f: &'a GgufFile,
+/// Reads tensors of a GGUF file into device memory (shared with `super::vision`).
+pub(super) struct Loader<'a> {
+    pub(super) dev: &'a Device,
+    pub(super) f: &'a GgufFile,
 }
 
 impl Loader<'_> {
-    fn info(&self, name: &str) -> Result<&TensorInfo> {
+    pub(super) fn info(&self, name: &str) -> Result<&TensorInfo> {
         self.f
             .tensor_info(name)
             .ok_or_else(|| anyhow!("{}: missing tensor '{name}'", self.f.path().display()))
     }
 
-    fn has(&self, name: &str) -> bool {
+    pub(super) fn has(&self, name: &str) -> bool {
         self.f.tensor_info(name).is_some()
     }
 
     /// A 1-D tensor of `len` elements as f32 on the host.
-    fn host_vector(&self, name: &str, len: usize) -> Result<Vec<f32>> {
+    pub(super) fn host_vector(&self, name: &str, len: usize) -> Result<Vec<f32>> {
         let info = self.info(name)?;
         if info.n_elements() != len as u64 {
             bail!(
@@ -102,11 +115,11 @@ impl Loader<'_> {
         Ok(v)
     }
 
-    fn vector(&self, name: &str, len: usize) -> Result<DeviceBuffer> {
+    pub(super) fn vector(&self, name: &str, len: usize) -> Result<DeviceBuffer> {
         Ok(self.dev.upload(&self.host_vector(name, len)?)?)
     }
 
-    fn opt_vector(&self, name: &str, len: usize) -> Result<Option<DeviceBuffer>> {
+    pub(super) fn opt_vector(&self, name: &str, len: usize) -> Result<Option<DeviceBuffer>> {
         if self.has(name) {
             self.vector(name, len).map(Some)
         } else {
@@ -115,13 +128,35 @@ impl Loader<'_> {
     }
 
     /// A `[rows, cols]` matrix (`dims == [cols, rows]`).
-    fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<DeviceWeight> {
+    pub(super) fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<DeviceWeight> {
         let info = self.info(name)?;
         if info.dims.len() != 2 || info.dims[0] as usize != cols || info.dims[1] as usize != rows {
             bail!(
                 "{}: tensor '{name}' has shape {:?}, expected [{cols}, {rows}]",
                 self.f.path().display(),
                 info.dims
+            );
+        }
+        self.dev
+            .upload_weight(info.ty, rows, cols, self.f.tensor_data(info))
+            .with_context(|| format!("uploading '{name}' to the GPU"))
+    }
+
+    /// A matrix of `rows` rows of `cols` elements stored in any shape with that many elements
+    /// whose rows are whole blocks (e.g. the 4-D patch-embedding kernel).
+    pub(super) fn flat_matrix(&self, name: &str, rows: usize, cols: usize) -> Result<DeviceWeight> {
+        let info = self.info(name)?;
+        let whole_rows = info
+            .dims
+            .first()
+            .is_some_and(|&d0| (d0 as usize).is_multiple_of(info.ty.block_size()))
+            && cols.is_multiple_of(info.ty.block_size());
+        if info.n_elements() != (rows as u64) * (cols as u64) || !whole_rows {
+            bail!(
+                "{}: tensor '{name}' has shape {:?} ({}), expected {rows} rows of {cols}",
+                self.f.path().display(),
+                info.dims,
+                info.ty
             );
         }
         self.dev
@@ -193,9 +228,27 @@ impl Loader<'_> {
 impl CudaPhi2 {
     /// Uploads `model`'s weights to `dev` and allocates a KV cache of `n_ctx` positions.
     pub fn load(dev: &Device, model: &Phi2Model, n_ctx: usize) -> Result<CudaPhi2> {
+        Self::load_layers(dev, model, n_ctx, model.cfg.n_layer)
+    }
+
+    /// Uploads the first `n_layers` layers of `model` (all of them: the whole model, with the
+    /// embedding table and the LM head; fewer: those layers only, for
+    /// [`CudaPhi2::forward_hidden`]) and allocates their KV cache of `n_ctx` positions.
+    pub fn load_layers(
+        dev: &Device,
+        model: &Phi2Model,
+        n_ctx: usize,
+        n_layers: usize,
+    ) -> Result<CudaPhi2> {
         let cfg = model.cfg.clone();
         if n_ctx == 0 {
             bail!("the context must hold at least one position");
+        }
+        if n_layers == 0 || n_layers > cfg.n_layer {
+            bail!(
+                "cannot put {n_layers} layers on the GPU: the model has {} (1 ..= {0})",
+                cfg.n_layer
+            );
         }
         if cfg.head_dim > kernels::cuda::ATTENTION_MAX_HEAD_DIM {
             bail!(
@@ -209,8 +262,8 @@ impl CudaPhi2 {
             f: &model.file,
         };
         let (e, kvw, ff, hd) = (cfg.n_embd, cfg.kv_width(), cfg.n_ff, cfg.head_dim);
-        let mut layers = Vec::with_capacity(cfg.n_layer);
-        for i in 0..cfg.n_layer {
+        let mut layers = Vec::with_capacity(n_layers);
+        for i in 0..n_layers {
             let (qkv, qkv_b) = l.qkv(i, e, kvw)?;
             let (q_norm, k_norm, post_attn_norm) = if cfg.tinygptv {
                 (
@@ -243,14 +296,23 @@ impl CudaPhi2 {
                 post_attn_norm,
             });
         }
-        let token_embd = l.matrix("token_embd.weight", cfg.n_vocab, e)?;
-        let output = if l.has("output.weight") {
-            Some(l.matrix("output.weight", cfg.n_vocab, e)?)
+        let head = if n_layers == cfg.n_layer {
+            Some(Head {
+                token_embd: l.matrix("token_embd.weight", cfg.n_vocab, e)?,
+                output: if l.has("output.weight") {
+                    Some(l.matrix("output.weight", cfg.n_vocab, e)?)
+                } else {
+                    None
+                },
+                output_b: l.opt_vector("output.bias", cfg.n_vocab)?,
+                output_norm_w: l.vector("output_norm.weight", e)?,
+                output_norm_b: l.vector("output_norm.bias", e)?,
+            })
         } else {
             None
         };
         let cache_elems = 2usize
-            .checked_mul(cfg.n_layer)
+            .checked_mul(n_layers)
             .and_then(|v| v.checked_mul(n_ctx))
             .and_then(|v| v.checked_mul(kvw))
             .ok_or_else(|| anyhow!("a KV cache of {n_ctx} positions overflows"))?;
@@ -259,12 +321,8 @@ impl CudaPhi2 {
             .with_context(|| format!("allocating a {n_ctx}-position KV cache on the GPU"))?;
         Ok(CudaPhi2 {
             dev: dev.clone(),
-            output_b: l.opt_vector("output.bias", cfg.n_vocab)?,
-            output_norm_w: l.vector("output_norm.weight", e)?,
-            output_norm_b: l.vector("output_norm.bias", e)?,
             layers,
-            token_embd,
-            output,
+            head,
             cache,
             n_ctx,
             len: 0,
@@ -276,6 +334,22 @@ impl CudaPhi2 {
 
     pub fn config(&self) -> &Phi2Config {
         &self.cfg
+    }
+
+    /// The device.
+    pub fn device(&self) -> &Device {
+        &self.dev
+    }
+
+    /// Layers on the device (the first ones of the model).
+    pub fn n_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Whether the whole model is on the device (embedding table and LM head too), so that
+    /// [`CudaPhi2::forward`] gives logits.
+    pub fn has_head(&self) -> bool {
+        self.head.is_some()
     }
 
     /// Positions in the KV cache.
@@ -310,6 +384,10 @@ impl CudaPhi2 {
         let c = &self.cfg;
         let width = c.n_embd + 2 * c.kv_width();
         let d = &self.dev;
+        let logits = match self.head {
+            Some(_) => Some(d.alloc(f32_bytes(t * c.n_vocab))?),
+            None => None,
+        };
         self.work = Some(Work {
             tokens: t,
             x: d.alloc(f32_bytes(t * c.n_embd))?,
@@ -319,15 +397,46 @@ impl CudaPhi2 {
             a: d.alloc(f32_bytes(t * c.n_embd))?,
             up: d.alloc(f32_bytes(t * c.n_ff))?,
             m: d.alloc(f32_bytes(t * c.n_embd))?,
-            logits: d.alloc(f32_bytes(t * c.n_vocab))?,
+            logits,
         });
         Ok(())
     }
 
     /// Runs input embeddings `x` (`[T, n_embd]`, positions `len .. len + T`) through the model,
     /// appending to the KV cache; returns logits `[T, n_vocab]` when `all_logits`, else the last
-    /// position's `[n_vocab]` (the CPU `Phi2Model::forward` contract).
+    /// position's `[n_vocab]` (the CPU `Phi2Model::forward` contract). Needs the whole model
+    /// on the device ([`CudaPhi2::has_head`]).
     pub fn forward(&mut self, x: &[f32], all_logits: bool) -> Result<Vec<f32>> {
+        self.need_head("forward")?;
+        let t = self.upload_input(x)?;
+        self.run_layers(t)?;
+        self.head(t, all_logits)
+    }
+
+    /// Runs input embeddings `x` (`[T, n_embd]`, positions `len .. len + T`) through the
+    /// layers on the device, appending to their KV cache, and returns the hidden state after
+    /// the last of them, `[T, n_embd]` (before the final LayerNorm).
+    pub fn forward_hidden(&mut self, x: &[f32]) -> Result<Vec<f32>> {
+        let t = self.upload_input(x)?;
+        self.run_layers(t)?;
+        let work = self.work.as_ref().expect("allocated by upload_input");
+        let x = work.x.slice::<f32>().range(0, t * self.cfg.n_embd);
+        Ok(self.dev.to_vec(x)?)
+    }
+
+    fn need_head(&self, what: &str) -> Result<()> {
+        if self.head.is_none() {
+            bail!(
+                "{what}: only the first {} of {} layers are on the GPU (the LM head runs on the CPU)",
+                self.layers.len(),
+                self.cfg.n_layer
+            );
+        }
+        Ok(())
+    }
+
+    /// Checks `x` and copies it into the work buffer; returns its row count.
+    fn upload_input(&mut self, x: &[f32]) -> Result<usize> {
         let e = self.cfg.n_embd;
         if x.is_empty() || !x.len().is_multiple_of(e) {
             bail!("forward: input is not a whole number of {e}-wide rows");
@@ -337,11 +446,12 @@ impl CudaPhi2 {
         self.ensure_work(t)?;
         let work = self.work.as_ref().expect("allocated above");
         self.dev.write(work.x.slice::<f32>().range(0, t * e), x)?;
-        self.run(t, all_logits)
+        Ok(t)
     }
 
     /// [`CudaPhi2::forward`] from token ids (the embedding rows are gathered on the device).
     pub fn forward_tokens(&mut self, ids: &[u32], all_logits: bool) -> Result<Vec<f32>> {
+        self.need_head("forward_tokens")?;
         if ids.is_empty() {
             bail!("forward: no tokens");
         }
@@ -349,12 +459,14 @@ impl CudaPhi2 {
         self.check_room(t)?;
         self.ensure_work(t)?;
         let work = self.work.as_ref().expect("allocated above");
+        let head = self.head.as_ref().expect("checked above");
         self.dev.get_rows_host_ids(
-            &self.token_embd,
+            &head.token_embd,
             ids,
             work.x.slice::<f32>().range(0, t * self.cfg.n_embd),
         )?;
-        self.run(t, all_logits)
+        self.run_layers(t)?;
+        self.head(t, all_logits)
     }
 
     fn check_room(&self, t: usize) -> Result<()> {
@@ -368,13 +480,14 @@ impl CudaPhi2 {
         Ok(())
     }
 
-    fn run(&mut self, t: usize, all_logits: bool) -> Result<Vec<f32>> {
+    /// Every layer on the device over the `t` rows of the work buffer.
+    fn run_layers(&mut self, t: usize) -> Result<()> {
         let pos0 = self.len;
         for il in 0..self.layers.len() {
             self.layer(il, t, pos0)?;
         }
         self.len = pos0 + t;
-        self.head(t, all_logits)
+        Ok(())
     }
 
     fn layer(&mut self, il: usize, t: usize, pos0: usize) -> Result<()> {
@@ -515,13 +628,16 @@ impl CudaPhi2 {
             cfg,
             work,
             scratch,
-            output,
-            output_b,
-            token_embd,
-            output_norm_w,
-            output_norm_b,
+            head,
             ..
         } = self;
+        let Head {
+            token_embd,
+            output,
+            output_b,
+            output_norm_w,
+            output_norm_b,
+        } = head.as_ref().expect("checked by the callers");
         let w = work.as_ref().expect("allocated by ensure_work");
         let e = cfg.n_embd;
         let (first, rows) = if all_logits { (0, t) } else { (t - 1, 1) };
@@ -536,7 +652,12 @@ impl CudaPhi2 {
             Rows::contiguous(rows, e),
             cfg.norm_eps,
         )?;
-        let logits = w.logits.slice::<f32>().range(0, rows * cfg.n_vocab);
+        let logits = w
+            .logits
+            .as_ref()
+            .expect("allocated with the head")
+            .slice::<f32>()
+            .range(0, rows * cfg.n_vocab);
         let head = output.as_ref().unwrap_or(token_embd);
         let bias = output_b.as_ref().map(|b| b.slice::<f32>());
         dev.matmul(head, h, rows, bias, logits, scratch)?;

@@ -369,10 +369,34 @@ impl Phi2Model {
     /// through the model, appending to the KV cache. Returns logits `[T, n_vocab]` when
     /// `all_logits`, else only the last position's `[n_vocab]`.
     pub fn forward(&self, x: Vec<f32>, cache: &mut KvCache, all_logits: bool) -> Result<Vec<f32>> {
+        let mut x = x;
+        self.forward_layers(&mut x, 0..self.cfg.n_layer, cache)?;
+        self.logits(&mut x, all_logits)
+    }
+
+    /// The transformer layers `layers` of [`Phi2Model::forward`] only: updates the hidden
+    /// states `x` (`[T, n_embd]`, positions `cache.len .. cache.len+T`) in place and appends
+    /// to `cache`, whose layer `i` holds the keys and values of model layer `layers.start + i`
+    /// (a cache of `layers.len()` layers is enough). Partial GPU offload runs the first layers
+    /// on the device and the rest with this.
+    pub fn forward_layers(
+        &self,
+        x: &mut [f32],
+        layers: std::ops::Range<usize>,
+        cache: &mut KvCache,
+    ) -> Result<()> {
         let cfg = &self.cfg;
         let e = cfg.n_embd;
         if !x.len().is_multiple_of(e) || x.is_empty() {
             bail!("forward: input is not a whole number of {e}-wide rows");
+        }
+        if layers.start > layers.end || layers.end > cfg.n_layer {
+            bail!(
+                "forward: layers {}..{} are not a range of the model's {} layers",
+                layers.start,
+                layers.end,
+                cfg.n_layer
+            );
         }
         let t = x.len() / e;
         let pos0 = cache.len;
@@ -383,11 +407,17 @@ impl Phi2Model {
                 cache.n_ctx
             );
         }
-        let mut x = x;
+        if cache.width != cfg.kv_width() || cache_layers(cache) < layers.len() {
+            bail!(
+                "forward: the KV cache does not fit layers {}..{} of this model",
+                layers.start,
+                layers.end
+            );
+        }
         let mut h = vec![0.0; t * e];
-        for (il, layer) in self.layers.iter().enumerate() {
+        for (il, layer) in self.layers[layers].iter().enumerate() {
             // 1. shared input LayerNorm
-            h.copy_from_slice(&x);
+            h.copy_from_slice(x);
             ops::layer_norm(
                 &mut h,
                 e,
@@ -396,7 +426,7 @@ impl Phi2Model {
                 cfg.norm_eps,
             );
 
-            // 2. attention branch
+            // 2. attention branch (`il` counts from `layers.start`: the cache's layer index)
             let mut a = self.attention(il, layer, &h, t, pos0, cache);
             if let Some(g) = &layer.post_attn_norm {
                 ops::rms_norm(&mut a, e, g, cfg.rms_eps);
@@ -427,13 +457,21 @@ impl Phi2Model {
             }
         }
         cache.len = pos0 + t;
+        Ok(())
+    }
 
-        // final LayerNorm and LM head (only the rows that need logits)
-        let rows: &mut [f32] = if all_logits {
-            &mut x
-        } else {
-            &mut x[(t - 1) * e..]
-        };
+    /// The final LayerNorm and LM head of [`Phi2Model::forward`] over hidden states `x`
+    /// (`[T, n_embd]`, normalized in place): logits `[T, n_vocab]` when `all_logits`, else only
+    /// the last position's `[n_vocab]`.
+    pub fn logits(&self, x: &mut [f32], all_logits: bool) -> Result<Vec<f32>> {
+        let cfg = &self.cfg;
+        let e = cfg.n_embd;
+        if !x.len().is_multiple_of(e) || x.is_empty() {
+            bail!("logits: input is not a whole number of {e}-wide rows");
+        }
+        let t = x.len() / e;
+        // only the rows that need logits
+        let rows: &mut [f32] = if all_logits { x } else { &mut x[(t - 1) * e..] };
         let n_rows = rows.len() / e;
         ops::layer_norm(
             rows,
@@ -453,10 +491,11 @@ impl Phi2Model {
         Ok(logits)
     }
 
-    /// Self-attention for `t` new positions starting at `pos0`; returns `attn_output(...)`.
+    /// Self-attention for `t` new positions starting at `pos0`, keys and values in layer
+    /// `cache_layer` of `cache`; returns `attn_output(...)`.
     fn attention(
         &self,
-        il: usize,
+        cache_layer: usize,
         layer: &PhiLayer,
         h: &[f32],
         t: usize,
@@ -515,7 +554,7 @@ impl Phi2Model {
                 self.rope.apply(head, pos);
             }
         }
-        cache.store(il, pos0, &k, &v);
+        cache.store(cache_layer, pos0, &k, &v);
 
         // causal softmax attention per head, f32 scores
         let n_kv = pos0 + t;
@@ -533,8 +572,8 @@ impl Phi2Model {
                 let mut vt = vec![0.0; hd * n_kv];
                 let mut vrow = vec![0.0; hd];
                 for p in 0..n_kv {
-                    cache_ref.read_k(il, p, kvh * hd, &mut keys[p * hd..(p + 1) * hd]);
-                    cache_ref.read_v(il, p, kvh * hd, &mut vrow);
+                    cache_ref.read_k(cache_layer, p, kvh * hd, &mut keys[p * hd..(p + 1) * hd]);
+                    cache_ref.read_v(cache_layer, p, kvh * hd, &mut vrow);
                     for (d, &x) in vrow.iter().enumerate() {
                         vt[d * n_kv + p] = x;
                     }
@@ -562,4 +601,15 @@ impl Phi2Model {
         );
         a
     }
+}
+
+/// Layers held by `cache` (KvCache keeps its per-layer stores private; its byte count gives
+/// them).
+fn cache_layers(cache: &KvCache) -> usize {
+    let el = match cache.ty {
+        CacheType::F16 => 2,
+        CacheType::F32 => 4,
+    };
+    let per_layer = 2 * cache.n_ctx * cache.width * el;
+    cache.bytes().checked_div(per_layer).unwrap_or(0)
 }
