@@ -5,7 +5,10 @@
 //! - Quantized weight types: `gemm` / `vec_dot` bit-identical to `formats::vec_dot` (NaN results
 //!   compare as NaN), on reference-quantized and on random-byte weights (every stored value,
 //!   extreme and zero scales), zero blocks, odd row counts, activation counts that are not
-//!   multiples of the 8 × 4 tile, unaligned buffers.
+//!   multiples of the 8 × 4 tile, unaligned buffers; with ≥ 8 activation rows (the packed GEMM
+//!   at AVX-512): partial 16-row tiles, partial groups of activation rows and chunks of blocks,
+//!   more activation rows than one group of the K-quant kernels takes, hand-made Q8_K bytes
+//!   (−128; `bsums` beyond what the quantizer writes, which those kernels decline).
 //! - Float weight types (F32, F16, BF16): within the f32-summation bound
 //!   `(k/8 + 16)·2⁻²⁴·Σ|w·x|` of the reference's f64 sums.
 
@@ -145,7 +148,14 @@ fn simd_levels_have_kernels() {
         }
         // the packed GEMM (exercised by the shapes with ≥ 8 activation rows)
         if kern.level() == Level::Avx512 {
-            for ty in [GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q8_0] {
+            for ty in [
+                GgmlType::Q4_0,
+                GgmlType::Q5_0,
+                GgmlType::Q8_0,
+                GgmlType::Q4_K,
+                GgmlType::Q5_K,
+                GgmlType::Q6_K,
+            ] {
                 assert!(kern.has_packed_gemm(ty), "{} {ty} packed", kern.level());
             }
         }
@@ -397,13 +407,75 @@ fn many_random_blocks_match_reference_exactly() {
 
 #[test]
 fn long_rows_match_reference_exactly() {
-    // Phi-2-like row length; all activation rows plain noise
+    // Phi-2-like row length; all activation rows plain noise; few activation rows (tiles) and
+    // many (packed GEMM at AVX-512: several chunks of super-blocks per row)
     let mut rng = StdRng::seed_from_u64(12);
     for ty in QUANTIZED {
-        let (n, k, m) = (9, 2560, 6);
-        let x = noise(&mut rng, m * k, 64);
-        let w = reference_quantized(&mut rng, ty, n, k);
-        check_gemm(ty, &w, n, k, &x, m, "long");
+        for (n, k, m) in [(9, 2560, 6), (21, 2560, 10)] {
+            let x = noise(&mut rng, m * k, 64);
+            let w = reference_quantized(&mut rng, ty, n, k);
+            check_gemm(ty, &w, n, k, &x, m, "long");
+        }
+    }
+}
+
+#[test]
+fn many_activation_rows_match_reference_exactly() {
+    // more activation rows than one group of the packed K-quant GEMM takes (its activation
+    // copies are limited to a few MiB: 182 rows of 40 super-blocks for Q6_K, 327 for Q4_K)
+    let mut rng = StdRng::seed_from_u64(15);
+    for ty in [GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K] {
+        let (n, k, m) = (3, 256 * 40, 340);
+        let x = noise(&mut rng, m * k, 32);
+        let w = random_weights(&mut rng, ty, n, k);
+        check_gemm(ty, &w, n, k, &x, m, "many rows");
+    }
+}
+
+#[test]
+fn hand_made_q8_k_bytes_match_reference_exactly() {
+    // Q8_K bytes that no quantizer writes: a value of −128 (the packed kernels run), then also
+    // `bsums` pairs whose sum leaves i16 (the packed Q4_K / Q5_K GEMM declines: tiles run)
+    let mut rng = StdRng::seed_from_u64(16);
+    for ty in [GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K] {
+        let (n, k, m) = (18, 512, 9);
+        let w = random_weights(&mut rng, ty, n, k);
+        let w_rb = row_bytes(ty, k).unwrap();
+        let a_rb = row_bytes(GgmlType::Q8_K, k).unwrap();
+        let mut act = vec![0u8; m * a_rb];
+        let x = noise(&mut rng, m * k, 32);
+        for (xr, ar) in x.chunks(k).zip(act.chunks_mut(a_rb)) {
+            formats::quantize_row(GgmlType::Q8_K, xr, ar).unwrap();
+        }
+        // row 7, block 0: value 5
+        act[7 * a_rb + 4 + 5] = 0x80;
+        for variant in ["−128", "−128 and bsums[2] + bsums[3] = 60000"] {
+            if variant.contains("bsums") {
+                // row 4, block 1
+                let blk = 4 * a_rb + 292;
+                act[blk + 260 + 4..blk + 260 + 8].copy_from_slice(&[0x30, 0x75, 0x30, 0x75]);
+            }
+            for kern in levels() {
+                let mut got = vec![f32::NAN; m * n];
+                kern.gemm(ty, k, &w, n, &act, m, &mut got).unwrap();
+                for c in 0..m {
+                    for r in 0..n {
+                        let want = formats::vec_dot(
+                            ty,
+                            k,
+                            &w[r * w_rb..(r + 1) * w_rb],
+                            &act[c * a_rb..(c + 1) * a_rb],
+                        );
+                        let g = got[c * n + r];
+                        assert!(
+                            same_f32(g, want),
+                            "{} {ty} ({variant}) [{c}][{r}]: {g} vs {want}",
+                            kern.level()
+                        );
+                    }
+                }
+            }
+        }
     }
 }
 

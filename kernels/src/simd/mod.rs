@@ -197,6 +197,8 @@ pub(crate) struct TileArgs {
 
 /// Arguments of a whole product for the packed GEMM kernels: `out[c·ldo + r] = dot(weight row
 /// r, activation row c)` for `r < n`, `c < m`; `nb` blocks per row; rows as in [`TileArgs`].
+// only x86-64 has packed kernels so far; elsewhere the fields are written but never read
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) struct GemmArgs {
     pub nb: usize,
     pub w: *const u8,
@@ -210,12 +212,14 @@ pub(crate) struct GemmArgs {
 }
 
 /// A packed GEMM kernel (weight tiles unpacked once into a scratch layout, then multiplied with
-/// every activation row), for many activation rows.
+/// every activation row), for many activation rows. Returns false, having written nothing, for
+/// inputs it declines (the tiles then run): the K-quant kernels decline Q8_K activations whose
+/// `bsums` pairs do not fit in i16, which the quantizers never produce.
 ///
 /// # Safety
 /// As [`TileFn`], for all `n ≥ 1` rows and `m ≥ 1` activation rows; `out` valid for
 /// `(m − 1)·ldo + n` floats.
-pub(crate) type GemmFn = unsafe fn(&GemmArgs);
+pub(crate) type GemmFn = unsafe fn(&GemmArgs) -> bool;
 
 /// Activation rows from which a packed GEMM kernel is used (its packing costs about as much as
 /// a few activation rows of the plain tiles).
@@ -256,6 +260,9 @@ pub struct CpuKernels {
     pub(crate) packed_q4_0: Option<GemmFn>,
     pub(crate) packed_q5_0: Option<GemmFn>,
     pub(crate) packed_q8_0: Option<GemmFn>,
+    pub(crate) packed_q4_k: Option<GemmFn>,
+    pub(crate) packed_q5_k: Option<GemmFn>,
+    pub(crate) packed_q6_k: Option<GemmFn>,
 }
 
 impl CpuKernels {
@@ -279,6 +286,9 @@ impl CpuKernels {
             packed_q4_0: None,
             packed_q5_0: None,
             packed_q8_0: None,
+            packed_q4_k: None,
+            packed_q5_k: None,
+            packed_q6_k: None,
         }
     }
 }
@@ -337,6 +347,9 @@ impl CpuKernels {
             GgmlType::Q4_0 => self.packed_q4_0,
             GgmlType::Q5_0 => self.packed_q5_0,
             GgmlType::Q8_0 => self.packed_q8_0,
+            GgmlType::Q4_K => self.packed_q4_k,
+            GgmlType::Q5_K => self.packed_q5_k,
+            GgmlType::Q6_K => self.packed_q6_k,
             _ => None,
         }
     }
@@ -498,8 +511,9 @@ impl CpuKernels {
                 };
                 // SAFETY: lengths checked above (n rows of w, m rows of act, m·n outputs); the
                 // table's level runs on this CPU.
-                unsafe { packed(&args) };
-                return Ok(());
+                if unsafe { packed(&args) } {
+                    return Ok(());
+                }
             }
         }
         // activation rows in groups of about 96 KiB (kept in L2 while every weight tile of

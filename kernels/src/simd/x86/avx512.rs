@@ -4,7 +4,7 @@
 
 use core::arch::x86_64::*;
 
-use super::{float::FloatW, kquant, legacy, packed, quant, Isa};
+use super::{float::FloatW, kquant, legacy, packed, packed_kquant, quant, Isa};
 use crate::simd::{CpuKernels, GemmArgs, Level, TileArgs};
 
 /// `vpdpbusd`: u8 × i8 summed in i32 directly.
@@ -134,7 +134,7 @@ entry!(tile_bf16, t, float_tile::<super::float::BF16>(t));
 macro_rules! packed_entry {
     ($name:ident, $format:ty) => {
         #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-        unsafe fn $name(t: &GemmArgs) {
+        unsafe fn $name(t: &GemmArgs) -> bool {
             packed::gemm::<$format>(t)
         }
     };
@@ -143,6 +143,19 @@ macro_rules! packed_entry {
 packed_entry!(packed_q4_0, legacy::Q4_0);
 packed_entry!(packed_q5_0, legacy::Q5_0);
 packed_entry!(packed_q8_0, legacy::Q8_0);
+
+macro_rules! packed_kquant_entry {
+    ($name:ident, $format:ty) => {
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+        unsafe fn $name(t: &GemmArgs) -> bool {
+            packed_kquant::gemm::<$format>(t)
+        }
+    };
+}
+
+packed_kquant_entry!(packed_q4_k, packed_kquant::Q4K);
+packed_kquant_entry!(packed_q5_k, packed_kquant::Q5K);
+packed_kquant_entry!(packed_q6_k, packed_kquant::Q6K);
 
 pub(super) fn table(level: Level) -> CpuKernels {
     let mut k = CpuKernels::scalar(level);
@@ -163,5 +176,8 @@ pub(super) fn table(level: Level) -> CpuKernels {
     k.packed_q4_0 = Some(packed_q4_0);
     k.packed_q5_0 = Some(packed_q5_0);
     k.packed_q8_0 = Some(packed_q8_0);
+    k.packed_q4_k = Some(packed_q4_k);
+    k.packed_q5_k = Some(packed_q5_k);
+    k.packed_q6_k = Some(packed_q6_k);
     k
 }

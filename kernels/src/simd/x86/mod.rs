@@ -17,6 +17,8 @@ mod kquant;
 mod legacy;
 #[clippy::msrv = "1.89"]
 mod packed;
+#[clippy::msrv = "1.89"]
+mod packed_kquant;
 mod quant;
 
 pub(super) fn has_avx2() -> bool {

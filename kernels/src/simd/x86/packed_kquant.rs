@@ -1,0 +1,664 @@
+//! Packed GEMM for many activation rows with AVX-512 VNNI for the K-quants (Q4_K, Q5_K, Q6_K ×
+//! Q8_K), bit-identical to ggml's generic `vec_dot` (see `formats::q4_k`).
+//!
+//! The reference keeps, per super-block, eight i32 lane sums `aux[l] = Σ sc(i)·q(i)·a(i)` over
+//! the elements `i ≡ l (mod 8)` (`sc(i)` the scale of `i`'s sub-block), adds `(d·d_a)·aux[l]` to
+//! eight f32 sums, subtracts the min term `(dmin·d_a)·Σ bsums·m` (Q4_K, Q5_K) from one more, and
+//! adds the eight sums to it at the end. Here a tile of 16 weight rows is unpacked once per chunk
+//! of a few super-blocks and transposed so that i32 lane `r` of every packed vector belongs to
+//! row `r`; each activation row is copied once per call into the matching order. Then a few
+//! VNNI instructions per class and sub-block, with the activation's bytes broadcast, add row
+//! `r`'s part of `aux[l]` to lane `r` of the class-`l` accumulator — no horizontal sums — and
+//! the f32 steps run lane-wise in the reference's order, so the results are the reference's
+//! bits (the integer sums are exact in any order).
+//!
+//! - **Q4_K, Q5_K** (32-value sub-blocks, unsigned values): a lane holds 4 values of one class
+//!   and one sub-block. `vpdpbusd` gives their dot `D` (|D| < 2¹⁴); two sub-blocks' dots are
+//!   joined into the two i16 halves of a lane (see [`k4_dots`]) and one `vpdpwssd` with the
+//!   lane's scale pair scales and adds both: 3 multiply instructions per 8 values and lane.
+//! - **Q6_K** (16-value sub-blocks, a class has only 2 values in each): the products
+//!   `sc·(q − 32)` as i16 pairs of one class and sub-block; one `vpdpwssd` per pair.
+//!
+//! The min term: `Σ_j m_j·B_j` with `B_j` the sum of sub-block `j`'s activations (from
+//! `bsums`), 4 `vpdpwssd` of `(m_2k, m_2k+1)` lane pairs with `(B_2k, B_2k+1)`.
+//!
+//! Memory: a chunk of 16 rows × `KC` super-blocks (9–16 KiB) stays in L1 while every activation
+//! row of a group passes over it; the running f32 sums of each activation row (9 vectors) wait
+//! in a scratch buffer between chunks. Activation rows go in groups whose copies take at most
+//! [`GROUP_BYTES`] (in L2/L3 while all tiles pass); the chunks are packed again per group. The
+//! scratch (about `GROUP_BYTES` plus 40 KiB) is kept per thread between calls.
+
+use core::arch::x86_64::*;
+use std::cell::RefCell;
+
+use super::mod8_order;
+use crate::simd::GemmArgs;
+
+/// Weight rows per packed tile (one i32 / f32 lane each).
+const ROWS: usize = 16;
+/// Bytes of a Q8_K block; its `d` at 0, `qs` at 4, `bsums` at 260.
+const A_BYTES: usize = 292;
+/// Running state per activation row: 8 class sums and the min term.
+const STATE: usize = 9;
+/// Bytes of activation records per group of activation rows.
+const GROUP_BYTES: usize = 4 << 20;
+
+/// Byte order within each 16 bytes that puts elements `l` and `l + 8` side by side.
+#[inline(always)]
+unsafe fn pair_order(v: __m256i) -> __m256i {
+    let t = _mm_setr_epi8(0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
+    _mm256_shuffle_epi8(v, _mm256_set_m128i(t, t))
+}
+
+/// One row's super-block after [`KQuant::unpack`]: its f16 scales and (Q4_K, Q5_K) the
+/// 6-bit sub-block scales and mins.
+pub(crate) struct RowBlock {
+    d: u16,
+    dmin: u16,
+    sc: [u8; 8],
+    mins: [u8; 8],
+}
+
+/// A K-quant weight format for the packed path.
+pub(crate) trait KQuant {
+    /// Bytes per super-block.
+    const W_BYTES: usize;
+    /// Whether the format has sub-block mins (the `dmin` term).
+    const MINS: bool;
+    /// Vectors per row and super-block that [`Self::unpack`] writes (16 i32 each); after the
+    /// transpose, `16·ROW_VECS` vectors of one dword per row.
+    const ROW_VECS: usize;
+    /// Vectors per packed super-block: the transposed ones, then [`Self::scale_vectors`].
+    const W_VECS: usize;
+    /// Vectors of one activation super-block from [`Self::activations`].
+    const A_VECS: usize;
+    /// Super-blocks per packed chunk (its vectors stay in L1 while all activation rows pass).
+    const KC: usize;
+    /// Activation rows that share one pass over a packed chunk (2 or 3).
+    const COLS: usize;
+    /// Unpacks the super-block at `blk` into `ROW_VECS` vectors at `out`.
+    unsafe fn unpack(blk: *const u8, out: *mut __m512i) -> RowBlock;
+    /// Writes the vectors that follow the transposed ones (from the 16 rows' scales).
+    unsafe fn scale_vectors(sc: &[[u8; 8]; ROWS], out: *mut __m512i);
+    /// Writes the `A_VECS` vectors of the Q8_K values at `qs`.
+    unsafe fn activations(qs: *const u8, out: *mut __m512i);
+    /// `aux[c][l]`: lane `r` = the reference's `aux32[l]` of weight row `r` and activation `c`,
+    /// from a packed super-block `w` and activation vectors `a[c]`.
+    unsafe fn dots<const NC: usize>(w: *const __m512i, a: &[*const i32; NC]) -> [[__m512i; 8]; NC];
+}
+
+pub(crate) struct Q4K;
+pub(crate) struct Q5K;
+pub(crate) struct Q6K;
+
+/// The 8 six-bit scales and mins of Q4_K / Q5_K (ggml's `get_scale_min_k4` for j = 0..8).
+#[inline(always)]
+unsafe fn scales_mins_k4(p: *const u8) -> ([u8; 8], [u8; 8]) {
+    let w0 = (p as *const u32).read_unaligned();
+    let w1 = (p.add(4) as *const u32).read_unaligned();
+    let w2 = (p.add(8) as *const u32).read_unaligned();
+    let sc_lo = w0 & 0x3f3f_3f3f;
+    let m_lo = w1 & 0x3f3f_3f3f;
+    let sc_hi = (w2 & 0x0f0f_0f0f) | (((w0 >> 6) & 0x0303_0303) << 4);
+    let m_hi = ((w2 >> 4) & 0x0f0f_0f0f) | (((w1 >> 6) & 0x0303_0303) << 4);
+    let join = |lo: u32, hi: u32| ((hi as u64) << 32 | lo as u64).to_le_bytes();
+    (join(sc_lo, sc_hi), join(m_lo, m_hi))
+}
+
+/// Q4_K / Q5_K values (0..32) of sub-block `j` (`qs` chunk `j / 2`, low or high nibble, plus
+/// the 5th bit `j` of `qh` when given), in [`mod8_order`].
+#[inline(always)]
+unsafe fn k4_values(qs: *const u8, qh: Option<__m256i>, j: usize) -> __m256i {
+    let m4 = _mm256_set1_epi8(0x0f);
+    let raw = mod8_order(_mm256_loadu_si256(qs.add(32 * (j / 2)) as *const __m256i));
+    let mut q = if j.is_multiple_of(2) {
+        _mm256_and_si256(raw, m4)
+    } else {
+        _mm256_and_si256(_mm256_srli_epi16::<4>(raw), m4)
+    };
+    if let Some(qh) = qh {
+        let bit = _mm256_set1_epi8((1u8 << j) as i8);
+        let set = _mm256_cmpeq_epi8(_mm256_and_si256(qh, bit), bit);
+        q = _mm256_or_si256(q, _mm256_and_si256(set, _mm256_set1_epi8(0x10)));
+    }
+    q
+}
+
+/// Bias of each half of the Q4_K / Q5_K dot pairs (see [`k4_dots`]).
+const PAIR_BIAS: i32 = 1 << 14;
+
+/// Q4_K / Q5_K layout: packed vector `16p + 8h + l` holds, in lane `r`, row `r`'s 4 values of
+/// class `l` in sub-block `j = 2p + h` (unsigned bytes); vector `64 + p` the lane pairs
+/// `(sc_2p, sc_2p+1)` and vector 68 `−2¹⁴·Σ_j sc_j`. Activations: the same dwords of the signed
+/// values (each 32 in [`mod8_order`]).
+#[inline(always)]
+unsafe fn k4_scale_vectors(sc: &[[u8; 8]; ROWS], out: *mut __m512i) {
+    let mut pairs = [[0i32; ROWS]; 4];
+    let mut bias = [0i32; ROWS];
+    for (r, s) in sc.iter().enumerate() {
+        for p in 0..4 {
+            pairs[p][r] = s[2 * p] as i32 | (s[2 * p + 1] as i32) << 16;
+        }
+        bias[r] = -PAIR_BIAS * s.iter().map(|&v| v as i32).sum::<i32>();
+    }
+    for (p, v) in pairs.iter().enumerate() {
+        out.add(p).write(_mm512_loadu_si512(v.as_ptr() as *const _));
+    }
+    out.add(4)
+        .write(_mm512_loadu_si512(bias.as_ptr() as *const _));
+}
+
+#[inline(always)]
+unsafe fn k4_activations(qs: *const u8, out: *mut __m512i) {
+    for p in 0..4 {
+        let lo = mod8_order(_mm256_loadu_si256(qs.add(64 * p) as *const __m256i));
+        let hi = mod8_order(_mm256_loadu_si256(qs.add(64 * p + 32) as *const __m256i));
+        out.add(p)
+            .write(_mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi));
+    }
+}
+
+/// The Q4_K / Q5_K integer dots. Per class `l` and sub-block pair `(j, j') = (2p, 2p + 1)`:
+/// `vpdpbusd` gives `D' = Σ q·a` over the 4 values of `j'` (|D| < 2¹⁴) on top of
+/// `2¹⁴·(2¹⁶ + 1)`, a rotation by 16 bits moves `2¹⁴ + D'` to the high i16, a second
+/// `vpdpbusd` adds `D` of `j` to the low one (`2¹⁴ + D`, still in 0..2¹⁵, so no carry), and
+/// `vpdpwssd` with the lane's `(sc_j, sc_j')` adds `sc_j·(2¹⁴ + D) + sc_j'·(2¹⁴ + D')`. The
+/// biases sum to `2¹⁴·Σ_j sc_j` per class, which the start value removes: three multiplies per
+/// 8 values instead of four, exact.
+#[inline(always)]
+unsafe fn k4_dots<const NC: usize>(w: *const __m512i, a: &[*const i32; NC]) -> [[__m512i; 8]; NC] {
+    let start = w.add(68).read();
+    let init = _mm512_set1_epi32(PAIR_BIAS * 0x1_0001);
+    let mut aux = [[start; 8]; NC];
+    // an opaque trip count keeps LLVM from unrolling the four pairs: fully unrolled, its
+    // schedule runs out of registers
+    for p in 0..core::hint::black_box(4) {
+        let sc = w.add(64 + p).read();
+        for l in 0..8 {
+            let w_lo = w.add(16 * p + l).read();
+            let w_hi = w.add(16 * p + 8 + l).read();
+            for c in 0..NC {
+                let a_hi = _mm512_set1_epi32(a[c].add(16 * p + 8 + l).read());
+                let a_lo = _mm512_set1_epi32(a[c].add(16 * p + l).read());
+                let x = _mm512_dpbusd_epi32(init, w_hi, a_hi);
+                let x = _mm512_rol_epi32::<16>(x);
+                let x = _mm512_dpbusd_epi32(x, w_lo, a_lo);
+                aux[c][l] = _mm512_dpwssd_epi32(aux[c][l], x, sc);
+            }
+        }
+    }
+    aux
+}
+
+impl KQuant for Q4K {
+    const W_BYTES: usize = 144;
+    const MINS: bool = true;
+    const ROW_VECS: usize = 4;
+    const W_VECS: usize = 69;
+    const A_VECS: usize = 4;
+    const KC: usize = 4;
+    const COLS: usize = 2;
+
+    #[inline(always)]
+    unsafe fn unpack(blk: *const u8, out: *mut __m512i) -> RowBlock {
+        let (sc, mins) = scales_mins_k4(blk.add(4));
+        for p in 0..4 {
+            let lo = k4_values(blk.add(16), None, 2 * p);
+            let hi = k4_values(blk.add(16), None, 2 * p + 1);
+            out.add(p)
+                .write(_mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi));
+        }
+        RowBlock {
+            d: (blk as *const u16).read_unaligned(),
+            dmin: (blk.add(2) as *const u16).read_unaligned(),
+            sc,
+            mins,
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn scale_vectors(sc: &[[u8; 8]; ROWS], out: *mut __m512i) {
+        k4_scale_vectors(sc, out)
+    }
+
+    #[inline(always)]
+    unsafe fn activations(qs: *const u8, out: *mut __m512i) {
+        k4_activations(qs, out)
+    }
+
+    #[inline(always)]
+    unsafe fn dots<const NC: usize>(w: *const __m512i, a: &[*const i32; NC]) -> [[__m512i; 8]; NC] {
+        k4_dots::<NC>(w, a)
+    }
+}
+
+impl KQuant for Q5K {
+    const W_BYTES: usize = 176;
+    const MINS: bool = true;
+    const ROW_VECS: usize = 4;
+    const W_VECS: usize = 69;
+    const A_VECS: usize = 4;
+    const KC: usize = 4;
+    const COLS: usize = 2;
+
+    #[inline(always)]
+    unsafe fn unpack(blk: *const u8, out: *mut __m512i) -> RowBlock {
+        let (sc, mins) = scales_mins_k4(blk.add(4));
+        let qh = mod8_order(_mm256_loadu_si256(blk.add(16) as *const __m256i));
+        for p in 0..4 {
+            let lo = k4_values(blk.add(48), Some(qh), 2 * p);
+            let hi = k4_values(blk.add(48), Some(qh), 2 * p + 1);
+            out.add(p)
+                .write(_mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi));
+        }
+        RowBlock {
+            d: (blk as *const u16).read_unaligned(),
+            dmin: (blk.add(2) as *const u16).read_unaligned(),
+            sc,
+            mins,
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn scale_vectors(sc: &[[u8; 8]; ROWS], out: *mut __m512i) {
+        k4_scale_vectors(sc, out)
+    }
+
+    #[inline(always)]
+    unsafe fn activations(qs: *const u8, out: *mut __m512i) {
+        k4_activations(qs, out)
+    }
+
+    #[inline(always)]
+    unsafe fn dots<const NC: usize>(w: *const __m512i, a: &[*const i32; NC]) -> [[__m512i; 8]; NC] {
+        k4_dots::<NC>(w, a)
+    }
+}
+
+/// Q6_K layout: the products `w = sc·(q − 32)` as i16, paired `(w(16s + l), w(16s + l + 8))`
+/// (two values of class `l` in 16-value sub-block `s`); packed vector `8s + l` holds row `r`'s
+/// pair in lane `r`. Activations: the same pairs of i16. One `vpdpwssd` per pair vector.
+impl KQuant for Q6K {
+    const W_BYTES: usize = 210;
+    const MINS: bool = false;
+    const ROW_VECS: usize = 8;
+    const W_VECS: usize = 128;
+    const A_VECS: usize = 8;
+    const KC: usize = 2;
+    const COLS: usize = 3;
+
+    #[inline(always)]
+    unsafe fn unpack(blk: *const u8, out: *mut __m512i) -> RowBlock {
+        let m4 = _mm256_set1_epi8(0x0f);
+        let sc = blk.add(192) as *const i8;
+        for h in 0..2 {
+            let ld = |p: *const u8| pair_order(_mm256_loadu_si256(p as *const __m256i));
+            let ql0 = ld(blk.add(64 * h));
+            let ql1 = ld(blk.add(64 * h + 32));
+            let qh = ld(blk.add(128 + 32 * h));
+            let hb = |m: i8| _mm256_and_si256(qh, _mm256_set1_epi8(m));
+            // group 4h + k: elements 128h + 32k + i (see `formats::q6_k`)
+            let q = [
+                _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_slli_epi16::<4>(hb(0x03))),
+                _mm256_or_si256(_mm256_and_si256(ql1, m4), _mm256_slli_epi16::<2>(hb(0x0c))),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4), hb(0x30)),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
+                    _mm256_srli_epi16::<2>(hb(-0x40)),
+                ),
+            ];
+            for (k, qk) in q.iter().enumerate() {
+                let g = 4 * h + k;
+                // sub-blocks 2g (first 16 values) and 2g + 1
+                let s = _mm512_inserti64x4::<1>(
+                    _mm512_castsi256_si512(_mm256_set1_epi16(*sc.add(2 * g) as i16)),
+                    _mm256_set1_epi16(*sc.add(2 * g + 1) as i16),
+                );
+                let v = _mm512_sub_epi16(_mm512_cvtepu8_epi16(*qk), _mm512_set1_epi16(32));
+                out.add(g).write(_mm512_mullo_epi16(v, s));
+            }
+        }
+        RowBlock {
+            d: (blk.add(208) as *const u16).read_unaligned(),
+            dmin: 0,
+            sc: [0; 8],
+            mins: [0; 8],
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn scale_vectors(_sc: &[[u8; 8]; ROWS], _out: *mut __m512i) {}
+
+    #[inline(always)]
+    unsafe fn activations(qs: *const u8, out: *mut __m512i) {
+        for g in 0..8 {
+            let v = pair_order(_mm256_loadu_si256(qs.add(32 * g) as *const __m256i));
+            out.add(g).write(_mm512_cvtepi8_epi16(v));
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn dots<const NC: usize>(w: *const __m512i, a: &[*const i32; NC]) -> [[__m512i; 8]; NC] {
+        let mut aux = [[_mm512_setzero_si512(); 8]; NC];
+        for s in 0..16 {
+            for l in 0..8 {
+                let wv = w.add(8 * s + l).read();
+                for c in 0..NC {
+                    let av = _mm512_set1_epi32(a[c].add(8 * s + l).read());
+                    aux[c][l] = _mm512_dpwssd_epi32(aux[c][l], wv, av);
+                }
+            }
+        }
+        aux
+    }
+}
+
+/// Transposes 16 vectors of 16 i32 lanes: lane `r` of output `i` is lane `i` of input `r`.
+#[inline(always)]
+unsafe fn transpose16(v: &[__m512i; 16]) -> [__m512i; 16] {
+    let z = _mm512_setzero_si512();
+    let mut a = [z; 16];
+    for k in 0..8 {
+        a[2 * k] = _mm512_unpacklo_epi32(v[2 * k], v[2 * k + 1]);
+        a[2 * k + 1] = _mm512_unpackhi_epi32(v[2 * k], v[2 * k + 1]);
+    }
+    // b[4k + j], 128-bit lane q: column 4q + j of rows 4k..4k + 4
+    let mut b = [z; 16];
+    for k in 0..4 {
+        b[4 * k] = _mm512_unpacklo_epi64(a[4 * k], a[4 * k + 2]);
+        b[4 * k + 1] = _mm512_unpackhi_epi64(a[4 * k], a[4 * k + 2]);
+        b[4 * k + 2] = _mm512_unpacklo_epi64(a[4 * k + 1], a[4 * k + 3]);
+        b[4 * k + 3] = _mm512_unpackhi_epi64(a[4 * k + 1], a[4 * k + 3]);
+    }
+    // a 4 × 4 transpose of 128-bit lanes for each j
+    let mut out = [z; 16];
+    for j in 0..4 {
+        let c0 = _mm512_shuffle_i32x4::<0x88>(b[j], b[4 + j]);
+        let c1 = _mm512_shuffle_i32x4::<0xdd>(b[j], b[4 + j]);
+        let c2 = _mm512_shuffle_i32x4::<0x88>(b[8 + j], b[12 + j]);
+        let c3 = _mm512_shuffle_i32x4::<0xdd>(b[8 + j], b[12 + j]);
+        out[j] = _mm512_shuffle_i32x4::<0x88>(c0, c2);
+        out[4 + j] = _mm512_shuffle_i32x4::<0x88>(c1, c3);
+        out[8 + j] = _mm512_shuffle_i32x4::<0xdd>(c0, c2);
+        out[12 + j] = _mm512_shuffle_i32x4::<0xdd>(c1, c3);
+    }
+    out
+}
+
+/// One packed chunk: per super-block `W_VECS` weight vectors, 4 min vectors (lane `r` =
+/// `(m_2k, m_2k+1)` of row `r`), and the rows' `d` and `dmin` as f32.
+struct Chunk {
+    w: *mut __m512i,
+    mins: *mut __m512i,
+    d: *mut __m512,
+    dmin: *mut __m512,
+    /// 16 rows × `ROW_VECS` of one super-block, before the transpose.
+    rows: *mut __m512i,
+}
+
+/// Most vectors per row and super-block before the transpose.
+const MAX_ROW_VECS: usize = 8;
+
+/// Packs super-blocks `b0..b0 + nbc` of the 16 rows starting at `rows`.
+#[inline(always)]
+unsafe fn pack_chunk<F: KQuant>(rows: &[*const u8; ROWS], b0: usize, nbc: usize, ch: &Chunk) {
+    for b in 0..nbc {
+        let mut d = [0u16; ROWS];
+        let mut dmin = [0u16; ROWS];
+        let mut sc = [[0u8; 8]; ROWS];
+        let mut mins = [[0u32; ROWS]; 4];
+        for (r, row) in rows.iter().enumerate() {
+            let rb = F::unpack(row.add((b0 + b) * F::W_BYTES), ch.rows.add(F::ROW_VECS * r));
+            d[r] = rb.d;
+            dmin[r] = rb.dmin;
+            sc[r] = rb.sc;
+            for k in 0..4 {
+                mins[k][r] = rb.mins[2 * k] as u32 | (rb.mins[2 * k + 1] as u32) << 16;
+            }
+        }
+        let w = ch.w.add(b * F::W_VECS);
+        for g in 0..F::ROW_VECS {
+            let mut v = [_mm512_setzero_si512(); ROWS];
+            for (r, vr) in v.iter_mut().enumerate() {
+                *vr = ch.rows.add(F::ROW_VECS * r + g).read();
+            }
+            let u = transpose16(&v);
+            for (i, ui) in u.iter().enumerate() {
+                w.add(16 * g + i).write(*ui);
+            }
+        }
+        F::scale_vectors(&sc, w.add(16 * F::ROW_VECS));
+        ch.d.add(b).write(_mm512_cvtph_ps(_mm256_loadu_si256(
+            d.as_ptr() as *const __m256i
+        )));
+        if F::MINS {
+            ch.dmin.add(b).write(_mm512_cvtph_ps(_mm256_loadu_si256(
+                dmin.as_ptr() as *const __m256i
+            )));
+            for (k, mk) in mins.iter().enumerate() {
+                ch.mins
+                    .add(4 * b + k)
+                    .write(_mm512_loadu_si512(mk.as_ptr() as *const _));
+            }
+        }
+    }
+}
+
+/// Vectors per activation record: the format's vectors, then one with `d` in dword 0 and the
+/// i16 pairs `(B_2k, B_2k+1)` in dwords 8..12, `B_j = bsums[2j] + bsums[2j+1]` (the sum of
+/// sub-block `j`'s 32 values; see [`bsums_fit`]).
+const fn rec<F: KQuant>() -> usize {
+    F::A_VECS + 1
+}
+
+/// Copies activation rows `g0..g0 + gm` (Q8_K) into records of [`rec`] vectors per
+/// super-block. The records of chunk `b0..b0 + nbc` lie together, activation row after
+/// activation row (`b0·gm + c·nbc + b − b0`), so a pass over a chunk reads one stream.
+#[inline(always)]
+unsafe fn activation_records<F: KQuant>(t: &GemmArgs, g0: usize, gm: usize, out: *mut __m512i) {
+    for b0 in (0..t.nb).step_by(F::KC) {
+        let nbc = (t.nb - b0).min(F::KC);
+        for c in 0..gm {
+            for b in b0..b0 + nbc {
+                let blk = t.a.add((g0 + c) * t.a_stride + b * A_BYTES);
+                let rec = out.add((b0 * gm + c * nbc + b - b0) * rec::<F>());
+                F::activations(blk.add(4), rec);
+                let d = _mm256_castps_si256(_mm256_set1_ps((blk as *const f32).read_unaligned()));
+                let bsums = _mm256_loadu_si256(blk.add(260) as *const __m256i);
+                let sub_sums =
+                    _mm256_cvtepi32_epi16(_mm256_madd_epi16(bsums, _mm256_set1_epi16(1)));
+                let hi = _mm256_castsi128_si256(sub_sums);
+                rec.add(F::A_VECS)
+                    .write(_mm512_inserti64x4::<1>(_mm512_castsi256_si512(d), hi));
+            }
+        }
+    }
+}
+
+/// One group of activation rows: their records ([`activation_records`]) and running sums.
+struct Group {
+    /// First activation row and row count.
+    g0: usize,
+    gm: usize,
+    records: *const __m512i,
+    state: *mut __m512,
+}
+
+/// Activation rows `c0..c0 + NC` (of group `gr`) against super-blocks `b0..b0 + nbc` of one
+/// packed tile. The running sums come from the group's state (zero on the first chunk) and go
+/// back to it, or, after the last chunk, are summed in the reference's order into lanes
+/// `0..nr` of the output.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn chunk_cols<F: KQuant, const NC: usize>(
+    t: &GemmArgs,
+    ch: &Chunk,
+    gr: &Group,
+    c0: usize,
+    b0: usize,
+    nbc: usize,
+    r0: usize,
+    nr: usize,
+) {
+    let zf = _mm512_setzero_ps();
+    let mut sums = [[zf; 8]; NC];
+    let mut mins = [zf; NC];
+    let ci = c0 - gr.g0;
+    if b0 > 0 {
+        for c in 0..NC {
+            let s = gr.state.add((ci + c) * STATE);
+            for l in 0..8 {
+                sums[c][l] = s.add(l).read();
+            }
+            mins[c] = s.add(8).read();
+        }
+    }
+    for b in 0..nbc {
+        let mut ap = [gr.records as *const i32; NC];
+        for c in 0..NC {
+            ap[c] = gr
+                .records
+                .add((b0 * gr.gm + (ci + c) * nbc + b) * rec::<F>())
+                as *const i32;
+        }
+        let aux = F::dots::<NC>(ch.w.add(b * F::W_VECS), &ap);
+        // the record's last vector: d in dword 0, the (B_2k, B_2k+1) pairs in dwords 8..12
+        let ex = F::A_VECS * 16;
+        let dw = ch.d.add(b).read();
+        for c in 0..NC {
+            let da = _mm512_set1_ps((ap[c].add(ex) as *const f32).read());
+            if F::MINS {
+                // sumf −= (dmin·d_a)·Σ bsums[k]·m[k/2], as Σ_j B_j·m_j
+                let mut sumi = _mm512_setzero_si512();
+                for k in 0..4 {
+                    let bs = ap[c].add(ex + 8 + k).read();
+                    let mv = ch.mins.add(4 * b + k).read();
+                    sumi = _mm512_dpwssd_epi32(sumi, mv, _mm512_set1_epi32(bs));
+                }
+                let dm = _mm512_mul_ps(ch.dmin.add(b).read(), da);
+                mins[c] = _mm512_sub_ps(mins[c], _mm512_mul_ps(dm, _mm512_cvtepi32_ps(sumi)));
+            }
+            // sums[l] += (d·d_a)·aux[l]
+            let dd = _mm512_mul_ps(dw, da);
+            for l in 0..8 {
+                let p = _mm512_mul_ps(dd, _mm512_cvtepi32_ps(aux[c][l]));
+                sums[c][l] = _mm512_add_ps(sums[c][l], p);
+            }
+        }
+    }
+    if b0 + nbc < t.nb {
+        for c in 0..NC {
+            let s = gr.state.add((ci + c) * STATE);
+            for l in 0..8 {
+                s.add(l).write(sums[c][l]);
+            }
+            s.add(8).write(mins[c]);
+        }
+    } else {
+        let mask: __mmask16 = if nr >= ROWS { 0xffff } else { (1u16 << nr) - 1 };
+        for c in 0..NC {
+            let mut total = mins[c];
+            for l in 0..8 {
+                total = _mm512_add_ps(total, sums[c][l]);
+            }
+            _mm512_mask_storeu_ps(t.out.add((c0 + c) * t.ldo + r0), mask, total);
+        }
+    }
+}
+
+thread_local! {
+    /// Per-thread scratch (activation records, running sums, one packed chunk), kept between
+    /// calls: a prompt's many products reuse it without new allocations.
+    static SCRATCH: RefCell<Vec<__m512i>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Whether every sub-block sum `bsums[2j] + bsums[2j+1]` of the `m` Q8_K rows fits in i16.
+/// Always true for the quantizers' output (|bsums| ≤ 16·127); hand-made bytes may not be.
+#[inline(always)]
+unsafe fn bsums_fit(t: &GemmArgs) -> bool {
+    let mut lo = _mm256_setzero_si256();
+    let mut hi = _mm256_setzero_si256();
+    for c in 0..t.m {
+        for b in 0..t.nb {
+            let p = t.a.add(c * t.a_stride + b * A_BYTES + 260);
+            let sums = _mm256_madd_epi16(
+                _mm256_loadu_si256(p as *const __m256i),
+                _mm256_set1_epi16(1),
+            );
+            lo = _mm256_min_epi32(lo, sums);
+            hi = _mm256_max_epi32(hi, sums);
+        }
+    }
+    let out = _mm256_or_si256(
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(i16::MIN as i32), lo),
+        _mm256_cmpgt_epi32(hi, _mm256_set1_epi32(i16::MAX as i32)),
+    );
+    _mm256_testz_si256(out, out) == 1
+}
+
+/// The whole `n × m` product (see [`GemmArgs`]); `t.a` holds Q8_K rows. Declines (returns
+/// false, writes nothing) for Q4_K / Q5_K when [`bsums_fit`] fails.
+#[inline(always)]
+pub(crate) unsafe fn gemm<F: KQuant>(t: &GemmArgs) -> bool {
+    if F::MINS && !bsums_fit(t) {
+        return false;
+    }
+    let mut buf = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    // activation rows per group: their records stay in cache while every tile passes over them
+    let gm_max = (GROUP_BYTES / (t.nb * rec::<F>() * 64))
+        .max(F::COLS)
+        .min(t.m);
+    let n_records = gm_max * t.nb * rec::<F>();
+    let n_state = gm_max * STATE;
+    let kc = F::KC;
+    let n_chunk = kc * (F::W_VECS + 4 + 2) + ROWS * MAX_ROW_VECS;
+    let need = n_records + n_state + n_chunk;
+    if buf.len() < need {
+        buf.resize(need, _mm512_setzero_si512());
+    }
+    let base = buf.as_mut_ptr();
+    let cb = base.add(n_records + n_state);
+    let ch = Chunk {
+        w: cb,
+        mins: cb.add(kc * F::W_VECS),
+        d: cb.add(kc * (F::W_VECS + 4)) as *mut __m512,
+        dmin: cb.add(kc * (F::W_VECS + 4) + kc) as *mut __m512,
+        rows: cb.add(kc * (F::W_VECS + 6)),
+    };
+    for g0 in (0..t.m).step_by(gm_max) {
+        let gm = (t.m - g0).min(gm_max);
+        activation_records::<F>(t, g0, gm, base);
+        let gr = Group {
+            g0,
+            gm,
+            records: base,
+            state: base.add(n_records) as *mut __m512,
+        };
+        for r0 in (0..t.n).step_by(ROWS) {
+            let nr = (t.n - r0).min(ROWS);
+            let mut rows = [t.w; ROWS];
+            for (r, row) in rows.iter_mut().enumerate() {
+                // rows past the end repeat the last one (their lanes are not stored)
+                *row = t.w.add((r0 + r.min(nr - 1)) * t.w_stride);
+            }
+            for b0 in (0..t.nb).step_by(kc) {
+                let nbc = (t.nb - b0).min(kc);
+                pack_chunk::<F>(&rows, b0, nbc, &ch);
+                let mut c0 = g0;
+                while c0 + F::COLS <= g0 + gm {
+                    if F::COLS == 3 {
+                        chunk_cols::<F, 3>(t, &ch, &gr, c0, b0, nbc, r0, nr);
+                    } else {
+                        chunk_cols::<F, 2>(t, &ch, &gr, c0, b0, nbc, r0, nr);
+                    }
+                    c0 += F::COLS;
+                }
+                for c in c0..g0 + gm {
+                    chunk_cols::<F, 1>(t, &ch, &gr, c, b0, nbc, r0, nr);
+                }
+            }
+        }
+    }
+    SCRATCH.with(|s| *s.borrow_mut() = buf);
+    true
+}
