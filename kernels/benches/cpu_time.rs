@@ -10,6 +10,7 @@ mod common;
 use std::time::Instant;
 
 use common::*;
+use kernels::repack::{RepackLayout, RepackedMatrix};
 use kernels::simd::{kernels_for, CpuKernels, Level};
 use kernels::GgmlType;
 
@@ -149,7 +150,61 @@ fn main() {
                     gm_cpu,
                     gm_wall
                 );
+                // the same weights repacked at load time (×16 layout), where the level has
+                // kernels for it
+                if RepackLayout::for_type(ty).is_some_and(|l| kern.has_repacked_gemm(l)) {
+                    let rset: Vec<RepackedMatrix> = set
+                        .iter()
+                        .map(|w| RepackedMatrix::new(ty, w, n, k).unwrap())
+                        .collect();
+                    let (rv_cpu, rv_wall) = gemv_repacked(kern, ty, k, n, &rset);
+                    let (rm_cpu, rm_wall) = gemm_repacked(kern, ty, k, n, &rset[0], m);
+                    println!(
+                        "{:<6} {:<12} {:<7} {:>6.2} / {:>6.2}          {:>7.1} / {:>7.1}",
+                        format!("{}x16", ty.name()),
+                        format!("{k}x{n}"),
+                        level.name(),
+                        rv_cpu,
+                        rv_wall,
+                        rm_cpu,
+                        rm_wall
+                    );
+                }
             }
         }
     }
+}
+
+fn gemv_repacked(
+    kern: &CpuKernels,
+    ty: GgmlType,
+    k: usize,
+    n: usize,
+    set: &[RepackedMatrix],
+) -> (f64, f64) {
+    let act = activations(kern, ty, k, 1);
+    let mut out = vec![0f32; n];
+    let bytes = set[0].bytes().len() as f64;
+    let (cpu, wall) = time(10, |i| {
+        kern.gemm_repacked(&set[i % set.len()], 0, n, &act, 1, &mut out)
+            .unwrap()
+    });
+    (bytes / cpu * 1e-9, bytes / wall * 1e-9)
+}
+
+fn gemm_repacked(
+    kern: &CpuKernels,
+    ty: GgmlType,
+    k: usize,
+    n: usize,
+    w: &RepackedMatrix,
+    m: usize,
+) -> (f64, f64) {
+    let act = activations(kern, ty, k, m);
+    let mut out = vec![0f32; m * n];
+    let ops = 2.0 * (m * n * k) as f64;
+    let (cpu, wall) = time(3, |_| {
+        kern.gemm_repacked(w, 0, n, &act, m, &mut out).unwrap()
+    });
+    (ops / cpu * 1e-9, ops / wall * 1e-9)
 }

@@ -4,6 +4,8 @@
 //! - [`types`]: the `ggml_type` ids, block sizes and byte sizes every other module agrees on.
 //! - [`formats`]: one file per block format (layout, reference quantize / dequantize, dot products).
 //! - [`matmul`]: the reference matrix multiply built on the per-format dot products.
+//! - [`repack`]: load-time row-interleaved ("×16") weight layouts for the decode and prompt
+//!   kernels.
 //! - [`simd`]: the CPU kernels chosen at run time (AVX2, AVX-512 VNNI, NEON dotprod; scalar
 //!   fallback) for activation quantization and multi-row × multi-column matrix products.
 //! - [`gguf`]: the GGUF v3 container, reading (memory-mapped, zero-copy) and writing (streamed).
@@ -18,6 +20,7 @@ pub mod cuda;
 pub mod formats;
 pub mod gguf;
 pub mod matmul;
+pub mod repack;
 pub mod simd;
 pub mod types;
 

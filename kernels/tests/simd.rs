@@ -9,11 +9,14 @@
 //!   at AVX-512): partial 16-row tiles, partial groups of activation rows and chunks of blocks,
 //!   more activation rows than one group of the K-quant kernels takes, hand-made Q8_K bytes
 //!   (−128; `bsums` beyond what the quantizer writes, which those kernels decline).
+//! - Q4_0 / Q8_0 weights repacked into the ×16 layouts (`kernels::repack`): the same exact
+//!   results from `gemm_repacked`, over all rows and from the second 16-row group on.
 //! - Float weight types (F32, F16, BF16): within the f32-summation bound
 //!   `(k/8 + 16)·2⁻²⁴·Σ|w·x|` of the reference's f64 sums.
 
 use half::{bf16, f16};
 use kernels::formats::{self, row_bytes};
+use kernels::repack::{RepackLayout, RepackedMatrix};
 use kernels::simd::{self, kernels_for, CpuKernels, Level};
 use kernels::GgmlType;
 use rand::rngs::StdRng;
@@ -157,6 +160,9 @@ fn simd_levels_have_kernels() {
                 GgmlType::Q6_K,
             ] {
                 assert!(kern.has_packed_gemm(ty), "{} {ty} packed", kern.level());
+            }
+            for layout in [RepackLayout::Q4_0x16, RepackLayout::Q8_0x16] {
+                assert!(kern.has_repacked_gemm(layout), "{layout:?}");
             }
         }
     }
@@ -353,6 +359,53 @@ fn check_gemm(ty: GgmlType, w: &[u8], n: usize, k: usize, x: &[f32], m: usize, w
         if !float {
             assert!(same_f32(v, want[0]), "{} {ty} vec_dot", kern.level());
         }
+        check_repacked(kern, ty, w, n, k, &act, m, &want, what);
+    }
+}
+
+/// The same product on the ×16 repacked layout (Q4_0, Q8_0): all rows, and the rows from the
+/// second 16-row group on, as the threaded matmul splits them.
+#[allow(clippy::too_many_arguments)]
+fn check_repacked(
+    kern: &CpuKernels,
+    ty: GgmlType,
+    w: &[u8],
+    n: usize,
+    k: usize,
+    act: &[u8],
+    m: usize,
+    want: &[f32],
+    what: &str,
+) {
+    if RepackLayout::for_type(ty).is_none() {
+        return;
+    }
+    let packed = RepackedMatrix::new(ty, w, n, k).unwrap();
+    for row0 in [0, 16] {
+        if row0 >= n {
+            continue;
+        }
+        let rows = n - row0;
+        let mut got = vec![f32::NAN; m * rows];
+        kern.gemm_repacked(&packed, row0, rows, act, m, &mut got)
+            .unwrap();
+        for c in 0..m {
+            for r in 0..rows {
+                let (g, e) = (got[c * rows + r], want[c * n + row0 + r]);
+                assert!(
+                    same_f32(g, e),
+                    "{} {ty} repacked {what} n={n} k={k} m={m} row0={row0} [{c}][{r}]: {g} vs {e}",
+                    kern.level()
+                );
+            }
+        }
+    }
+    // a start inside a group is an error, not a wrong answer
+    if n > 1 {
+        let mut out = vec![0f32; m * (n - 1)];
+        assert!(kern
+            .gemm_repacked(&packed, 1, n - 1, act, m, &mut out)
+            .is_err());
     }
 }
 

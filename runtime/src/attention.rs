@@ -9,6 +9,7 @@
 use kernels::simd;
 use kernels::GgmlType;
 
+use crate::kv_cache::HeadRows;
 use crate::ops;
 
 /// Queries per score block.
@@ -45,6 +46,37 @@ pub fn attend_head(
     assert_eq!(q.len(), tq * dk, "attention: q shape");
     assert_eq!(k.len(), tk * dk, "attention: k shape");
     assert_eq!(vt.len(), dv * tk, "attention: v shape");
+    let keys = HeadRows {
+        ty: GgmlType::F32,
+        data: f32_bytes(k),
+        stride: dk * 4,
+    };
+    let values_t = HeadRows {
+        ty: GgmlType::F32,
+        data: f32_bytes(vt),
+        stride: tk * 4,
+    };
+    attend_head_rows(q, &keys, &values_t, tq, tk, dk, dv, scale, causal, out);
+}
+
+/// [`attend_head`] with keys and transposed values as rows of f32 or f16 anywhere in memory
+/// (`tk` key rows of `dk` elements, `dv` value rows of `tk`), e.g. a head of the KV cache: the
+/// GEMM tiles read f16 rows directly, so the cache is never converted. The results equal
+/// those of the same values given as f32.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_head_rows(
+    q: &[f32],
+    k: &HeadRows,
+    vt: &HeadRows,
+    tq: usize,
+    tk: usize,
+    dk: usize,
+    dv: usize,
+    scale: f32,
+    causal: Option<usize>,
+    out: &mut [f32],
+) {
+    assert_eq!(q.len(), tq * dk, "attention: q shape");
     assert_eq!(out.len(), tq * dv, "attention: out shape");
     if tq == 0 || dv == 0 {
         return;
@@ -58,16 +90,17 @@ pub fn attend_head(
     for i0 in (0..tq).step_by(QUERY_BLOCK) {
         let nq = (tq - i0).min(QUERY_BLOCK);
         let s = &mut scores[..nq * tk];
-        kern.gemm(
-            GgmlType::F32,
+        kern.gemm_strided(
+            k.ty,
             dk,
-            f32_bytes(k),
+            k.data,
+            k.stride,
             tk,
             f32_bytes(&q[i0 * dk..(i0 + nq) * dk]),
             nq,
             s,
         )
-        .expect("attention: score shapes checked above");
+        .expect("attention: key rows");
         for (i, row) in s.chunks_exact_mut(tk).enumerate() {
             let n = causal.map_or(tk, |p0| (p0 + i0 + i + 1).min(tk));
             if scale != 1.0 {
@@ -76,16 +109,17 @@ pub fn attend_head(
             ops::softmax(&mut row[..n]);
             row[n..].fill(0.0);
         }
-        kern.gemm(
-            GgmlType::F32,
+        kern.gemm_strided(
+            vt.ty,
             tk,
-            f32_bytes(vt),
+            vt.data,
+            vt.stride,
             dv,
             f32_bytes(s),
             nq,
             &mut out[i0 * dv..(i0 + nq) * dv],
         )
-        .expect("attention: value shapes checked above");
+        .expect("attention: value rows");
     }
 }
 

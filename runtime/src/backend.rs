@@ -315,8 +315,9 @@ mod tests {
         assert_eq!(whole.len(), 10);
         for split in 0..=cfg.n_layer {
             let kvw = cfg.kv_width();
-            let mut first = KvCache::new(CacheType::F16, split, 32, kvw);
-            let mut rest = KvCache::new(CacheType::F16, cfg.n_layer - split, 32, kvw);
+            let hd = cfg.head_dim;
+            let mut first = KvCache::new(CacheType::F16, split, 32, kvw, hd);
+            let mut rest = KvCache::new(CacheType::F16, cfg.n_layer - split, 32, kvw, hd);
             for (ids, want) in steps.iter().zip(&want) {
                 let mut x = model.embed_tokens(ids).unwrap();
                 model.forward_layers(&mut x, 0..split, &mut first).unwrap();
@@ -334,7 +335,7 @@ mod tests {
             assert_eq!((first.len, rest.len), (10, 10));
         }
         // a cache with too few layers, or a range outside the model, is an error
-        let mut small = KvCache::new(CacheType::F16, 1, 32, cfg.kv_width());
+        let mut small = KvCache::new(CacheType::F16, 1, 32, cfg.kv_width(), cfg.head_dim);
         let mut x = model.embed_tokens(&[1, 2]).unwrap();
         assert!(model
             .forward_layers(&mut x, 0..cfg.n_layer, &mut small)

@@ -8,7 +8,10 @@
 //! split over blocks of weight rows so each weight row is read from memory once per matmul,
 //! whatever the number of tokens.
 
+use std::sync::atomic::{AtomicU8, Ordering};
+
 use kernels::formats;
+use kernels::repack::{RepackLayout, RepackedMatrix, GROUP_ROWS};
 use kernels::simd::{self, TILE_ROWS};
 use kernels::GgmlType;
 use rayon::prelude::*;
@@ -20,6 +23,9 @@ pub struct Weight<'a> {
     pub data: &'a [u8],
     pub rows: usize,
     pub cols: usize,
+    /// The same matrix repacked at load time (`kernels::repack`), used instead of `data` where
+    /// this CPU has kernels for its layout.
+    pub repacked: Option<&'a RepackedMatrix>,
 }
 
 impl Weight<'_> {
@@ -35,6 +41,79 @@ impl Weight<'_> {
     /// Dequantized row `i` (embedding lookup).
     pub fn dequantize_row(&self, i: usize, out: &mut [f32]) {
         formats::dequantize_row(self.ty, self.row(i), out).expect("row length checked at load");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Load-time repacking policy
+// ---------------------------------------------------------------------------------------------
+
+/// Whether models repack their Q4_0 / Q8_0 matrices at load time (`kernels::repack`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RepackPolicy {
+    /// Repack when this CPU has kernels for the layout and the machine has at least
+    /// [`AUTO_REPACK_MIN_RAM`] of memory: smaller (8 GB) devices keep the weights in the file
+    /// map, where the OS can drop and re-read them under memory pressure.
+    Auto,
+    On,
+    Off,
+}
+
+/// Installed memory from which [`RepackPolicy::Auto`] repacks.
+pub const AUTO_REPACK_MIN_RAM: u64 = 12 << 30;
+
+static REPACK_POLICY: AtomicU8 = AtomicU8::new(0);
+
+/// Sets the policy for models loaded from now on (the default comes from `TINYGPTV_REPACK`:
+/// `auto` (default), `1`/`on`, `0`/`off`). Device backends turn it off: their weights are
+/// uploaded from the file.
+pub fn set_repack_policy(p: RepackPolicy) {
+    let v = match p {
+        RepackPolicy::Auto => 1,
+        RepackPolicy::On => 2,
+        RepackPolicy::Off => 3,
+    };
+    REPACK_POLICY.store(v, Ordering::Relaxed);
+}
+
+/// The policy in force: the last [`set_repack_policy`], else `TINYGPTV_REPACK`, else auto.
+pub fn repack_policy() -> RepackPolicy {
+    match REPACK_POLICY.load(Ordering::Relaxed) {
+        1 => RepackPolicy::Auto,
+        2 => RepackPolicy::On,
+        3 => RepackPolicy::Off,
+        _ => match std::env::var("TINYGPTV_REPACK")
+            .ok()
+            .as_deref()
+            .map(str::trim)
+        {
+            Some("1") | Some("on") => RepackPolicy::On,
+            Some("0") | Some("off") => RepackPolicy::Off,
+            _ => RepackPolicy::Auto,
+        },
+    }
+}
+
+/// Installed memory (`MemTotal` of `/proc/meminfo`), if known.
+fn installed_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Whether a matrix of type `ty` should be repacked at load time under the current policy.
+pub fn should_repack(ty: GgmlType) -> bool {
+    let Some(layout) = RepackLayout::for_type(ty) else {
+        return false;
+    };
+    if !simd::kernels().has_repacked_gemm(layout) {
+        return false;
+    }
+    match repack_policy() {
+        RepackPolicy::On => true,
+        RepackPolicy::Off => false,
+        RepackPolicy::Auto => installed_memory().is_some_and(|m| m >= AUTO_REPACK_MIN_RAM),
     }
 }
 
@@ -84,6 +163,12 @@ pub fn matmul(w: &Weight, bias: Option<&[f32]>, x: &[f32], m: usize, y: &mut [f3
     }
 
     // 2. Blocks of weight rows (whole tiles); each block computes all m outputs for its rows.
+    let repacked = w.repacked.filter(|r| kern.has_repacked_gemm(r.layout()));
+    let tile_rows = if repacked.is_some() {
+        GROUP_ROWS
+    } else {
+        TILE_ROWS
+    };
     let threads = rayon::current_num_threads().max(1);
     let block = if m == 1 {
         // decode: enough blocks for load balance, big enough to amortize task overhead
@@ -93,7 +178,7 @@ pub fn matmul(w: &Weight, bias: Option<&[f32]>, x: &[f32], m: usize, y: &mut [f3
         // activation rows pass over them
         (n / (threads * 4)).clamp(16, 128)
     }
-    .next_multiple_of(TILE_ROWS);
+    .next_multiple_of(tile_rows);
     let wrb = w.row_bytes();
     let out = SharedOut(y.as_mut_ptr());
     (0..n.div_ceil(block)).into_par_iter().for_each(|b| {
@@ -101,15 +186,18 @@ pub fn matmul(w: &Weight, bias: Option<&[f32]>, x: &[f32], m: usize, y: &mut [f3
         let r1 = (r0 + block).min(n);
         let rows = r1 - r0;
         let mut local = vec![0f32; m * rows];
-        kern.gemm(
-            w.ty,
-            k,
-            &w.data[r0 * wrb..r1 * wrb],
-            rows,
-            &act,
-            m,
-            &mut local,
-        )
+        match repacked {
+            Some(rp) => kern.gemm_repacked(rp, r0, rows, &act, m, &mut local),
+            None => kern.gemm(
+                w.ty,
+                k,
+                &w.data[r0 * wrb..r1 * wrb],
+                rows,
+                &act,
+                m,
+                &mut local,
+            ),
+        }
         .expect("matmul: weight shape");
         for (t, vals) in local.chunks_exact(rows).enumerate() {
             for (j, &v) in (r0..r1).zip(vals) {
@@ -136,6 +224,7 @@ mod tests {
             data: &bytes,
             rows: 3,
             cols: 2,
+            repacked: None,
         };
         let x = vec![1., 1., 2., -1.];
         let mut y = vec![0.0; 6];
@@ -156,7 +245,6 @@ mod tests {
                 .collect()
         };
         let w32 = data(n * k, 3);
-        let x = data(m * k, 5);
         let bias = data(n, 7);
         for ty in [
             GgmlType::Q4_0,
@@ -170,20 +258,30 @@ mod tests {
         ] {
             let mut wq = vec![0u8; formats::row_bytes(ty, n * k).unwrap()];
             formats::quantize_row(ty, &w32, &mut wq).unwrap();
-            let wt = Weight {
-                ty,
-                data: &wq,
-                rows: n,
-                cols: k,
-            };
-            for mm in [1, m] {
-                let mut want = vec![0f32; mm * n];
-                kernels::matmul::matmul_ref(ty, &wq, n, k, &x[..mm * k], mm, &mut want);
-                let mut got = vec![0f32; mm * n];
-                matmul(&wt, Some(&bias), &x[..mm * k], mm, &mut got);
-                for (i, (g, e)) in got.iter().zip(&want).enumerate() {
-                    let e = e + bias[i % n];
-                    assert_eq!(g.to_bits(), e.to_bits(), "{ty} m={mm} [{i}]: {g} vs {e}");
+            let rp = RepackedMatrix::new(ty, &wq, n, k).ok();
+            for repacked in [None, rp.as_ref()] {
+                let wt = Weight {
+                    ty,
+                    data: &wq,
+                    rows: n,
+                    cols: k,
+                    repacked,
+                };
+                for mm in [1, 3, m, 17] {
+                    let x = data(mm * k, 5);
+                    let mut want = vec![0f32; mm * n];
+                    kernels::matmul::matmul_ref(ty, &wq, n, k, &x[..mm * k], mm, &mut want);
+                    let mut got = vec![0f32; mm * n];
+                    matmul(&wt, Some(&bias), &x[..mm * k], mm, &mut got);
+                    for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                        let e = e + bias[i % n];
+                        assert_eq!(
+                            g.to_bits(),
+                            e.to_bits(),
+                            "{ty} m={mm} repacked={} [{i}]: {g} vs {e}",
+                            repacked.is_some()
+                        );
+                    }
                 }
             }
         }

@@ -57,6 +57,10 @@ impl DeviceArgs {
         if compute.is_cpu() && self.gpu_layers.is_some_and(|n| n > 0) {
             bail!("--gpu-layers needs --device cuda");
         }
+        if !compute.is_cpu() {
+            // the device uploads its weights from the file map; CPU repacks would go unused
+            runtime::linear::set_repack_policy(runtime::linear::RepackPolicy::Off);
+        }
         Ok(compute)
     }
 }

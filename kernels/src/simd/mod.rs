@@ -24,6 +24,7 @@
 use std::sync::OnceLock;
 
 use crate::formats::{self, row_bytes, supports_vec_dot, FormatError};
+use crate::repack::{RepackLayout, RepackedMatrix, GROUP_ROWS};
 use crate::types::GgmlType;
 
 #[cfg(target_arch = "aarch64")]
@@ -263,6 +264,10 @@ pub struct CpuKernels {
     pub(crate) packed_q4_k: Option<GemmFn>,
     pub(crate) packed_q5_k: Option<GemmFn>,
     pub(crate) packed_q6_k: Option<GemmFn>,
+    /// Products on the ×16 layouts of [`crate::repack`] (`GemmArgs::w` = first group,
+    /// `w_stride` = group bytes).
+    pub(crate) repacked_q4_0: Option<GemmFn>,
+    pub(crate) repacked_q8_0: Option<GemmFn>,
 }
 
 impl CpuKernels {
@@ -289,6 +294,8 @@ impl CpuKernels {
             packed_q4_k: None,
             packed_q5_k: None,
             packed_q6_k: None,
+            repacked_q4_0: None,
+            repacked_q8_0: None,
         }
     }
 }
@@ -340,6 +347,20 @@ impl CpuKernels {
     /// kernel at this level.
     pub fn has_packed_gemm(&self, ty: GgmlType) -> bool {
         self.packed(ty).is_some()
+    }
+
+    /// Whether products on `layout` run a SIMD kernel at this level (otherwise
+    /// [`Self::gemm_repacked`] takes the rows back and runs the scalar reference, so repacking
+    /// only pays where this is true).
+    pub fn has_repacked_gemm(&self, layout: RepackLayout) -> bool {
+        self.repacked(layout).is_some()
+    }
+
+    fn repacked(&self, layout: RepackLayout) -> Option<GemmFn> {
+        match layout {
+            RepackLayout::Q4_0x16 => self.repacked_q4_0,
+            RepackLayout::Q8_0x16 => self.repacked_q8_0,
+        }
     }
 
     fn packed(&self, ty: GgmlType) -> Option<GemmFn> {
@@ -462,9 +483,9 @@ impl CpuKernels {
             return Err(FormatError::Unsupported { ty, op: "gemm" });
         }
         let w_rb = row_bytes(ty, k)?;
-        let a_rb = row_bytes(ty.vec_dot_type(), k)?;
-        let over = |what| FormatError::Overflow { what };
-        let w_len = w_rb.checked_mul(n).ok_or(over("gemm weight bytes"))?;
+        let w_len = w_rb.checked_mul(n).ok_or(FormatError::Overflow {
+            what: "gemm weight bytes",
+        })?;
         if w.len() != w_len {
             return Err(FormatError::ByteLength {
                 ty,
@@ -473,6 +494,66 @@ impl CpuKernels {
                 actual: w.len(),
             });
         }
+        self.gemm_rows(ty, k, w, w_rb, n, act, m, out)
+    }
+
+    /// [`Self::gemm`] with weight rows `w_stride` bytes apart (≥ a row's bytes), e.g. one
+    /// head's slice of every row of a KV cache; `w` holds at least `(n − 1)·w_stride` bytes plus
+    /// one row.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_strided(
+        &self,
+        ty: GgmlType,
+        k: usize,
+        w: &[u8],
+        w_stride: usize,
+        n: usize,
+        act: &[u8],
+        m: usize,
+        out: &mut [f32],
+    ) -> Result<(), FormatError> {
+        if !supports_vec_dot(ty) {
+            return Err(FormatError::Unsupported { ty, op: "gemm" });
+        }
+        let w_rb = row_bytes(ty, k)?;
+        if w_stride < w_rb {
+            return Err(length_error("gemm weight row stride", w_rb, w_stride));
+        }
+        let need = match n {
+            0 => 0,
+            _ => (n - 1)
+                .checked_mul(w_stride)
+                .and_then(|b| b.checked_add(w_rb))
+                .ok_or(FormatError::Overflow {
+                    what: "gemm weight bytes",
+                })?,
+        };
+        if w.len() < need {
+            return Err(FormatError::ByteLength {
+                ty,
+                n: n.saturating_mul(k),
+                expected: need,
+                actual: w.len(),
+            });
+        }
+        self.gemm_rows(ty, k, w, w_stride, n, act, m, out)
+    }
+
+    /// The product once the weight rows are known to exist (`n` rows, `w_stride` apart).
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_rows(
+        &self,
+        ty: GgmlType,
+        k: usize,
+        w: &[u8],
+        w_stride: usize,
+        n: usize,
+        act: &[u8],
+        m: usize,
+        out: &mut [f32],
+    ) -> Result<(), FormatError> {
+        let a_rb = row_bytes(ty.vec_dot_type(), k)?;
+        let over = |what| FormatError::Overflow { what };
         let a_len = a_rb.checked_mul(m).ok_or(over("gemm activation bytes"))?;
         if act.len() != a_len {
             return Err(length_error("gemm activation bytes", a_len, act.len()));
@@ -491,7 +572,7 @@ impl CpuKernels {
         let tile = match self.tile(ty) {
             Some(t) => t,
             None => {
-                generic::gemm_ref(ty, k, w, w_rb, n, act, a_rb, m, out);
+                generic::gemm_ref(ty, k, w, w_stride, n, act, a_rb, m, out);
                 return Ok(());
             }
         };
@@ -501,7 +582,7 @@ impl CpuKernels {
                 let args = GemmArgs {
                     nb,
                     w: w.as_ptr(),
-                    w_stride: w_rb,
+                    w_stride,
                     n,
                     a: act.as_ptr(),
                     a_stride: a_rb,
@@ -529,8 +610,8 @@ impl CpuKernels {
                     let args = TileArgs {
                         nb,
                         // in bounds: r0 < n, c0 < m
-                        w: w[r0 * w_rb..].as_ptr(),
-                        w_stride: w_rb,
+                        w: w[r0 * w_stride..].as_ptr(),
+                        w_stride,
                         nr,
                         a: act[c0 * a_rb..].as_ptr(),
                         a_stride: a_rb,
@@ -545,6 +626,74 @@ impl CpuKernels {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// [`Self::gemm`] for rows `row0..row0 + n` of a repacked matrix: `out[c·n + r] =
+    /// dot(W[row0 + r], A[c])`, with the same (exact) results. `row0` must start a 16-row group.
+    pub fn gemm_repacked(
+        &self,
+        w: &RepackedMatrix,
+        row0: usize,
+        n: usize,
+        act: &[u8],
+        m: usize,
+        out: &mut [f32],
+    ) -> Result<(), FormatError> {
+        let ty = w.ty();
+        let k = w.cols();
+        let a_rb = row_bytes(ty.vec_dot_type(), k)?;
+        if !row0.is_multiple_of(GROUP_ROWS) || row0 > w.rows() || n > w.rows() - row0 {
+            return Err(length_error(
+                "repacked gemm rows",
+                w.rows(),
+                row0.saturating_add(n),
+            ));
+        }
+        let over = |what| FormatError::Overflow { what };
+        let a_len = a_rb.checked_mul(m).ok_or(over("gemm activation bytes"))?;
+        if act.len() != a_len {
+            return Err(length_error("gemm activation bytes", a_len, act.len()));
+        }
+        let o_len = m.checked_mul(n).ok_or(over("gemm output (m·n)"))?;
+        if out.len() != o_len {
+            return Err(length_error("gemm output (m·n)", o_len, out.len()));
+        }
+        if n == 0 || m == 0 {
+            return Ok(());
+        }
+        if k == 0 {
+            out.fill(0.0);
+            return Ok(());
+        }
+        let Some(kernel) = self.repacked(w.layout()) else {
+            // the rows back in GGUF layout, through the reference dot products
+            let mut row = Vec::new();
+            for r in 0..n {
+                w.row(row0 + r, &mut row);
+                for (c, a_row) in act.chunks_exact(a_rb).enumerate() {
+                    out[c * n + r] = formats::vec_dot(ty, k, &row, a_row);
+                }
+            }
+            return Ok(());
+        };
+        let gb = w.group_bytes();
+        let args = GemmArgs {
+            nb: w.blocks_per_row(),
+            // in bounds: row0 < rows, so its group exists
+            w: w.bytes()[row0 / GROUP_ROWS * gb..].as_ptr(),
+            w_stride: gb,
+            n,
+            a: act.as_ptr(),
+            a_stride: a_rb,
+            m,
+            out: out.as_mut_ptr(),
+            ldo: n,
+        };
+        // SAFETY: the groups of rows row0..row0+n exist (checked above), m activation rows and
+        // m·n outputs (checked above); the table's level runs on this CPU.
+        let done = unsafe { kernel(&args) };
+        debug_assert!(done, "repacked kernels never decline");
         Ok(())
     }
 

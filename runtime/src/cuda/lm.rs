@@ -45,6 +45,7 @@ impl<'m> CudaLm<'m> {
                 cfg.n_layer - n_gpu_layers,
                 n_ctx,
                 cfg.kv_width(),
+                cfg.head_dim,
             )
         });
         Ok(CudaLm {

@@ -5,12 +5,15 @@
 //! then the forward pass over a batch of positions with the KV cache.
 
 use anyhow::{anyhow, bail, Context, Result};
+use std::sync::Arc;
+
 use kernels::gguf::{GgufFile, TensorInfo};
+use kernels::repack::RepackedMatrix;
 use kernels::GgmlType;
 use rayon::prelude::*;
 
 use crate::arch::{self, blk, llm_key};
-use crate::attention::attend_head;
+use crate::attention::attend_head_rows;
 use crate::kv_cache::{CacheType, KvCache};
 use crate::linear::{matmul, Weight};
 use crate::ops;
@@ -124,6 +127,8 @@ pub struct WeightRef {
     info: TensorInfo,
     pub rows: usize,
     pub cols: usize,
+    /// The matrix repacked at load time (see [`Phi2Model::repack_weights`]).
+    repacked: Option<Arc<RepackedMatrix>>,
 }
 
 impl WeightRef {
@@ -227,6 +232,7 @@ impl Loader<'_> {
             info: info.clone(),
             rows,
             cols,
+            repacked: None,
         })
     }
 
@@ -316,7 +322,7 @@ impl Phi2Model {
             token_embd.clone()
         };
         let rope = ops::Rope::new(cfg.n_rot, cfg.rope_theta);
-        let model = Phi2Model {
+        let mut model = Phi2Model {
             output_norm_w: l.vector("output_norm.weight", e)?,
             output_norm_b: l.vector("output_norm.bias", e)?,
             output_b: l.opt_vector("output.bias", cfg.n_vocab)?,
@@ -327,21 +333,65 @@ impl Phi2Model {
             cfg,
             file,
         };
+        model.repack_weights()?;
         Ok(model)
     }
 
-    fn w<'a>(&'a self, r: &WeightRef) -> Weight<'a> {
+    /// Repacks the layers' and the LM head's matrices into the ×16 layouts where
+    /// [`crate::linear::should_repack`] says so (Q4_0 / Q8_0 with AVX-512 VNNI kernels, machines
+    /// with enough memory, `TINYGPTV_REPACK`), then lets the file map drop their pages: the
+    /// resident size stays about the file's, and load time grows by one pass over the weights.
+    /// Returns the bytes repacked.
+    pub fn repack_weights(&mut self) -> Result<usize> {
+        let tied = self.output.info.name == self.token_embd.info.name;
+        let mut refs: Vec<&mut WeightRef> = Vec::new();
+        for layer in &mut self.layers {
+            match &mut layer.qkv {
+                Qkv::Fused { w, .. } => refs.push(w),
+                Qkv::Separate { q, k, v, .. } => refs.extend([q, k, v]),
+            }
+            refs.extend([&mut layer.attn_out, &mut layer.ffn_up, &mut layer.ffn_down]);
+        }
+        refs.push(&mut self.output);
+        refs.retain(|r| r.repacked.is_none() && crate::linear::should_repack(r.info.ty));
+        let file = &self.file;
+        let token_embd = &self.token_embd.info.name;
+        refs.par_iter_mut()
+            .map(|r| -> Result<usize> {
+                let m = RepackedMatrix::new(r.info.ty, file.tensor_data(&r.info), r.rows, r.cols)
+                    .with_context(|| {
+                    format!("{}: repacking '{}'", file.path().display(), r.info.name)
+                })?;
+                // the embedding table is still read from the map when the head is tied to it
+                if !(tied && &r.info.name == token_embd) {
+                    file.release_tensor(&r.info);
+                }
+                let bytes = m.memory_bytes();
+                r.repacked = Some(Arc::new(m));
+                Ok(bytes)
+            })
+            .sum()
+    }
+
+    fn w<'a>(&'a self, r: &'a WeightRef) -> Weight<'a> {
         Weight {
             ty: r.info.ty,
             data: self.file.tensor_data(&r.info),
             rows: r.rows,
             cols: r.cols,
+            repacked: r.repacked.as_deref(),
         }
     }
 
     /// A KV cache for this model with room for `n_ctx` positions.
     pub fn new_cache(&self, ty: CacheType, n_ctx: usize) -> KvCache {
-        KvCache::new(ty, self.cfg.n_layer, n_ctx, self.cfg.kv_width())
+        KvCache::new(
+            ty,
+            self.cfg.n_layer,
+            n_ctx,
+            self.cfg.kv_width(),
+            self.cfg.head_dim,
+        )
     }
 
     /// Token embeddings `[ids.len(), n_embd]`.
@@ -407,7 +457,10 @@ impl Phi2Model {
                 cache.n_ctx
             );
         }
-        if cache.width != cfg.kv_width() || cache_layers(cache) < layers.len() {
+        if cache.width != cfg.kv_width()
+            || cache.head_dim != cfg.head_dim
+            || cache_layers(cache) < layers.len()
+        {
             bail!(
                 "forward: the KV cache does not fit layers {}..{} of this model",
                 layers.start,
@@ -568,19 +621,20 @@ impl Phi2Model {
                 for (i, dst) in qh.chunks_exact_mut(hd).enumerate() {
                     dst.copy_from_slice(&q[i * e + hh * hd..i * e + (hh + 1) * hd]);
                 }
-                let mut keys = vec![0.0; n_kv * hd];
-                let mut vt = vec![0.0; hd * n_kv];
-                let mut vrow = vec![0.0; hd];
-                for p in 0..n_kv {
-                    cache_ref.read_k(cache_layer, p, kvh * hd, &mut keys[p * hd..(p + 1) * hd]);
-                    cache_ref.read_v(cache_layer, p, kvh * hd, &mut vrow);
-                    for (d, &x) in vrow.iter().enumerate() {
-                        vt[d * n_kv + p] = x;
-                    }
-                }
                 let mut out = vec![0.0; t * hd];
                 // q is pre-scaled; causal: query i sees positions 0..=pos0+i
-                attend_head(&qh, &keys, &vt, t, n_kv, hd, hd, 1.0, Some(pos0), &mut out);
+                attend_head_rows(
+                    &qh,
+                    &cache_ref.head_keys(cache_layer, kvh),
+                    &cache_ref.head_values_t(cache_layer, kvh),
+                    t,
+                    n_kv,
+                    hd,
+                    hd,
+                    1.0,
+                    Some(pos0),
+                    &mut out,
+                );
                 out
             })
             .collect();

@@ -348,6 +348,7 @@ impl VisionTower {
             data: self.file.tensor_data(&lin.w),
             rows: lin.rows,
             cols: lin.cols,
+            repacked: None,
         };
         let mut y = vec![0.0; t * lin.rows];
         matmul(&w, lin.b.as_deref(), x, t, &mut y);

@@ -4,7 +4,7 @@
 
 use core::arch::x86_64::*;
 
-use super::{float::FloatW, kquant, legacy, packed, packed_kquant, quant, Isa};
+use super::{float::FloatW, kquant, legacy, packed, packed_kquant, quant, repacked, Isa};
 use crate::simd::{CpuKernels, GemmArgs, Level, TileArgs};
 
 /// `vpdpbusd`: u8 × i8 summed in i32 directly.
@@ -157,6 +157,18 @@ packed_kquant_entry!(packed_q4_k, packed_kquant::Q4K);
 packed_kquant_entry!(packed_q5_k, packed_kquant::Q5K);
 packed_kquant_entry!(packed_q6_k, packed_kquant::Q6K);
 
+macro_rules! repacked_entry {
+    ($name:ident, $format:ty) => {
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+        unsafe fn $name(t: &GemmArgs) -> bool {
+            repacked::gemm::<$format>(t)
+        }
+    };
+}
+
+repacked_entry!(repacked_q4_0, legacy::Q4_0);
+repacked_entry!(repacked_q8_0, legacy::Q8_0);
+
 pub(super) fn table(level: Level) -> CpuKernels {
     let mut k = CpuKernels::scalar(level);
     k.quant_q8_0 = Some(quant_q8_0);
@@ -179,5 +191,7 @@ pub(super) fn table(level: Level) -> CpuKernels {
     k.packed_q4_k = Some(packed_q4_k);
     k.packed_q5_k = Some(packed_q5_k);
     k.packed_q6_k = Some(packed_q6_k);
+    k.repacked_q4_0 = Some(repacked_q4_0);
+    k.repacked_q8_0 = Some(repacked_q8_0);
     k
 }

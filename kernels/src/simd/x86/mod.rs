@@ -20,6 +20,8 @@ mod packed;
 #[clippy::msrv = "1.89"]
 mod packed_kquant;
 mod quant;
+#[clippy::msrv = "1.89"]
+mod repacked;
 
 pub(super) fn has_avx2() -> bool {
     is_x86_feature_detected!("avx2")

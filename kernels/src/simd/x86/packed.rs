@@ -22,7 +22,7 @@ use crate::simd::GemmArgs;
 /// Weight rows per packed tile (one i32 / f32 lane each).
 const ROWS: usize = 16;
 /// Activation rows that share one pass over a packed block.
-const COLS: usize = 8;
+pub(crate) const COLS: usize = 8;
 
 /// A format for the packed path: the legacy layout plus its lane-wise block update.
 pub(crate) trait Packed: Legacy {
@@ -101,7 +101,7 @@ unsafe fn unsigned_values<F: Legacy>(blk: *const u8) -> __m256i {
 }
 
 /// The offset removed through the accumulator start.
-const fn offset<F: Legacy>() -> i32 {
+pub(crate) const fn offset<F: Legacy>() -> i32 {
     if F::SIGNED {
         128
     } else {
@@ -147,7 +147,7 @@ unsafe fn pack_tile<F: Legacy>(
 /// `NC` activation rows starting at `c0` against one packed tile; stores lanes `0..nr`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile_cols<F: Packed, const NC: usize>(
+pub(crate) unsafe fn tile_cols<F: Packed, const NC: usize>(
     t: &GemmArgs,
     wq: &[__m512i],
     wd: &[__m512],
@@ -188,11 +188,10 @@ unsafe fn tile_cols<F: Packed, const NC: usize>(
     }
 }
 
-/// The whole `n × m` product (see [`GemmArgs`]); never declines.
+/// Per activation row and block: `Σa` (for the offset) and the scale as f32, `m × nb` each.
 #[inline(always)]
-pub(crate) unsafe fn gemm<F: Packed>(t: &GemmArgs) -> bool {
+pub(crate) unsafe fn activation_block_sums<F: Legacy>(t: &GemmArgs) -> (Vec<i32>, Vec<f32>) {
     let nb = t.nb;
-    // per activation block: Σa (for the offset) and the scale as f32
     let mut asum = vec![0i32; t.m * nb];
     let mut ad = vec![0f32; t.m * nb];
     for c in 0..t.m {
@@ -204,26 +203,47 @@ pub(crate) unsafe fn gemm<F: Packed>(t: &GemmArgs) -> bool {
             ad[c * nb + b] = super::load_f16(blk);
         }
     }
-    let mut wq = vec![_mm512_setzero_si512(); nb * 8];
-    let mut wd = vec![_mm512_setzero_ps(); nb];
+    (asum, ad)
+}
+
+/// Every activation row against one packed tile (rows `r0..r0+nr`), [`COLS`] at a time.
+#[inline(always)]
+pub(crate) unsafe fn tile_all_cols<F: Packed>(
+    t: &GemmArgs,
+    wq: &[__m512i],
+    wd: &[__m512],
+    asum: &[i32],
+    ad: &[f32],
+    r0: usize,
+    nr: usize,
+) {
+    let mut c0 = 0;
+    while c0 + COLS <= t.m {
+        tile_cols::<F, COLS>(t, wq, wd, asum, ad, c0, r0, nr);
+        c0 += COLS;
+    }
+    match t.m - c0 {
+        0 => {}
+        1 => tile_cols::<F, 1>(t, wq, wd, asum, ad, c0, r0, nr),
+        2 => tile_cols::<F, 2>(t, wq, wd, asum, ad, c0, r0, nr),
+        3 => tile_cols::<F, 3>(t, wq, wd, asum, ad, c0, r0, nr),
+        4 => tile_cols::<F, 4>(t, wq, wd, asum, ad, c0, r0, nr),
+        5 => tile_cols::<F, 5>(t, wq, wd, asum, ad, c0, r0, nr),
+        6 => tile_cols::<F, 6>(t, wq, wd, asum, ad, c0, r0, nr),
+        _ => tile_cols::<F, 7>(t, wq, wd, asum, ad, c0, r0, nr),
+    }
+}
+
+/// The whole `n × m` product (see [`GemmArgs`]); never declines.
+#[inline(always)]
+pub(crate) unsafe fn gemm<F: Packed>(t: &GemmArgs) -> bool {
+    let (asum, ad) = activation_block_sums::<F>(t);
+    let mut wq = vec![_mm512_setzero_si512(); t.nb * 8];
+    let mut wd = vec![_mm512_setzero_ps(); t.nb];
     for r0 in (0..t.n).step_by(ROWS) {
         let nr = (t.n - r0).min(ROWS);
         pack_tile::<F>(t, r0, nr, &mut wq, &mut wd);
-        let mut c0 = 0;
-        while c0 + COLS <= t.m {
-            tile_cols::<F, COLS>(t, &wq, &wd, &asum, &ad, c0, r0, nr);
-            c0 += COLS;
-        }
-        match t.m - c0 {
-            0 => {}
-            1 => tile_cols::<F, 1>(t, &wq, &wd, &asum, &ad, c0, r0, nr),
-            2 => tile_cols::<F, 2>(t, &wq, &wd, &asum, &ad, c0, r0, nr),
-            3 => tile_cols::<F, 3>(t, &wq, &wd, &asum, &ad, c0, r0, nr),
-            4 => tile_cols::<F, 4>(t, &wq, &wd, &asum, &ad, c0, r0, nr),
-            5 => tile_cols::<F, 5>(t, &wq, &wd, &asum, &ad, c0, r0, nr),
-            6 => tile_cols::<F, 6>(t, &wq, &wd, &asum, &ad, c0, r0, nr),
-            _ => tile_cols::<F, 7>(t, &wq, &wd, &asum, &ad, c0, r0, nr),
-        }
+        tile_all_cols::<F>(t, &wq, &wd, &asum, &ad, r0, nr);
     }
     true
 }

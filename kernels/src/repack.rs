@@ -1,0 +1,287 @@
+//! Load-time weight repacking into row-interleaved "×16" layouts (issue #7).
+//!
+//! GGUF stores a quantized matrix row after row, so a kernel that wants one SIMD lane per weight
+//! row (no horizontal sums, the scale arithmetic lane-wise) has to gather and transpose 16 rows'
+//! blocks on every pass: the packed GEMM (`simd/x86/packed.rs`) does that once per tile and
+//! amortizes it over the activation rows, but a decode step (one activation row) cannot. A
+//! [`RepackedMatrix`] does the transposition once, at load time:
+//!
+//! - rows are taken 16 at a time (a *group*; the last group repeats its last row);
+//! - a group holds first the scales of all its blocks — block `b`: the 16 rows' f16 `d`, 32
+//!   bytes — then the quantized values of all its blocks — block `b`, chunk `c`: 64 bytes, the
+//!   4 bytes `qs[4c..4c+4]` of each of the 16 rows in row order, so that i32 lane `r` of a chunk
+//!   is row `r`'s;
+//! - Q4_0 (`Q4_0x16`): 4 chunks of packed nibbles per block (the low nibbles of a chunk are the
+//!   values `4c..4c+4`, the high ones `16+4c..`); Q8_0 (`Q8_0x16`): 8 chunks of the values plus
+//!   128 (unsigned, as `vpdpbusd` wants them).
+//!
+//! The bytes are the GGUF bytes rearranged, nothing is requantized: [`RepackedMatrix::row`]
+//! gives each original row back, and the kernels on this layout return the reference's exact
+//! results. Size: the same as the original (18 / 34 bytes per row and block) plus at most 15
+//! padding rows.
+
+use crate::formats::{row_bytes, FormatError};
+use crate::types::GgmlType;
+
+/// Weight rows per group (one 32-bit SIMD lane each in a 512-bit vector).
+pub const GROUP_ROWS: usize = 16;
+
+/// A repacked layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RepackLayout {
+    /// Q4_0 weights, 16 rows interleaved (4 nibble chunks per block).
+    Q4_0x16,
+    /// Q8_0 weights, 16 rows interleaved (8 chunks of `q + 128` per block).
+    Q8_0x16,
+}
+
+impl RepackLayout {
+    /// The layout for weights of type `ty`, if there is one.
+    pub fn for_type(ty: GgmlType) -> Option<RepackLayout> {
+        match ty {
+            GgmlType::Q4_0 => Some(RepackLayout::Q4_0x16),
+            GgmlType::Q8_0 => Some(RepackLayout::Q8_0x16),
+            _ => None,
+        }
+    }
+
+    /// The GGUF type whose bytes this layout rearranges.
+    pub fn ty(self) -> GgmlType {
+        match self {
+            RepackLayout::Q4_0x16 => GgmlType::Q4_0,
+            RepackLayout::Q8_0x16 => GgmlType::Q8_0,
+        }
+    }
+
+    /// Bytes of quantized values per row and block (after the 2-byte scale).
+    const fn qs_bytes(self) -> usize {
+        match self {
+            RepackLayout::Q4_0x16 => 16,
+            RepackLayout::Q8_0x16 => 32,
+        }
+    }
+
+    /// XORed into every value byte (Q8_0: signed → `q + 128`).
+    const fn flip(self) -> u8 {
+        match self {
+            RepackLayout::Q4_0x16 => 0,
+            RepackLayout::Q8_0x16 => 0x80,
+        }
+    }
+
+    /// Bytes of one group's scales for `nb` blocks (the values follow them).
+    pub const fn scale_bytes(self, nb: usize) -> usize {
+        nb * GROUP_ROWS * 2
+    }
+
+    /// Bytes of one group of `nb` blocks.
+    pub const fn group_bytes(self, nb: usize) -> usize {
+        nb * GROUP_ROWS * (2 + self.qs_bytes())
+    }
+}
+
+/// A weight matrix in a ×16 layout (see the module notes).
+pub struct RepackedMatrix {
+    layout: RepackLayout,
+    rows: usize,
+    cols: usize,
+    /// Anonymous memory (page aligned, so every 64-byte chunk is one cache line), in 2 MiB
+    /// pages where the kernel allows (`MADV_HUGEPAGE`): the decode kernels stream it once per
+    /// token, and with 4 KiB pages every 4 KiB costs a TLB miss.
+    data: memmap2::MmapMut,
+}
+
+impl RepackedMatrix {
+    /// Repacks `rows` GGUF rows of `cols` elements of type `ty` (bytes back to back in `w`).
+    /// Fails for types without a layout and for mismatched lengths.
+    pub fn new(ty: GgmlType, w: &[u8], rows: usize, cols: usize) -> Result<Self, FormatError> {
+        let layout =
+            RepackLayout::for_type(ty).ok_or(FormatError::Unsupported { ty, op: "repack" })?;
+        let rb = row_bytes(ty, cols)?;
+        let want = rb.checked_mul(rows).ok_or(FormatError::Overflow {
+            what: "repack weight bytes",
+        })?;
+        if w.len() != want {
+            return Err(FormatError::ByteLength {
+                ty,
+                n: rows.saturating_mul(cols),
+                expected: want,
+                actual: w.len(),
+            });
+        }
+        let nb = cols / ty.block_size();
+        let (gb, sb, qb) = (
+            layout.group_bytes(nb),
+            layout.scale_bytes(nb),
+            layout.qs_bytes(),
+        );
+        let groups = rows.div_ceil(GROUP_ROWS);
+        let total = groups * gb;
+        let mut data =
+            memmap2::MmapMut::map_anon(total.max(1)).map_err(|_| FormatError::Overflow {
+                what: "repacked weights (out of memory)",
+            })?;
+        #[cfg(target_os = "linux")]
+        {
+            // a hint: without transparent huge pages the mapping just stays in 4 KiB pages
+            let _ = data.advise(memmap2::Advice::HugePage);
+        }
+        let out = &mut data[..];
+        let blk = 2 + qb;
+        let flip = layout.flip();
+        for (g, dst) in out[..total].chunks_exact_mut(gb).enumerate() {
+            let (scales, values) = dst.split_at_mut(sb);
+            for r in 0..GROUP_ROWS {
+                let src_row = (g * GROUP_ROWS + r).min(rows - 1);
+                let src = &w[src_row * rb..(src_row + 1) * rb];
+                for (b, sblk) in src.chunks_exact(blk).enumerate() {
+                    scales[(b * GROUP_ROWS + r) * 2..][..2].copy_from_slice(&sblk[..2]);
+                    let vb = &mut values[b * GROUP_ROWS * qb..][..GROUP_ROWS * qb];
+                    for (c, q) in sblk[2..].chunks_exact(4).enumerate() {
+                        let d = &mut vb[c * 64 + r * 4..][..4];
+                        for (o, &v) in d.iter_mut().zip(q) {
+                            *o = v ^ flip;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(RepackedMatrix {
+            layout,
+            rows,
+            cols,
+            data,
+        })
+    }
+
+    pub fn layout(&self) -> RepackLayout {
+        self.layout
+    }
+
+    pub fn ty(&self) -> GgmlType {
+        self.layout.ty()
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Blocks per row.
+    pub fn blocks_per_row(&self) -> usize {
+        self.cols / self.ty().block_size()
+    }
+
+    /// Bytes of one group of 16 rows.
+    pub fn group_bytes(&self) -> usize {
+        self.layout.group_bytes(self.blocks_per_row())
+    }
+
+    /// Number of 16-row groups.
+    pub fn groups(&self) -> usize {
+        self.rows.div_ceil(GROUP_ROWS)
+    }
+
+    /// All groups' bytes (64-byte aligned).
+    pub fn bytes(&self) -> &[u8] {
+        &self.data[..self.groups() * self.group_bytes()]
+    }
+
+    /// Bytes this matrix occupies in memory.
+    pub fn memory_bytes(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Row `r`'s original GGUF bytes, written to `out` (the inverse of the repacking).
+    ///
+    /// # Panics
+    /// If `r ≥ rows`.
+    pub fn row(&self, r: usize, out: &mut Vec<u8>) {
+        assert!(
+            r < self.rows,
+            "RepackedMatrix::row: row {r} of {}",
+            self.rows
+        );
+        let nb = self.blocks_per_row();
+        let (qb, flip) = (self.layout.qs_bytes(), self.layout.flip());
+        let group = &self.bytes()[r / GROUP_ROWS * self.group_bytes()..][..self.group_bytes()];
+        let (scales, values) = group.split_at(self.layout.scale_bytes(nb));
+        let lane = r % GROUP_ROWS;
+        out.clear();
+        for b in 0..nb {
+            out.extend_from_slice(&scales[(b * GROUP_ROWS + lane) * 2..][..2]);
+            let vb = &values[b * GROUP_ROWS * qb..];
+            for c in 0..qb / 4 {
+                out.extend(vb[c * 64 + lane * 4..][..4].iter().map(|v| v ^ flip));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::formats::quantize_row;
+
+    fn data(len: usize, seed: u32) -> Vec<f32> {
+        (0..len)
+            .map(|i| (((i as u32).wrapping_mul(2_654_435_761) ^ seed) % 2001) as f32 / 1000.0 - 1.0)
+            .collect()
+    }
+
+    #[test]
+    fn rows_come_back_unchanged() {
+        for ty in [GgmlType::Q4_0, GgmlType::Q8_0] {
+            for (rows, cols) in [(1, 32), (16, 64), (37, 96), (48, 256)] {
+                let rb = row_bytes(ty, cols).unwrap();
+                let mut w = vec![0u8; rb * rows];
+                quantize_row(ty, &data(rows * cols, 9), &mut w).unwrap();
+                let m = RepackedMatrix::new(ty, &w, rows, cols).unwrap();
+                assert_eq!(m.groups(), rows.div_ceil(16));
+                assert_eq!(m.bytes().len(), m.groups() * m.group_bytes());
+                assert_eq!(m.bytes().as_ptr() as usize % 64, 0);
+                let mut row = Vec::new();
+                for r in 0..rows {
+                    m.row(r, &mut row);
+                    assert_eq!(row, &w[r * rb..(r + 1) * rb], "{ty} {rows}x{cols} row {r}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn layout_places_lane_r_at_row_r() {
+        // Q4_0, one block per row: row r has d = r and qs bytes 16·r + j
+        let rows = 16;
+        let mut w = Vec::new();
+        for r in 0..rows {
+            w.extend_from_slice(&(r as u16).to_le_bytes());
+            w.extend((0..16).map(|j| (16 * r + j) as u8));
+        }
+        let m = RepackedMatrix::new(GgmlType::Q4_0, &w, rows, 32).unwrap();
+        let g = m.bytes();
+        for r in 0..16 {
+            assert_eq!(u16::from_le_bytes([g[2 * r], g[2 * r + 1]]), r as u16);
+            for c in 0..4 {
+                for j in 0..4 {
+                    assert_eq!(g[32 + c * 64 + r * 4 + j], (16 * r + 4 * c + j) as u8);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rejects_other_types_and_bad_lengths() {
+        assert!(matches!(
+            RepackedMatrix::new(GgmlType::Q4_K, &[], 0, 256),
+            Err(FormatError::Unsupported { .. })
+        ));
+        assert!(matches!(
+            RepackedMatrix::new(GgmlType::Q4_0, &[0; 17], 1, 32),
+            Err(FormatError::ByteLength { .. })
+        ));
+    }
+}
