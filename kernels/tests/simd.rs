@@ -600,3 +600,53 @@ fn errors_instead_of_panics() {
         .gemm(GgmlType::Q4_0, 32, &[], 0, &act, 1, &mut [])
         .is_ok());
 }
+
+#[test]
+fn strided_rows_equal_contiguous_rows() {
+    // weight rows `stride` bytes apart inside a larger buffer (a KV-cache head): the same
+    // results as the rows copied together, at every level, float and quantized types
+    let mut rng = StdRng::seed_from_u64(21);
+    for ty in [GgmlType::F16, GgmlType::F32, GgmlType::Q8_0, GgmlType::Q4_K] {
+        let kb = ty.block_size().max(32);
+        for (n, k, m, pad) in [(1, kb, 1, 2), (13, kb * 3, 3, 6), (37, kb * 2, 9, 40)] {
+            let w = if FLOATS.contains(&ty) {
+                float_weights(&mut rng, ty, n, k)
+            } else {
+                reference_quantized(&mut rng, ty, n, k)
+            };
+            let rb = row_bytes(ty, k).unwrap();
+            let stride = rb + pad;
+            let mut wide = vec![0xAAu8; (n - 1) * stride + rb];
+            for r in 0..n {
+                wide[r * stride..r * stride + rb].copy_from_slice(&w[r * rb..(r + 1) * rb]);
+            }
+            let x = noise(&mut rng, m * k, 32);
+            let a_rb = row_bytes(ty.vec_dot_type(), k).unwrap();
+            let mut act = vec![0u8; m * a_rb];
+            for (xr, ar) in x.chunks(k).zip(act.chunks_mut(a_rb)) {
+                formats::quantize_row(ty.vec_dot_type(), xr, ar).unwrap();
+            }
+            for kern in levels() {
+                let mut want = vec![0f32; m * n];
+                kern.gemm(ty, k, &w, n, &act, m, &mut want).unwrap();
+                let mut got = vec![f32::NAN; m * n];
+                kern.gemm_strided(ty, k, &wide, stride, n, &act, m, &mut got)
+                    .unwrap();
+                for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        same_f32(*g, *e),
+                        "{} {ty} strided [{i}]: {g} vs {e}",
+                        kern.level()
+                    );
+                }
+                // a stride below a row, or a buffer one byte short, is an error
+                assert!(kern
+                    .gemm_strided(ty, k, &wide, rb - 1, n, &act, m, &mut got)
+                    .is_err());
+                assert!(kern
+                    .gemm_strided(ty, k, &wide[1..], stride, n, &act, m, &mut got)
+                    .is_err());
+            }
+        }
+    }
+}

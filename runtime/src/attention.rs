@@ -204,4 +204,59 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn f16_head_rows_equal_the_same_values_in_f32() {
+        // keys and transposed values read as f16 rows with strides (a KV-cache head) give the
+        // results of the same (f16-exact) values passed as f32
+        use half::f16;
+        let (tq, tk, hd, n_ctx) = (3, 37, 80, 64);
+        let round = |v: Vec<f32>| -> Vec<f32> {
+            v.into_iter().map(|x| f16::from_f32(x).to_f32()).collect()
+        };
+        let q = pseudo_random(tq * hd, 4);
+        let k = round(pseudo_random(tk * hd, 5));
+        let v = round(pseudo_random(tk * hd, 6));
+        let mut vt = vec![0f32; hd * tk];
+        // cache-like buffers: keys rows of hd, values rows of n_ctx (only tk used)
+        let mut k16 = vec![f16::ZERO; n_ctx * hd];
+        let mut vt16 = vec![f16::ZERO; hd * n_ctx];
+        for j in 0..tk {
+            for d in 0..hd {
+                vt[d * tk + j] = v[j * hd + d];
+                k16[j * hd + d] = f16::from_f32(k[j * hd + d]);
+                vt16[d * n_ctx + j] = f16::from_f32(v[j * hd + d]);
+            }
+        }
+        let bytes = |x: &[f16]| -> Vec<u8> { x.iter().flat_map(|h| h.to_le_bytes()).collect() };
+        let (kb, vb) = (bytes(&k16), bytes(&vt16));
+        let keys = HeadRows {
+            ty: GgmlType::F16,
+            data: &kb,
+            stride: hd * 2,
+        };
+        let values_t = HeadRows {
+            ty: GgmlType::F16,
+            data: &vb,
+            stride: n_ctx * 2,
+        };
+        let mut want = vec![0f32; tq * hd];
+        attend_head(&q, &k, &vt, tq, tk, hd, hd, 0.3, Some(tk - tq), &mut want);
+        let mut got = vec![f32::NAN; tq * hd];
+        attend_head_rows(
+            &q,
+            &keys,
+            &values_t,
+            tq,
+            tk,
+            hd,
+            hd,
+            0.3,
+            Some(tk - tq),
+            &mut got,
+        );
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(g.to_bits(), w.to_bits(), "element {i}: {g} vs {w}");
+        }
+    }
 }

@@ -51,9 +51,10 @@ impl Weight<'_> {
 /// Whether models repack their Q4_0 / Q8_0 matrices at load time (`kernels::repack`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RepackPolicy {
-    /// Repack when this CPU has kernels for the layout and the machine has at least
+    /// Repack Q4_0 when this CPU has kernels for its layout and the machine has at least
     /// [`AUTO_REPACK_MIN_RAM`] of memory: smaller (8 GB) devices keep the weights in the file
-    /// map, where the OS can drop and re-read them under memory pressure.
+    /// map, where the OS can drop and re-read them under memory pressure. (Q8_0 only with
+    /// `On`: it gains nothing measurable.)
     Auto,
     On,
     Off,
@@ -82,15 +83,16 @@ pub fn repack_policy() -> RepackPolicy {
         1 => RepackPolicy::Auto,
         2 => RepackPolicy::On,
         3 => RepackPolicy::Off,
-        _ => match std::env::var("TINYGPTV_REPACK")
-            .ok()
-            .as_deref()
-            .map(str::trim)
-        {
-            Some("1") | Some("on") => RepackPolicy::On,
-            Some("0") | Some("off") => RepackPolicy::Off,
-            _ => RepackPolicy::Auto,
-        },
+        _ => parse_repack_env(std::env::var("TINYGPTV_REPACK").ok().as_deref()),
+    }
+}
+
+/// A `TINYGPTV_REPACK` value: `1`/`on`, `0`/`off`; anything else (or unset) is auto.
+fn parse_repack_env(v: Option<&str>) -> RepackPolicy {
+    match v.map(|s| s.trim().to_ascii_lowercase()).as_deref() {
+        Some("1") | Some("on") => RepackPolicy::On,
+        Some("0") | Some("off") => RepackPolicy::Off,
+        _ => RepackPolicy::Auto,
     }
 }
 
@@ -113,7 +115,12 @@ pub fn should_repack(ty: GgmlType) -> bool {
     match repack_policy() {
         RepackPolicy::On => true,
         RepackPolicy::Off => false,
-        RepackPolicy::Auto => installed_memory().is_some_and(|m| m >= AUTO_REPACK_MIN_RAM),
+        // Q8_0 decodes as fast from the file layout (its GEMV is not compute-bound) and
+        // repacking it costs seconds of load time
+        RepackPolicy::Auto => {
+            layout == RepackLayout::Q4_0x16
+                && installed_memory().is_some_and(|m| m >= AUTO_REPACK_MIN_RAM)
+        }
     }
 }
 
@@ -213,6 +220,16 @@ pub fn matmul(w: &Weight, bias: Option<&[f32]>, x: &[f32], m: usize, y: &mut [f3
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repack_env_values() {
+        assert_eq!(parse_repack_env(Some(" ON ")), RepackPolicy::On);
+        assert_eq!(parse_repack_env(Some("1")), RepackPolicy::On);
+        assert_eq!(parse_repack_env(Some("off")), RepackPolicy::Off);
+        assert_eq!(parse_repack_env(Some("0")), RepackPolicy::Off);
+        assert_eq!(parse_repack_env(Some("auto")), RepackPolicy::Auto);
+        assert_eq!(parse_repack_env(None), RepackPolicy::Auto);
+    }
 
     #[test]
     fn f32_matmul_with_bias() {
