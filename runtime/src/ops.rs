@@ -282,11 +282,25 @@ impl Rope {
     /// Rotates one head vector at position `pos`: for j < n_rot/2,
     /// `y_j = x_j·c − x_{j+h}·s`, `y_{j+h} = x_{j+h}·c + x_j·s`; other dims pass through.
     pub fn apply(&self, head: &mut [f32], pos: usize) {
+        self.apply_with(head, &self.cos_sin(pos));
+    }
+
+    /// The `(cos, sin)` pairs of position `pos` (computed in f64, rounded to f32), to rotate
+    /// every head of a position with [`Rope::apply_with`].
+    pub fn cos_sin(&self, pos: usize) -> Vec<(f32, f32)> {
+        self.inv_freq
+            .iter()
+            .map(|f| {
+                let (s, c) = (pos as f64 * f).sin_cos();
+                (c as f32, s as f32)
+            })
+            .collect()
+    }
+
+    /// [`Rope::apply`] with the pairs of [`Rope::cos_sin`].
+    pub fn apply_with(&self, head: &mut [f32], cs: &[(f32, f32)]) {
         let half = self.n_rot / 2;
-        for j in 0..half {
-            let angle = pos as f64 * self.inv_freq[j];
-            let (s, c) = angle.sin_cos();
-            let (c, s) = (c as f32, s as f32);
+        for (j, &(c, s)) in cs.iter().enumerate().take(half) {
             let a = head[j];
             let b = head[j + half];
             head[j] = a * c - b * s;

@@ -598,13 +598,13 @@ impl Phi2Model {
         // partial NeoX RoPE on the first n_rot dims of each head; q pre-scaled by 1/√head_dim
         let scale = 1.0 / (hd as f32).sqrt();
         for i in 0..t {
-            let pos = pos0 + i;
+            let cs = self.rope.cos_sin(pos0 + i);
             for head in q[i * e..(i + 1) * e].chunks_exact_mut(hd) {
-                self.rope.apply(head, pos);
+                self.rope.apply_with(head, &cs);
                 head.iter_mut().for_each(|v| *v *= scale);
             }
             for head in k[i * kvw..(i + 1) * kvw].chunks_exact_mut(hd) {
-                self.rope.apply(head, pos);
+                self.rope.apply_with(head, &cs);
             }
         }
         cache.store(cache_layer, pos0, &k, &v);
