@@ -3,7 +3,10 @@
 //! mostly measure the other processes. Prints, per weight type, shape and level, the GEMV
 //! weight-streaming rate (GB/s per core, cold weights) and the GEMM rate (GOPS per core).
 //!
-//! Run: `cargo bench -p tinygptv-kernels --bench cpu_time [-- FILTER]`.
+//! Run: `cargo bench -p tinygptv-kernels --bench cpu_time [-- FILTER]`; environment:
+//! `TINYGPTV_BENCH_HOT=1` keeps the weights in cache (the kernels' compute limit),
+//! `TINYGPTV_BENCH_M=N` sets the GEMM's activation rows (default 128). Q4_0 / Q8_0 also get a
+//! line for the ×16 repacked layout (`q4_0x16`) where the level has kernels for it.
 
 mod common;
 
@@ -112,6 +115,14 @@ fn main() {
             bytes / wall * 1e-9
         );
     }
+    // TINYGPTV_BENCH_M=N: activation rows of the GEMM column (default 128; the scalar level
+    // always uses 8)
+    let gemm_rows = std::env::var("TINYGPTV_BENCH_M")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&m| m > 0)
+        .unwrap_or(128);
+    println!("GEMM with {gemm_rows} activation rows");
     println!("type   shape        level   GEMV GB/s (cpu / wall)   GEMM GOPS (cpu / wall)");
     for ty in types {
         for (k, n) in [(2560, 2560), (10240, 2560)] {
@@ -138,7 +149,7 @@ fn main() {
                     continue;
                 };
                 let (gv_cpu, gv_wall) = gemv(kern, ty, k, n, &set);
-                let m = if level == Level::Scalar { 8 } else { 128 };
+                let m = if level == Level::Scalar { 8 } else { gemm_rows };
                 let (gm_cpu, gm_wall) = gemm(kern, ty, k, n, &w, m);
                 println!(
                     "{:<6} {:<12} {:<7} {:>6.2} / {:>6.2}          {:>7.1} / {:>7.1}",

@@ -318,6 +318,31 @@ pub fn activation_row_bytes(weight_ty: GgmlType, k: usize) -> Result<usize, Form
     row_bytes(weight_ty.vec_dot_type(), k)
 }
 
+/// Checks the activation (`m` rows of `a_rb` bytes) and output (`m·n`) lengths of a product;
+/// `Ok(true)` when nothing is left to compute (no rows, or `k = 0`: the outputs are zeroed).
+fn nothing_to_compute(
+    a_rb: usize,
+    k: usize,
+    n: usize,
+    act: &[u8],
+    m: usize,
+    out: &mut [f32],
+) -> Result<bool, FormatError> {
+    let over = |what| FormatError::Overflow { what };
+    let a_len = a_rb.checked_mul(m).ok_or(over("gemm activation bytes"))?;
+    if act.len() != a_len {
+        return Err(length_error("gemm activation bytes", a_len, act.len()));
+    }
+    let o_len = m.checked_mul(n).ok_or(over("gemm output (m·n)"))?;
+    if out.len() != o_len {
+        return Err(length_error("gemm output (m·n)", o_len, out.len()));
+    }
+    if k == 0 {
+        out.fill(0.0);
+    }
+    Ok(n == 0 || m == 0 || k == 0)
+}
+
 fn length_error(what: &'static str, expected: usize, actual: usize) -> FormatError {
     FormatError::Length {
         what,
@@ -553,20 +578,7 @@ impl CpuKernels {
         out: &mut [f32],
     ) -> Result<(), FormatError> {
         let a_rb = row_bytes(ty.vec_dot_type(), k)?;
-        let over = |what| FormatError::Overflow { what };
-        let a_len = a_rb.checked_mul(m).ok_or(over("gemm activation bytes"))?;
-        if act.len() != a_len {
-            return Err(length_error("gemm activation bytes", a_len, act.len()));
-        }
-        let o_len = m.checked_mul(n).ok_or(over("gemm output (m·n)"))?;
-        if out.len() != o_len {
-            return Err(length_error("gemm output (m·n)", o_len, out.len()));
-        }
-        if n == 0 || m == 0 {
-            return Ok(());
-        }
-        if k == 0 {
-            out.fill(0.0);
+        if nothing_to_compute(a_rb, k, n, act, m, out)? {
             return Ok(());
         }
         let tile = match self.tile(ty) {
@@ -650,20 +662,7 @@ impl CpuKernels {
                 row0.saturating_add(n),
             ));
         }
-        let over = |what| FormatError::Overflow { what };
-        let a_len = a_rb.checked_mul(m).ok_or(over("gemm activation bytes"))?;
-        if act.len() != a_len {
-            return Err(length_error("gemm activation bytes", a_len, act.len()));
-        }
-        let o_len = m.checked_mul(n).ok_or(over("gemm output (m·n)"))?;
-        if out.len() != o_len {
-            return Err(length_error("gemm output (m·n)", o_len, out.len()));
-        }
-        if n == 0 || m == 0 {
-            return Ok(());
-        }
-        if k == 0 {
-            out.fill(0.0);
+        if nothing_to_compute(a_rb, k, n, act, m, out)? {
             return Ok(());
         }
         let Some(kernel) = self.repacked(w.layout()) else {
