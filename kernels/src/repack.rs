@@ -20,20 +20,36 @@
 //! results. Size: the same as the original (18 / 34 bytes per row and block) plus at most 15
 //! padding rows.
 
+use crate::formats::k_common::{get_scale_min_k4, pack_scale_min_k4, K_SCALE_SIZE};
 use crate::formats::{row_bytes, FormatError};
 use crate::types::GgmlType;
 
 /// Weight rows per group (one 32-bit SIMD lane each in a 512-bit vector).
 pub const GROUP_ROWS: usize = 16;
 
-/// A repacked layout.
+/// A repacked layout (named after the GGUF types).
+#[allow(non_camel_case_types)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RepackLayout {
     /// Q4_0 weights, 16 rows interleaved (4 nibble chunks per block).
     Q4_0x16,
     /// Q8_0 weights, 16 rows interleaved (8 chunks of `q + 128` per block).
     Q8_0x16,
+    /// Q4_K weights, 16 rows interleaved: one 2368-byte record per super-block (see
+    /// [`Q4K_RECORD`]).
+    Q4_Kx16,
 }
+
+/// Bytes of one Q4_Kx16 super-block record for 16 rows, 64-byte aligned parts:
+/// - `0..32`: the rows' f16 `d`; `32..64`: their f16 `dmin`;
+/// - `64..192`: sub-block scales in pairs — for `c` in 0..4, 32 bytes `(sc[2c], sc[2c+1])` per
+///   row (so a zero-extension to i16 gives lane `r` the pair);
+/// - `192..320`: sub-block mins — for `j` in 0..8, 16 bytes `m[j]` per row;
+/// - `320..2368`: values — for `c` in 0..4 and class `l` in 0..8, 64 bytes: lane `r` holds row
+///   `r`'s `qs[32c + l + {0, 8, 16, 24}]`, whose low nibbles are elements `l + {0,8,16,24}` of
+///   sub-block `2c` and whose high nibbles are those of sub-block `2c + 1` (the mod-8 classes
+///   of ggml's generic dot product).
+pub const Q4K_RECORD: usize = 2368;
 
 impl RepackLayout {
     /// The layout for weights of type `ty`, if there is one.
@@ -41,6 +57,7 @@ impl RepackLayout {
         match ty {
             GgmlType::Q4_0 => Some(RepackLayout::Q4_0x16),
             GgmlType::Q8_0 => Some(RepackLayout::Q8_0x16),
+            GgmlType::Q4_K => Some(RepackLayout::Q4_Kx16),
             _ => None,
         }
     }
@@ -50,33 +67,39 @@ impl RepackLayout {
         match self {
             RepackLayout::Q4_0x16 => GgmlType::Q4_0,
             RepackLayout::Q8_0x16 => GgmlType::Q8_0,
+            RepackLayout::Q4_Kx16 => GgmlType::Q4_K,
         }
     }
 
-    /// Bytes of quantized values per row and block (after the 2-byte scale).
+    /// Bytes of quantized values per row and block (after the 2-byte scale) of the 32-element
+    /// layouts.
     const fn qs_bytes(self) -> usize {
         match self {
             RepackLayout::Q4_0x16 => 16,
-            RepackLayout::Q8_0x16 => 32,
+            RepackLayout::Q8_0x16 | RepackLayout::Q4_Kx16 => 32,
         }
     }
 
     /// XORed into every value byte (Q8_0: signed → `q + 128`).
     const fn flip(self) -> u8 {
         match self {
-            RepackLayout::Q4_0x16 => 0,
             RepackLayout::Q8_0x16 => 0x80,
+            _ => 0,
         }
     }
 
-    /// Bytes of one group's scales for `nb` blocks (the values follow them).
+    /// Bytes of one group's scales for `nb` blocks (the values follow them; 32-element
+    /// layouts).
     pub const fn scale_bytes(self, nb: usize) -> usize {
         nb * GROUP_ROWS * 2
     }
 
     /// Bytes of one group of `nb` blocks.
     pub const fn group_bytes(self, nb: usize) -> usize {
-        nb * GROUP_ROWS * (2 + self.qs_bytes())
+        match self {
+            RepackLayout::Q4_Kx16 => nb * Q4K_RECORD,
+            _ => nb * GROUP_ROWS * (2 + self.qs_bytes()),
+        }
     }
 }
 
@@ -127,6 +150,23 @@ impl RepackedMatrix {
             let _ = data.advise(memmap2::Advice::HugePage);
         }
         let out = &mut data[..];
+        if layout == RepackLayout::Q4_Kx16 {
+            for (g, dst) in out[..total].chunks_exact_mut(gb).enumerate() {
+                for r in 0..GROUP_ROWS {
+                    let src_row = (g * GROUP_ROWS + r).min(rows - 1);
+                    let src = &w[src_row * rb..(src_row + 1) * rb];
+                    for (b, blk) in src.chunks_exact(144).enumerate() {
+                        q4k_record_row(blk, r, &mut dst[b * Q4K_RECORD..][..Q4K_RECORD]);
+                    }
+                }
+            }
+            return Ok(RepackedMatrix {
+                layout,
+                rows,
+                cols,
+                data,
+            });
+        }
         let blk = 2 + qb;
         let flip = layout.flip();
         for (g, dst) in out[..total].chunks_exact_mut(gb).enumerate() {
@@ -208,9 +248,15 @@ impl RepackedMatrix {
         let nb = self.blocks_per_row();
         let (qb, flip) = (self.layout.qs_bytes(), self.layout.flip());
         let group = &self.bytes()[r / GROUP_ROWS * self.group_bytes()..][..self.group_bytes()];
-        let (scales, values) = group.split_at(self.layout.scale_bytes(nb));
+        let (scales, values) = group.split_at(self.layout.scale_bytes(nb).min(group.len()));
         let lane = r % GROUP_ROWS;
         out.clear();
+        if self.layout == RepackLayout::Q4_Kx16 {
+            for rec in group.chunks_exact(Q4K_RECORD) {
+                q4k_row_from_record(rec, lane, out);
+            }
+            return;
+        }
         for b in 0..nb {
             out.extend_from_slice(&scales[(b * GROUP_ROWS + lane) * 2..][..2]);
             let vb = &values[b * GROUP_ROWS * qb..];
@@ -219,6 +265,51 @@ impl RepackedMatrix {
             }
         }
     }
+}
+
+/// Writes row `r`'s part of a Q4_Kx16 record from its 144-byte Q4_K block.
+fn q4k_record_row(blk: &[u8], r: usize, rec: &mut [u8]) {
+    rec[2 * r..2 * r + 2].copy_from_slice(&blk[0..2]);
+    rec[32 + 2 * r..32 + 2 * r + 2].copy_from_slice(&blk[2..4]);
+    let packed: &[u8; K_SCALE_SIZE] = blk[4..16].try_into().expect("12 scale bytes");
+    for j in 0..8 {
+        let (sc, m) = get_scale_min_k4(j, packed);
+        rec[64 + (j / 2) * 32 + 2 * r + j % 2] = sc;
+        rec[192 + j * 16 + r] = m;
+    }
+    let qs = &blk[16..144];
+    for c in 0..4 {
+        for l in 0..8 {
+            let chunk = &mut rec[320 + (c * 8 + l) * 64 + 4 * r..][..4];
+            for (t, o) in chunk.iter_mut().enumerate() {
+                *o = qs[32 * c + l + 8 * t];
+            }
+        }
+    }
+}
+
+/// Appends lane `r`'s 144-byte Q4_K block from a Q4_Kx16 record (the inverse of
+/// [`q4k_record_row`]).
+fn q4k_row_from_record(rec: &[u8], r: usize, out: &mut Vec<u8>) {
+    out.extend_from_slice(&rec[2 * r..2 * r + 2]);
+    out.extend_from_slice(&rec[32 + 2 * r..32 + 2 * r + 2]);
+    let mut sc = [0u8; 8];
+    let mut m = [0u8; 8];
+    for j in 0..8 {
+        sc[j] = rec[64 + (j / 2) * 32 + 2 * r + j % 2];
+        m[j] = rec[192 + j * 16 + r];
+    }
+    out.extend_from_slice(&pack_scale_min_k4(&sc, &m));
+    let mut qs = [0u8; 128];
+    for c in 0..4 {
+        for l in 0..8 {
+            let chunk = &rec[320 + (c * 8 + l) * 64 + 4 * r..][..4];
+            for (t, &v) in chunk.iter().enumerate() {
+                qs[32 * c + l + 8 * t] = v;
+            }
+        }
+    }
+    out.extend_from_slice(&qs);
 }
 
 #[cfg(test)]
@@ -234,8 +325,8 @@ mod tests {
 
     #[test]
     fn rows_come_back_unchanged() {
-        for ty in [GgmlType::Q4_0, GgmlType::Q8_0] {
-            for (rows, cols) in [(1, 32), (16, 64), (37, 96), (48, 256)] {
+        for ty in [GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::Q4_K] {
+            for (rows, cols) in [(1, 256), (16, 512), (37, 768), (48, 256)] {
                 let rb = row_bytes(ty, cols).unwrap();
                 let mut w = vec![0u8; rb * rows];
                 quantize_row(ty, &data(rows * cols, 9), &mut w).unwrap();
@@ -248,6 +339,29 @@ mod tests {
                     m.row(r, &mut row);
                     assert_eq!(row, &w[r * rb..(r + 1) * rb], "{ty} {rows}x{cols} row {r}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn any_bytes_come_back_unchanged() {
+        // every bit of a block survives, including the 12 packed scale bytes of Q4_K (96 bits =
+        // 8 six-bit scales + 8 six-bit mins: unpacking and packing them is a bijection)
+        let mut state = 0x1234_5678u32;
+        for ty in [GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::Q4_K] {
+            let (rows, cols) = (21, 512);
+            let rb = row_bytes(ty, cols).unwrap();
+            let w: Vec<u8> = (0..rb * rows)
+                .map(|_| {
+                    state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                    (state >> 24) as u8
+                })
+                .collect();
+            let m = RepackedMatrix::new(ty, &w, rows, cols).unwrap();
+            let mut row = Vec::new();
+            for r in 0..rows {
+                m.row(r, &mut row);
+                assert_eq!(row, &w[r * rb..(r + 1) * rb], "{ty} row {r}");
             }
         }
     }
@@ -276,7 +390,7 @@ mod tests {
     #[test]
     fn rejects_other_types_and_bad_lengths() {
         assert!(matches!(
-            RepackedMatrix::new(GgmlType::Q4_K, &[], 0, 256),
+            RepackedMatrix::new(GgmlType::Q6_K, &[], 0, 256),
             Err(FormatError::Unsupported { .. })
         ));
         assert!(matches!(

@@ -51,7 +51,7 @@ impl Weight<'_> {
 /// Whether models repack their Q4_0 / Q8_0 matrices at load time (`kernels::repack`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RepackPolicy {
-    /// Repack Q4_0 when this CPU has kernels for its layout and the machine has at least
+    /// Repack Q4_0 and Q4_K when this CPU has kernels for their layouts and the machine has at least
     /// [`AUTO_REPACK_MIN_RAM`] of memory: smaller (8 GB) devices keep the weights in the file
     /// map, where the OS can drop and re-read them under memory pressure. (Q8_0 only with
     /// `On`: it gains nothing measurable.)
@@ -118,7 +118,7 @@ pub fn should_repack(ty: GgmlType) -> bool {
         // Q8_0 decodes as fast from the file layout (its GEMV is not compute-bound) and
         // repacking it costs seconds of load time
         RepackPolicy::Auto => {
-            layout == RepackLayout::Q4_0x16
+            matches!(layout, RepackLayout::Q4_0x16 | RepackLayout::Q4_Kx16)
                 && installed_memory().is_some_and(|m| m >= AUTO_REPACK_MIN_RAM)
         }
     }

@@ -268,6 +268,7 @@ pub struct CpuKernels {
     /// `w_stride` = group bytes).
     pub(crate) repacked_q4_0: Option<GemmFn>,
     pub(crate) repacked_q8_0: Option<GemmFn>,
+    pub(crate) repacked_q4_k: Option<GemmFn>,
 }
 
 impl CpuKernels {
@@ -296,6 +297,7 @@ impl CpuKernels {
             packed_q6_k: None,
             repacked_q4_0: None,
             repacked_q8_0: None,
+            repacked_q4_k: None,
         }
     }
 }
@@ -385,6 +387,7 @@ impl CpuKernels {
         match layout {
             RepackLayout::Q4_0x16 => self.repacked_q4_0,
             RepackLayout::Q8_0x16 => self.repacked_q8_0,
+            RepackLayout::Q4_Kx16 => self.repacked_q4_k,
         }
     }
 

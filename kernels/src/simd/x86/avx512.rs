@@ -169,6 +169,11 @@ macro_rules! repacked_entry {
 repacked_entry!(repacked_q4_0, legacy::Q4_0);
 repacked_entry!(repacked_q8_0, legacy::Q8_0);
 
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn repacked_q4_k(t: &GemmArgs) -> bool {
+    repacked::gemm_q4_k(t)
+}
+
 pub(super) fn table(level: Level) -> CpuKernels {
     let mut k = CpuKernels::scalar(level);
     k.quant_q8_0 = Some(quant_q8_0);
@@ -193,5 +198,6 @@ pub(super) fn table(level: Level) -> CpuKernels {
     k.packed_q6_k = Some(packed_q6_k);
     k.repacked_q4_0 = Some(repacked_q4_0);
     k.repacked_q8_0 = Some(repacked_q8_0);
+    k.repacked_q4_k = Some(repacked_q4_k);
     k
 }

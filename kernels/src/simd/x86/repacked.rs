@@ -171,3 +171,178 @@ pub(crate) unsafe fn gemm<F: Repacked>(t: &GemmArgs) -> bool {
     }
     true
 }
+
+// ---------------------------------------------------------------------------------------------
+// Q4_Kx16 (`repack::Q4K_RECORD` per super-block and 16 rows) × Q8_K
+// ---------------------------------------------------------------------------------------------
+
+/// Bytes of a Q8_K block: `d` (f32) at 0, `qs` at 4, `bsums` (16 × i16) at 260.
+const Q8K_BYTES: usize = 292;
+
+/// One activation super-block prepared for the Q4_Kx16 kernel: the values in mod-8 class order
+/// per sub-block (dword `8j + l` = elements `32j + l + {0, 8, 16, 24}`), the 8 sub-block sums
+/// `B_j = bsums[2j] + bsums[2j+1]` (i32) and `d`.
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+struct Q8KPrepared {
+    qs: [i32; 64],
+    bsum: [i32; 8],
+    d: f32,
+}
+
+#[inline(always)]
+unsafe fn prepare_q8k(t: &GemmArgs) -> Vec<Q8KPrepared> {
+    let empty = Q8KPrepared {
+        qs: [0; 64],
+        bsum: [0; 8],
+        d: 0.0,
+    };
+    let mut out = vec![empty; t.m * t.nb];
+    for c in 0..t.m {
+        for b in 0..t.nb {
+            let blk = t.a.add(c * t.a_stride + b * Q8K_BYTES);
+            let p = &mut out[c * t.nb + b];
+            for j in 0..8 {
+                let v = _mm256_loadu_si256(blk.add(4 + 32 * j) as *const __m256i);
+                _mm256_storeu_si256(
+                    p.qs.as_mut_ptr().add(8 * j) as *mut __m256i,
+                    super::mod8_order(v),
+                );
+            }
+            let sums = _mm256_madd_epi16(
+                _mm256_loadu_si256(blk.add(260) as *const __m256i),
+                _mm256_set1_epi16(1),
+            );
+            _mm256_storeu_si256(p.bsum.as_mut_ptr() as *mut __m256i, sums);
+            p.d = (blk as *const f32).read_unaligned();
+        }
+    }
+    out
+}
+
+/// One activation row against one Q4_Kx16 group (rows `r0..r0+nr`), in ggml's generic order:
+/// per row, eight f32 class sums `sums[l] += (d·d_a)·aux[l]` and `sumf −= (dmin·d_a)·Σ m·B`,
+/// then `sumf + sums[0] + … + sums[7]`; the integer parts are exact in any order.
+///
+/// With `UNPACKED`, the value nibbles come from `unpacked` (per super-block, 32 pairs of low /
+/// high vectors from [`q4k_unpack`]) instead of the record: a GEMM unpacks a group once for
+/// all its activation rows.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn q4k_direct<const UNPACKED: bool>(
+    t: &GemmArgs,
+    group: *const u8,
+    unpacked: &[__m512i],
+    a: &[Q8KPrepared],
+    c0: usize,
+    r0: usize,
+    nr: usize,
+) {
+    use crate::repack::Q4K_RECORD;
+    let mask = _mm512_set1_epi8(0x0f);
+    let mut sums = [_mm512_setzero_ps(); 8];
+    let mut sumf = _mm512_setzero_ps();
+    for (b, ab) in a.iter().enumerate() {
+        let rec = group.add(b * Q4K_RECORD);
+        if !UNPACKED {
+            let ahead = rec.wrapping_add(PREFETCH_BYTES);
+            for line in 0..5 {
+                _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(64 * line) as *const i8);
+            }
+        }
+        let mut aux = [_mm512_setzero_si512(); 8];
+        for c in 0..4 {
+            // lane r: (sc[2c], sc[2c+1]) of row r as two i16
+            let sc =
+                _mm512_cvtepu8_epi16(_mm256_loadu_si256(rec.add(64 + 32 * c) as *const __m256i));
+            for l in 0..8 {
+                let (lo, hi) = if UNPACKED {
+                    let i = b * 64 + (c * 8 + l) * 2;
+                    (unpacked[i], unpacked[i + 1])
+                } else {
+                    let chunk = rec.add(320 + (c * 8 + l) * 64);
+                    _mm_prefetch::<_MM_HINT_T1>(chunk.wrapping_add(PREFETCH_BYTES) as *const i8);
+                    let q = _mm512_loadu_si512(chunk as *const _);
+                    (
+                        _mm512_and_si512(q, mask),
+                        _mm512_and_si512(_mm512_srli_epi16::<4>(q), mask),
+                    )
+                };
+                let zero = _mm512_setzero_si512();
+                let d_lo = _mm512_dpbusd_epi32(zero, lo, _mm512_set1_epi32(ab.qs[16 * c + l]));
+                let d_hi = _mm512_dpbusd_epi32(zero, hi, _mm512_set1_epi32(ab.qs[16 * c + 8 + l]));
+                // |d| ≤ 4·15·128 fits i16: low half d_lo, high half d_hi, one i16-pair multiply
+                let pair = _mm512_mask_mov_epi16(d_lo, 0xAAAA_AAAA, _mm512_slli_epi32::<16>(d_hi));
+                aux[l] = _mm512_dpwssd_epi32(aux[l], pair, sc);
+            }
+        }
+        let mut summ = _mm512_setzero_si512();
+        for j in 0..8 {
+            let m = _mm512_cvtepu8_epi32(_mm_loadu_si128(rec.add(192 + 16 * j) as *const __m128i));
+            summ = _mm512_add_epi32(summ, _mm512_mullo_epi32(m, _mm512_set1_epi32(ab.bsum[j])));
+        }
+        let da = _mm512_set1_ps(ab.d);
+        let dd = _mm512_mul_ps(
+            _mm512_cvtph_ps(_mm256_loadu_si256(rec as *const __m256i)),
+            da,
+        );
+        let dm = _mm512_mul_ps(
+            _mm512_cvtph_ps(_mm256_loadu_si256(rec.add(32) as *const __m256i)),
+            da,
+        );
+        for l in 0..8 {
+            sums[l] = _mm512_add_ps(sums[l], _mm512_mul_ps(dd, _mm512_cvtepi32_ps(aux[l])));
+        }
+        sumf = _mm512_sub_ps(sumf, _mm512_mul_ps(dm, _mm512_cvtepi32_ps(summ)));
+    }
+    for s in sums {
+        sumf = _mm512_add_ps(sumf, s);
+    }
+    let keep: __mmask16 = if nr >= GROUP_ROWS {
+        0xffff
+    } else {
+        (1u16 << nr) - 1
+    };
+    _mm512_mask_storeu_ps(t.out.add(c0 * t.ldo + r0), keep, sumf);
+}
+
+/// The whole product on a Q4_Kx16 matrix (`t.a`: Q8_K rows); never declines. Each group's
+/// records (a few tens of KiB) stay in cache while every activation row passes over them.
+#[inline(always)]
+pub(crate) unsafe fn gemm_q4_k(t: &GemmArgs) -> bool {
+    let a = prepare_q8k(t);
+    // from a few activation rows on, unpack each group's nibbles once (4 KiB per super-block)
+    let unpack = t.m >= 4;
+    let mut unpacked = vec![_mm512_setzero_si512(); if unpack { t.nb * 64 } else { 0 }];
+    for (gi, r0) in (0..t.n).step_by(GROUP_ROWS).enumerate() {
+        let nr = (t.n - r0).min(GROUP_ROWS);
+        let group = t.w.add(gi * t.w_stride);
+        if unpack {
+            q4k_unpack(group, t.nb, &mut unpacked);
+        }
+        for c in 0..t.m {
+            let ac = &a[c * t.nb..(c + 1) * t.nb];
+            if unpack {
+                q4k_direct::<true>(t, group, &unpacked, ac, c, r0, nr);
+            } else {
+                q4k_direct::<false>(t, group, &unpacked, ac, c, r0, nr);
+            }
+        }
+    }
+    true
+}
+
+/// A group's value nibbles as vectors: per super-block and chunk `(c, l)`, low then high.
+#[inline(always)]
+unsafe fn q4k_unpack(group: *const u8, nb: usize, out: &mut [__m512i]) {
+    use crate::repack::Q4K_RECORD;
+    let mask = _mm512_set1_epi8(0x0f);
+    for b in 0..nb {
+        let values = group.add(b * Q4K_RECORD + 320);
+        for i in 0..32 {
+            let q = _mm512_loadu_si512(values.add(64 * i) as *const _);
+            out[b * 64 + 2 * i] = _mm512_and_si512(q, mask);
+            out[b * 64 + 2 * i + 1] = _mm512_and_si512(_mm512_srli_epi16::<4>(q), mask);
+        }
+    }
+}
