@@ -38,7 +38,21 @@ pub enum RepackLayout {
     /// Q4_K weights, 16 rows interleaved: one 2368-byte record per super-block (see
     /// [`Q4K_RECORD`]).
     Q4_Kx16,
+    /// Q6_K weights, 16 rows interleaved: one 3360-byte record per super-block (see
+    /// [`Q6K_RECORD`]).
+    Q6_Kx16,
 }
+
+/// Bytes of one Q6_Kx16 super-block record for 16 rows (the size of the 16 rows' blocks).
+/// Chunk `x = 8s + l` (`s` in 0..8, class `l` in 0..8) covers elements `32s + l + 8t`,
+/// `t` in 0..4, of each row (two of sub-block `2s`, two of `2s + 1`), as the 6-bit values
+/// `q + 32`:
+/// - `0..32`: the rows' f16 `d`;
+/// - `32..288`: int8 sub-block scales in pairs — for `s`, 32 bytes `(sc[2s], sc[2s+1])` per row;
+/// - `288..2336`: low 4 bits — vector `v` in 0..32 (64 bytes, lane `r` = row `r`, byte `t`)
+///   holds chunk `v` in its low nibbles and chunk `v + 32` in its high nibbles;
+/// - `2336..3360`: high 2 bits — vector `u` in 0..16 holds chunk `u + 16k` in bits `2k, 2k+1`.
+pub const Q6K_RECORD: usize = 3360;
 
 /// Bytes of one Q4_Kx16 super-block record for 16 rows, 64-byte aligned parts:
 /// - `0..32`: the rows' f16 `d`; `32..64`: their f16 `dmin`;
@@ -58,6 +72,7 @@ impl RepackLayout {
             GgmlType::Q4_0 => Some(RepackLayout::Q4_0x16),
             GgmlType::Q8_0 => Some(RepackLayout::Q8_0x16),
             GgmlType::Q4_K => Some(RepackLayout::Q4_Kx16),
+            GgmlType::Q6_K => Some(RepackLayout::Q6_Kx16),
             _ => None,
         }
     }
@@ -68,6 +83,7 @@ impl RepackLayout {
             RepackLayout::Q4_0x16 => GgmlType::Q4_0,
             RepackLayout::Q8_0x16 => GgmlType::Q8_0,
             RepackLayout::Q4_Kx16 => GgmlType::Q4_K,
+            RepackLayout::Q6_Kx16 => GgmlType::Q6_K,
         }
     }
 
@@ -76,7 +92,7 @@ impl RepackLayout {
     const fn qs_bytes(self) -> usize {
         match self {
             RepackLayout::Q4_0x16 => 16,
-            RepackLayout::Q8_0x16 | RepackLayout::Q4_Kx16 => 32,
+            _ => 32,
         }
     }
 
@@ -98,6 +114,7 @@ impl RepackLayout {
     pub const fn group_bytes(self, nb: usize) -> usize {
         match self {
             RepackLayout::Q4_Kx16 => nb * Q4K_RECORD,
+            RepackLayout::Q6_Kx16 => nb * Q6K_RECORD,
             _ => nb * GROUP_ROWS * (2 + self.qs_bytes()),
         }
     }
@@ -150,13 +167,22 @@ impl RepackedMatrix {
             let _ = data.advise(memmap2::Advice::HugePage);
         }
         let out = &mut data[..];
-        if layout == RepackLayout::Q4_Kx16 {
+        if let Some((record, write)) = match layout {
+            RepackLayout::Q4_Kx16 => {
+                Some((Q4K_RECORD, q4k_record_row as fn(&[u8], usize, &mut [u8])))
+            }
+            RepackLayout::Q6_Kx16 => {
+                Some((Q6K_RECORD, q6k_record_row as fn(&[u8], usize, &mut [u8])))
+            }
+            _ => None,
+        } {
+            let bs = ty.type_size();
             for (g, dst) in out[..total].chunks_exact_mut(gb).enumerate() {
                 for r in 0..GROUP_ROWS {
                     let src_row = (g * GROUP_ROWS + r).min(rows - 1);
                     let src = &w[src_row * rb..(src_row + 1) * rb];
-                    for (b, blk) in src.chunks_exact(144).enumerate() {
-                        q4k_record_row(blk, r, &mut dst[b * Q4K_RECORD..][..Q4K_RECORD]);
+                    for (b, blk) in src.chunks_exact(bs).enumerate() {
+                        write(blk, r, &mut dst[b * record..][..record]);
                     }
                 }
             }
@@ -257,6 +283,12 @@ impl RepackedMatrix {
             }
             return;
         }
+        if self.layout == RepackLayout::Q6_Kx16 {
+            for rec in group.chunks_exact(Q6K_RECORD) {
+                q6k_row_from_record(rec, lane, out);
+            }
+            return;
+        }
         for b in 0..nb {
             out.extend_from_slice(&scales[(b * GROUP_ROWS + lane) * 2..][..2]);
             let vb = &values[b * GROUP_ROWS * qb..];
@@ -312,6 +344,80 @@ fn q4k_row_from_record(rec: &[u8], r: usize, out: &mut Vec<u8>) {
     out.extend_from_slice(&qs);
 }
 
+/// The 256 six-bit values (`q + 32`) of a 210-byte Q6_K block, in element order (ggml's
+/// `ql` / `qh` layout: per half of 128, low nibbles of `ql[0..64]`, then their high nibbles,
+/// with two bits each from `qh[0..32]`).
+fn q6k_values(blk: &[u8]) -> [u8; 256] {
+    let mut v = [0u8; 256];
+    for h in 0..2 {
+        let (ql, qh) = (
+            &blk[64 * h..64 * h + 64],
+            &blk[128 + 32 * h..128 + 32 * h + 32],
+        );
+        for l in 0..32 {
+            let o = 128 * h + l;
+            v[o] = (ql[l] & 0x0f) | ((qh[l] & 3) << 4);
+            v[o + 32] = (ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4);
+            v[o + 64] = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
+            v[o + 96] = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
+        }
+    }
+    v
+}
+
+/// Element `t` of chunk `x` (see [`Q6K_RECORD`]).
+const fn q6k_element(x: usize, t: usize) -> usize {
+    32 * (x / 8) + x % 8 + 8 * t
+}
+
+/// Writes row `r`'s part of a Q6_Kx16 record from its 210-byte Q6_K block.
+fn q6k_record_row(blk: &[u8], r: usize, rec: &mut [u8]) {
+    rec[2 * r..2 * r + 2].copy_from_slice(&blk[208..210]);
+    for j in 0..16 {
+        rec[32 + (j / 2) * 32 + 2 * r + j % 2] = blk[192 + j];
+    }
+    let v = q6k_values(blk);
+    for x in 0..64 {
+        for t in 0..4 {
+            let q = v[q6k_element(x, t)];
+            let lo = &mut rec[288 + (x % 32) * 64 + 4 * r + t];
+            *lo |= (q & 0x0f) << (4 * (x / 32));
+            let hi = &mut rec[2336 + (x % 16) * 64 + 4 * r + t];
+            *hi |= (q >> 4) << (2 * (x / 16));
+        }
+    }
+}
+
+/// Appends lane `r`'s 210-byte Q6_K block from a Q6_Kx16 record (the inverse of
+/// [`q6k_record_row`]).
+pub(crate) fn q6k_row_from_record(rec: &[u8], r: usize, out: &mut Vec<u8>) {
+    let mut v = [0u8; 256];
+    for x in 0..64 {
+        for t in 0..4 {
+            let lo = (rec[288 + (x % 32) * 64 + 4 * r + t] >> (4 * (x / 32))) & 0x0f;
+            let hi = (rec[2336 + (x % 16) * 64 + 4 * r + t] >> (2 * (x / 16))) & 3;
+            v[q6k_element(x, t)] = lo | (hi << 4);
+        }
+    }
+    let mut blk = [0u8; 210];
+    for h in 0..2 {
+        for l in 0..32 {
+            let o = 128 * h + l;
+            blk[64 * h + l] = (v[o] & 0x0f) | ((v[o + 64] & 0x0f) << 4);
+            blk[64 * h + l + 32] = (v[o + 32] & 0x0f) | ((v[o + 96] & 0x0f) << 4);
+            blk[128 + 32 * h + l] = (v[o] >> 4)
+                | ((v[o + 32] >> 4) << 2)
+                | ((v[o + 64] >> 4) << 4)
+                | ((v[o + 96] >> 4) << 6);
+        }
+    }
+    for j in 0..16 {
+        blk[192 + j] = rec[32 + (j / 2) * 32 + 2 * r + j % 2];
+    }
+    blk[208..210].copy_from_slice(&rec[2 * r..2 * r + 2]);
+    out.extend_from_slice(&blk);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -325,7 +431,12 @@ mod tests {
 
     #[test]
     fn rows_come_back_unchanged() {
-        for ty in [GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::Q4_K] {
+        for ty in [
+            GgmlType::Q4_0,
+            GgmlType::Q8_0,
+            GgmlType::Q4_K,
+            GgmlType::Q6_K,
+        ] {
             for (rows, cols) in [(1, 256), (16, 512), (37, 768), (48, 256)] {
                 let rb = row_bytes(ty, cols).unwrap();
                 let mut w = vec![0u8; rb * rows];
@@ -348,7 +459,12 @@ mod tests {
         // every bit of a block survives, including the 12 packed scale bytes of Q4_K (96 bits =
         // 8 six-bit scales + 8 six-bit mins: unpacking and packing them is a bijection)
         let mut state = 0x1234_5678u32;
-        for ty in [GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::Q4_K] {
+        for ty in [
+            GgmlType::Q4_0,
+            GgmlType::Q8_0,
+            GgmlType::Q4_K,
+            GgmlType::Q6_K,
+        ] {
             let (rows, cols) = (21, 512);
             let rb = row_bytes(ty, cols).unwrap();
             let w: Vec<u8> = (0..rb * rows)
@@ -390,7 +506,7 @@ mod tests {
     #[test]
     fn rejects_other_types_and_bad_lengths() {
         assert!(matches!(
-            RepackedMatrix::new(GgmlType::Q6_K, &[], 0, 256),
+            RepackedMatrix::new(GgmlType::Q5_K, &[], 0, 256),
             Err(FormatError::Unsupported { .. })
         ));
         assert!(matches!(

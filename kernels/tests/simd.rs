@@ -9,7 +9,7 @@
 //!   at AVX-512): partial 16-row tiles, partial groups of activation rows and chunks of blocks,
 //!   more activation rows than one group of the K-quant kernels takes, hand-made Q8_K bytes
 //!   (−128; `bsums` beyond what the quantizer writes, which those kernels decline).
-//! - Q4_0 / Q8_0 / Q4_K weights repacked into the ×16 layouts (`kernels::repack`): the same exact
+//! - Q4_0 / Q8_0 / Q4_K / Q6_K weights repacked into the ×16 layouts (`kernels::repack`): the same exact
 //!   results from `gemm_repacked`, over all rows and from the second 16-row group on.
 //! - Float weight types (F32, F16, BF16): within the f32-summation bound
 //!   `(k/8 + 16)·2⁻²⁴·Σ|w·x|` of the reference's f64 sums.
@@ -165,6 +165,7 @@ fn simd_levels_have_kernels() {
                 RepackLayout::Q4_0x16,
                 RepackLayout::Q8_0x16,
                 RepackLayout::Q4_Kx16,
+                RepackLayout::Q6_Kx16,
             ] {
                 assert!(kern.has_repacked_gemm(layout), "{layout:?}");
             }

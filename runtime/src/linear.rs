@@ -51,10 +51,11 @@ impl Weight<'_> {
 /// Whether models repack their Q4_0 / Q8_0 matrices at load time (`kernels::repack`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RepackPolicy {
-    /// Repack Q4_0 and Q4_K when this CPU has kernels for their layouts and the machine has at least
-    /// [`AUTO_REPACK_MIN_RAM`] of memory: smaller (8 GB) devices keep the weights in the file
-    /// map, where the OS can drop and re-read them under memory pressure. (Q8_0 only with
-    /// `On`: it gains nothing measurable.)
+    /// Repack Q4_0 and Q4_K when this CPU has kernels for their layouts and the machine has at
+    /// least [`AUTO_REPACK_MIN_RAM`] of memory: smaller (8 GB) devices keep the weights in the
+    /// file map, where the OS can drop and re-read them under memory pressure. Q8_0 and Q6_K
+    /// only with `On`: Q8_0 gains nothing measurable, and Q6_K's prompt GEMM on the repacked
+    /// layout is slower than on the file's.
     Auto,
     On,
     Off,
@@ -116,7 +117,8 @@ pub fn should_repack(ty: GgmlType) -> bool {
         RepackPolicy::On => true,
         RepackPolicy::Off => false,
         // Q8_0 decodes as fast from the file layout (its GEMV is not compute-bound) and
-        // repacking it costs seconds of load time
+        // repacking it costs seconds of load time; Q6_K decodes faster repacked but its prompt
+        // GEMM converts each group back (85 vs 155 GOPS per core at 128 rows)
         RepackPolicy::Auto => {
             matches!(layout, RepackLayout::Q4_0x16 | RepackLayout::Q4_Kx16)
                 && installed_memory().is_some_and(|m| m >= AUTO_REPACK_MIN_RAM)

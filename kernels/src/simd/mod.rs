@@ -269,6 +269,7 @@ pub struct CpuKernels {
     pub(crate) repacked_q4_0: Option<GemmFn>,
     pub(crate) repacked_q8_0: Option<GemmFn>,
     pub(crate) repacked_q4_k: Option<GemmFn>,
+    pub(crate) repacked_q6_k: Option<GemmFn>,
 }
 
 impl CpuKernels {
@@ -298,6 +299,7 @@ impl CpuKernels {
             repacked_q4_0: None,
             repacked_q8_0: None,
             repacked_q4_k: None,
+            repacked_q6_k: None,
         }
     }
 }
@@ -388,6 +390,7 @@ impl CpuKernels {
             RepackLayout::Q4_0x16 => self.repacked_q4_0,
             RepackLayout::Q8_0x16 => self.repacked_q8_0,
             RepackLayout::Q4_Kx16 => self.repacked_q4_k,
+            RepackLayout::Q6_Kx16 => self.repacked_q6_k,
         }
     }
 

@@ -174,6 +174,11 @@ unsafe fn repacked_q4_k(t: &GemmArgs) -> bool {
     repacked::gemm_q4_k(t)
 }
 
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn repacked_q6_k(t: &GemmArgs) -> bool {
+    repacked::gemm_q6_k(t)
+}
+
 pub(super) fn table(level: Level) -> CpuKernels {
     let mut k = CpuKernels::scalar(level);
     k.quant_q8_0 = Some(quant_q8_0);
@@ -199,5 +204,6 @@ pub(super) fn table(level: Level) -> CpuKernels {
     k.repacked_q4_0 = Some(repacked_q4_0);
     k.repacked_q8_0 = Some(repacked_q8_0);
     k.repacked_q4_k = Some(repacked_q4_k);
+    k.repacked_q6_k = Some(repacked_q6_k);
     k
 }

@@ -186,6 +186,9 @@ const Q8K_BYTES: usize = 292;
 #[derive(Clone, Copy)]
 struct Q8KPrepared {
     qs: [i32; 64],
+    /// For Q6_K: per dword `8s + l`, the i16 pair `−32·(a₀ + a₁)`, `−32·(a₂ + a₃)` of its four
+    /// values (the two elements of sub-block `2s`, then of `2s + 1`): Q6_K's offset 32.
+    neg32: [i32; 64],
     bsum: [i32; 8],
     d: f32,
 }
@@ -194,6 +197,7 @@ struct Q8KPrepared {
 unsafe fn prepare_q8k(t: &GemmArgs) -> Vec<Q8KPrepared> {
     let empty = Q8KPrepared {
         qs: [0; 64],
+        neg32: [0; 64],
         bsum: [0; 8],
         d: 0.0,
     };
@@ -215,6 +219,12 @@ unsafe fn prepare_q8k(t: &GemmArgs) -> Vec<Q8KPrepared> {
             );
             _mm256_storeu_si256(p.bsum.as_mut_ptr() as *mut __m256i, sums);
             p.d = (blk as *const f32).read_unaligned();
+            for (x, n) in p.neg32.iter_mut().enumerate() {
+                let b = p.qs[x].to_le_bytes().map(|v| v as i8 as i32);
+                let lo = (-32 * (b[0] + b[1])) as i16 as u16 as u32;
+                let hi = (-32 * (b[2] + b[3])) as i16 as u16 as u32;
+                *n = (lo | (hi << 16)) as i32;
+            }
         }
     }
     out
@@ -345,4 +355,132 @@ unsafe fn q4k_unpack(group: *const u8, nb: usize, out: &mut [__m512i]) {
             out[b * 64 + 2 * i + 1] = _mm512_and_si512(_mm512_srli_epi16::<4>(q), mask);
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Q6_Kx16 (`repack::Q6K_RECORD` per super-block and 16 rows) × Q8_K
+// ---------------------------------------------------------------------------------------------
+
+/// One activation row against one Q6_Kx16 group, in ggml's generic order (eight f32 class
+/// sums, added at the end). Per chunk: the 6-bit values from a nibble and two high bits,
+/// `vpmaddubsw` (u8 × i8 pairs; |sum| ≤ 2·63·128 cannot saturate) gives each sub-block's pair
+/// sum in an i16 half, and two `vpdpwssd` with the lane's scale pair add `sc·(Σq·a − 32·Σa)`.
+#[inline(always)]
+unsafe fn q6k_direct(
+    t: &GemmArgs,
+    group: *const u8,
+    a: &[Q8KPrepared],
+    c0: usize,
+    r0: usize,
+    nr: usize,
+) {
+    use crate::repack::Q6K_RECORD;
+    let nib = _mm512_set1_epi8(0x0f);
+    let two = _mm512_set1_epi8(0x03);
+    let mut sums = [_mm512_setzero_ps(); 8];
+    for (b, ab) in a.iter().enumerate() {
+        let rec = group.add(b * Q6K_RECORD);
+        let ahead = rec.wrapping_add(PREFETCH_BYTES);
+        let mut sc = [_mm512_setzero_si512(); 8];
+        for (s, v) in sc.iter_mut().enumerate() {
+            *v = _mm512_cvtepi8_epi16(_mm256_loadu_si256(rec.add(32 + 32 * s) as *const __m256i));
+        }
+        let mut aux = [_mm512_setzero_si512(); 8];
+        for u in 0..16 {
+            // the record's 53 lines ahead, spread over the loop
+            for line in 4 * u..4 * u + 4 {
+                _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(64 * line) as *const i8);
+            }
+            let h = _mm512_loadu_si512(rec.add(2336 + 64 * u) as *const _);
+            for k in 0..4 {
+                let x = u + 16 * k;
+                let (s, l) = (x / 8, x % 8);
+                let lv = _mm512_loadu_si512(rec.add(288 + 64 * (x % 32)) as *const _);
+                let lo = if k < 2 {
+                    _mm512_and_si512(lv, nib)
+                } else {
+                    _mm512_and_si512(_mm512_srli_epi16::<4>(lv), nib)
+                };
+                let hb = match k {
+                    0 => h,
+                    1 => _mm512_srli_epi16::<2>(h),
+                    2 => _mm512_srli_epi16::<4>(h),
+                    _ => _mm512_srli_epi16::<6>(h),
+                };
+                let hi = _mm512_slli_epi16::<4>(_mm512_and_si512(hb, two));
+                let q = _mm512_or_si512(lo, hi);
+                let p = _mm512_maddubs_epi16(q, _mm512_set1_epi32(ab.qs[x]));
+                aux[l] = _mm512_dpwssd_epi32(aux[l], p, sc[s]);
+                aux[l] = _mm512_dpwssd_epi32(aux[l], _mm512_set1_epi32(ab.neg32[x]), sc[s]);
+            }
+        }
+        let dd = _mm512_mul_ps(
+            _mm512_cvtph_ps(_mm256_loadu_si256(rec as *const __m256i)),
+            _mm512_set1_ps(ab.d),
+        );
+        for l in 0..8 {
+            sums[l] = _mm512_add_ps(sums[l], _mm512_mul_ps(dd, _mm512_cvtepi32_ps(aux[l])));
+        }
+    }
+    let mut sumf = _mm512_setzero_ps();
+    for s in sums {
+        sumf = _mm512_add_ps(sumf, s);
+    }
+    let keep: __mmask16 = if nr >= GROUP_ROWS {
+        0xffff
+    } else {
+        (1u16 << nr) - 1
+    };
+    _mm512_mask_storeu_ps(t.out.add(c0 * t.ldo + r0), keep, sumf);
+}
+
+/// The whole product on a Q6_Kx16 matrix (`t.a`: Q8_K rows); never declines.
+///
+/// Few activation rows (decode) run [`q6k_direct`]. Many (prompts) take each group back to
+/// the GGUF layout in a small scratch (16 rows, a few tens of KiB) and run the packed K-quant
+/// GEMM on it, which is about twice as fast per activation row as the direct kernel.
+#[inline(always)]
+pub(crate) unsafe fn gemm_q6_k(t: &GemmArgs) -> bool {
+    use crate::repack::Q6K_RECORD;
+    if t.m >= packed::COLS {
+        let row_bytes = t.nb * 210;
+        let mut rows = vec![0u8; GROUP_ROWS * row_bytes];
+        let mut one = Vec::with_capacity(row_bytes);
+        for (gi, r0) in (0..t.n).step_by(GROUP_ROWS).enumerate() {
+            let nr = (t.n - r0).min(GROUP_ROWS);
+            let group = t.w.add(gi * t.w_stride);
+            for r in 0..nr {
+                one.clear();
+                for b in 0..t.nb {
+                    // SAFETY (of the slice): record b of this group exists (caller's contract)
+                    let rec = std::slice::from_raw_parts(group.add(b * Q6K_RECORD), Q6K_RECORD);
+                    crate::repack::q6k_row_from_record(rec, r, &mut one);
+                }
+                rows[r * row_bytes..(r + 1) * row_bytes].copy_from_slice(&one);
+            }
+            let args = GemmArgs {
+                nb: t.nb,
+                w: rows.as_ptr(),
+                w_stride: row_bytes,
+                n: nr,
+                a: t.a,
+                a_stride: t.a_stride,
+                m: t.m,
+                out: t.out.add(r0),
+                ldo: t.ldo,
+            };
+            // Q6_K never declines (it has no `bsums` term)
+            super::packed_kquant::gemm::<super::packed_kquant::Q6K>(&args);
+        }
+        return true;
+    }
+    let a = prepare_q8k(t);
+    for (gi, r0) in (0..t.n).step_by(GROUP_ROWS).enumerate() {
+        let nr = (t.n - r0).min(GROUP_ROWS);
+        let group = t.w.add(gi * t.w_stride);
+        for c in 0..t.m {
+            q6k_direct(t, group, &a[c * t.nb..(c + 1) * t.nb], c, r0, nr);
+        }
+    }
+    true
 }
