@@ -390,7 +390,7 @@ fn q6k_record_row(blk: &[u8], r: usize, rec: &mut [u8]) {
 
 /// Appends lane `r`'s 210-byte Q6_K block from a Q6_Kx16 record (the inverse of
 /// [`q6k_record_row`]).
-pub(crate) fn q6k_row_from_record(rec: &[u8], r: usize, out: &mut Vec<u8>) {
+fn q6k_row_from_record(rec: &[u8], r: usize, out: &mut Vec<u8>) {
     let mut v = [0u8; 256];
     for x in 0..64 {
         for t in 0..4 {

@@ -186,18 +186,27 @@ const Q8K_BYTES: usize = 292;
 #[derive(Clone, Copy)]
 struct Q8KPrepared {
     qs: [i32; 64],
-    /// For Q6_K: per dword `8s + l`, the i16 pair `−32·(a₀ + a₁)`, `−32·(a₂ + a₃)` of its four
-    /// values (the two elements of sub-block `2s`, then of `2s + 1`): Q6_K's offset 32.
-    neg32: [i32; 64],
     bsum: [i32; 8],
     d: f32,
+}
+
+/// The Q6_Kx16 kernels' activation super-block: [`Q8KPrepared`] plus i16 pairs per dword
+/// `8s + l` with bytes `(a₀, a₁, a₂, a₃)` (two elements of sub-block `2s`, then two of
+/// `2s + 1`): `neg32` = `(−32·(a₀ + a₁), −32·(a₂ + a₃))` (Q6_K's offset 32, decode), `p02` =
+/// `(a₀, a₂)` and `p13` = `(a₁, a₃)` (prompts).
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+struct Q8KPrepared6 {
+    base: Q8KPrepared,
+    neg32: [i32; 64],
+    p02: [i32; 64],
+    p13: [i32; 64],
 }
 
 #[inline(always)]
 unsafe fn prepare_q8k(t: &GemmArgs) -> Vec<Q8KPrepared> {
     let empty = Q8KPrepared {
         qs: [0; 64],
-        neg32: [0; 64],
         bsum: [0; 8],
         d: 0.0,
     };
@@ -219,15 +228,32 @@ unsafe fn prepare_q8k(t: &GemmArgs) -> Vec<Q8KPrepared> {
             );
             _mm256_storeu_si256(p.bsum.as_mut_ptr() as *mut __m256i, sums);
             p.d = (blk as *const f32).read_unaligned();
-            for (x, n) in p.neg32.iter_mut().enumerate() {
-                let b = p.qs[x].to_le_bytes().map(|v| v as i8 as i32);
-                let lo = (-32 * (b[0] + b[1])) as i16 as u16 as u32;
-                let hi = (-32 * (b[2] + b[3])) as i16 as u16 as u32;
-                *n = (lo | (hi << 16)) as i32;
-            }
         }
     }
     out
+}
+
+#[inline(always)]
+unsafe fn prepare_q8k6(t: &GemmArgs) -> Vec<Q8KPrepared6> {
+    let pair = |lo: i32, hi: i32| ((lo as i16 as u16 as u32) | ((hi as u32) << 16)) as i32;
+    prepare_q8k(t)
+        .into_iter()
+        .map(|base| {
+            let mut p = Q8KPrepared6 {
+                base,
+                neg32: [0; 64],
+                p02: [0; 64],
+                p13: [0; 64],
+            };
+            for x in 0..64 {
+                let b = base.qs[x].to_le_bytes().map(|v| v as i8 as i32);
+                p.neg32[x] = pair(-32 * (b[0] + b[1]), -32 * (b[2] + b[3]));
+                p.p02[x] = pair(b[0], b[2]);
+                p.p13[x] = pair(b[1], b[3]);
+            }
+            p
+        })
+        .collect()
 }
 
 /// One activation row against one Q4_Kx16 group (rows `r0..r0+nr`), in ggml's generic order:
@@ -324,22 +350,34 @@ pub(crate) unsafe fn gemm_q4_k(t: &GemmArgs) -> bool {
     // from a few activation rows on, unpack each group's nibbles once (4 KiB per super-block)
     let unpack = t.m >= 4;
     let mut unpacked = vec![_mm512_setzero_si512(); if unpack { t.nb * 64 } else { 0 }];
-    for (gi, r0) in (0..t.n).step_by(GROUP_ROWS).enumerate() {
-        let nr = (t.n - r0).min(GROUP_ROWS);
-        let group = t.w.add(gi * t.w_stride);
-        if unpack {
-            q4k_unpack(group, t.nb, &mut unpacked);
-        }
-        for c in 0..t.m {
-            let ac = &a[c * t.nb..(c + 1) * t.nb];
+    for (c_lo, c_hi) in column_blocks::<Q8KPrepared>(t) {
+        for (gi, r0) in (0..t.n).step_by(GROUP_ROWS).enumerate() {
+            let nr = (t.n - r0).min(GROUP_ROWS);
+            let group = t.w.add(gi * t.w_stride);
             if unpack {
-                q4k_direct::<true>(t, group, &unpacked, ac, c, r0, nr);
-            } else {
-                q4k_direct::<false>(t, group, &unpacked, ac, c, r0, nr);
+                q4k_unpack(group, t.nb, &mut unpacked);
+            }
+            for c in c_lo..c_hi {
+                let ac = &a[c * t.nb..(c + 1) * t.nb];
+                if unpack {
+                    q4k_direct::<true>(t, group, &unpacked, ac, c, r0, nr);
+                } else {
+                    q4k_direct::<false>(t, group, &unpacked, ac, c, r0, nr);
+                }
             }
         }
     }
     true
+}
+
+/// Activation rows in blocks whose prepared records take about 256 KiB, so a block stays in L2
+/// while every weight group passes over it (all rows at once would stream megabytes from
+/// memory once per 16-row group); groups are unpacked again per block.
+fn column_blocks<P>(t: &GemmArgs) -> impl Iterator<Item = (usize, usize)> {
+    let per_row = t.nb.max(1) * std::mem::size_of::<P>();
+    let block = ((256usize << 10) / per_row).max(4) / 4 * 4;
+    let m = t.m;
+    (0..m).step_by(block).map(move |c| (c, (c + block).min(m)))
 }
 
 /// A group's value nibbles as vectors: per super-block and chunk `(c, l)`, low then high.
@@ -361,6 +399,117 @@ unsafe fn q4k_unpack(group: *const u8, nb: usize, out: &mut [__m512i]) {
 // Q6_Kx16 (`repack::Q6K_RECORD` per super-block and 16 rows) × Q8_K
 // ---------------------------------------------------------------------------------------------
 
+/// Chunk `x = u + 16k` of a record as 6-bit values (`h`: the record's high-bit vector `u`).
+#[inline(always)]
+unsafe fn q6k_values(
+    rec: *const u8,
+    h: __m512i,
+    u: usize,
+    k: usize,
+    nib: __m512i,
+    two: __m512i,
+) -> __m512i {
+    let x = u + 16 * k;
+    let lv = _mm512_loadu_si512(rec.add(288 + 64 * (x % 32)) as *const _);
+    let lo = if k < 2 {
+        _mm512_and_si512(lv, nib)
+    } else {
+        _mm512_and_si512(_mm512_srli_epi16::<4>(lv), nib)
+    };
+    let hb = match k {
+        0 => h,
+        1 => _mm512_srli_epi16::<2>(h),
+        2 => _mm512_srli_epi16::<4>(h),
+        _ => _mm512_srli_epi16::<6>(h),
+    };
+    _mm512_or_si512(lo, _mm512_slli_epi16::<4>(_mm512_and_si512(hb, two)))
+}
+
+/// A group's weights scaled for the prompt path: per super-block and chunk `x`, two vectors of
+/// i16 pairs, `sc·(q − 32)` of elements `(t0, t2)` and of `(t1, t3)` (|value| ≤ 32·128, so the
+/// pairs are exact i16), matching [`Q8KPrepared6::p02`] / `p13`.
+#[inline(always)]
+unsafe fn q6k_unpack_scaled(group: *const u8, nb: usize, out: &mut [__m512i]) {
+    use crate::repack::Q6K_RECORD;
+    let nib = _mm512_set1_epi8(0x0f);
+    let two = _mm512_set1_epi8(0x03);
+    let off = _mm512_set1_epi8(32);
+    for b in 0..nb {
+        let rec = group.add(b * Q6K_RECORD);
+        for u in 0..16 {
+            let h = _mm512_loadu_si512(rec.add(2336 + 64 * u) as *const _);
+            for k in 0..4 {
+                let x = u + 16 * k;
+                let sc = _mm512_cvtepi8_epi16(_mm256_loadu_si256(
+                    rec.add(32 + 32 * (x / 8)) as *const __m256i
+                ));
+                let v = _mm512_sub_epi8(q6k_values(rec, h, u, k, nib, two), off);
+                // 16-bit halves of lane r: (t0, t1) and (t2, t3) → sign-extended t0 / t2 and
+                // t1 / t3
+                let v02 = _mm512_srai_epi16::<8>(_mm512_slli_epi16::<8>(v));
+                let v13 = _mm512_srai_epi16::<8>(v);
+                out[b * 128 + 2 * x] = _mm512_mullo_epi16(v02, sc);
+                out[b * 128 + 2 * x + 1] = _mm512_mullo_epi16(v13, sc);
+            }
+        }
+    }
+}
+
+/// [`q6k_direct`] for `NC` activation rows from `c0` on weights from [`q6k_unpack_scaled`]:
+/// two `vpdpwssd` per chunk and row, each weight vector loaded once for the `NC` rows; class
+/// by class, so one integer accumulator per row is live.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn q6k_scaled<const NC: usize>(
+    t: &GemmArgs,
+    group: *const u8,
+    scaled: &[__m512i],
+    a: &[Q8KPrepared6],
+    c0: usize,
+    r0: usize,
+    nr: usize,
+) {
+    use crate::repack::Q6K_RECORD;
+    let nb = t.nb;
+    let mut sums = [[_mm512_setzero_ps(); 8]; NC];
+    for b in 0..nb {
+        let rec = group.add(b * Q6K_RECORD);
+        let dw = _mm512_cvtph_ps(_mm256_loadu_si256(rec as *const __m256i));
+        let mut dd = [_mm512_setzero_ps(); NC];
+        for c in 0..NC {
+            dd[c] = _mm512_mul_ps(dw, _mm512_set1_ps(a[(c0 + c) * nb + b].base.d));
+        }
+        for l in 0..8 {
+            let mut aux = [_mm512_setzero_si512(); NC];
+            for s in 0..8 {
+                let x = 8 * s + l;
+                let (w02, w13) = (scaled[b * 128 + 2 * x], scaled[b * 128 + 2 * x + 1]);
+                for c in 0..NC {
+                    let ab = &a[(c0 + c) * nb + b];
+                    aux[c] = _mm512_dpwssd_epi32(aux[c], w02, _mm512_set1_epi32(ab.p02[x]));
+                    aux[c] = _mm512_dpwssd_epi32(aux[c], w13, _mm512_set1_epi32(ab.p13[x]));
+                }
+            }
+            for c in 0..NC {
+                let term = _mm512_mul_ps(dd[c], _mm512_cvtepi32_ps(aux[c]));
+                sums[c][l] = _mm512_add_ps(sums[c][l], term);
+            }
+        }
+    }
+    let keep: __mmask16 = if nr >= GROUP_ROWS {
+        0xffff
+    } else {
+        (1u16 << nr) - 1
+    };
+    for c in 0..NC {
+        let mut sumf = _mm512_setzero_ps();
+        for s in sums[c] {
+            sumf = _mm512_add_ps(sumf, s);
+        }
+        _mm512_mask_storeu_ps(t.out.add((c0 + c) * t.ldo + r0), keep, sumf);
+    }
+}
+
 /// One activation row against one Q6_Kx16 group, in ggml's generic order (eight f32 class
 /// sums, added at the end). Per chunk: the 6-bit values from a nibble and two high bits,
 /// `vpmaddubsw` (u8 × i8 pairs; |sum| ≤ 2·63·128 cannot saturate) gives each sub-block's pair
@@ -369,7 +518,7 @@ unsafe fn q4k_unpack(group: *const u8, nb: usize, out: &mut [__m512i]) {
 unsafe fn q6k_direct(
     t: &GemmArgs,
     group: *const u8,
-    a: &[Q8KPrepared],
+    a: &[Q8KPrepared6],
     c0: usize,
     r0: usize,
     nr: usize,
@@ -395,28 +544,15 @@ unsafe fn q6k_direct(
             for k in 0..4 {
                 let x = u + 16 * k;
                 let (s, l) = (x / 8, x % 8);
-                let lv = _mm512_loadu_si512(rec.add(288 + 64 * (x % 32)) as *const _);
-                let lo = if k < 2 {
-                    _mm512_and_si512(lv, nib)
-                } else {
-                    _mm512_and_si512(_mm512_srli_epi16::<4>(lv), nib)
-                };
-                let hb = match k {
-                    0 => h,
-                    1 => _mm512_srli_epi16::<2>(h),
-                    2 => _mm512_srli_epi16::<4>(h),
-                    _ => _mm512_srli_epi16::<6>(h),
-                };
-                let hi = _mm512_slli_epi16::<4>(_mm512_and_si512(hb, two));
-                let q = _mm512_or_si512(lo, hi);
-                let p = _mm512_maddubs_epi16(q, _mm512_set1_epi32(ab.qs[x]));
+                let q = q6k_values(rec, h, u, k, nib, two);
+                let p = _mm512_maddubs_epi16(q, _mm512_set1_epi32(ab.base.qs[x]));
                 aux[l] = _mm512_dpwssd_epi32(aux[l], p, sc[s]);
                 aux[l] = _mm512_dpwssd_epi32(aux[l], _mm512_set1_epi32(ab.neg32[x]), sc[s]);
             }
         }
         let dd = _mm512_mul_ps(
             _mm512_cvtph_ps(_mm256_loadu_si256(rec as *const __m256i)),
-            _mm512_set1_ps(ab.d),
+            _mm512_set1_ps(ab.base.d),
         );
         for l in 0..8 {
             sums[l] = _mm512_add_ps(sums[l], _mm512_mul_ps(dd, _mm512_cvtepi32_ps(aux[l])));
@@ -434,52 +570,36 @@ unsafe fn q6k_direct(
     _mm512_mask_storeu_ps(t.out.add(c0 * t.ldo + r0), keep, sumf);
 }
 
-/// The whole product on a Q6_Kx16 matrix (`t.a`: Q8_K rows); never declines.
-///
-/// Few activation rows (decode) run [`q6k_direct`]. Many (prompts) take each group back to
-/// the GGUF layout in a small scratch (16 rows, a few tens of KiB) and run the packed K-quant
-/// GEMM on it, which is about twice as fast per activation row as the direct kernel.
+/// The whole product on a Q6_Kx16 matrix (`t.a`: Q8_K rows); never declines. From a few
+/// activation rows on, each group's weights are unpacked and scaled once (8 KiB per
+/// super-block) for all of them ([`q6k_scaled`]).
 #[inline(always)]
 pub(crate) unsafe fn gemm_q6_k(t: &GemmArgs) -> bool {
-    use crate::repack::Q6K_RECORD;
-    if t.m >= packed::COLS {
-        let row_bytes = t.nb * 210;
-        let mut rows = vec![0u8; GROUP_ROWS * row_bytes];
-        let mut one = Vec::with_capacity(row_bytes);
+    let a = prepare_q8k6(t);
+    let unpack = t.m >= 4;
+    let mut scaled = vec![_mm512_setzero_si512(); if unpack { t.nb * 128 } else { 0 }];
+    for (c_lo, c_hi) in column_blocks::<Q8KPrepared6>(t) {
         for (gi, r0) in (0..t.n).step_by(GROUP_ROWS).enumerate() {
             let nr = (t.n - r0).min(GROUP_ROWS);
             let group = t.w.add(gi * t.w_stride);
-            for r in 0..nr {
-                one.clear();
-                for b in 0..t.nb {
-                    // SAFETY (of the slice): record b of this group exists (caller's contract)
-                    let rec = std::slice::from_raw_parts(group.add(b * Q6K_RECORD), Q6K_RECORD);
-                    crate::repack::q6k_row_from_record(rec, r, &mut one);
+            if !unpack {
+                for c in c_lo..c_hi {
+                    q6k_direct(t, group, &a[c * t.nb..(c + 1) * t.nb], c, r0, nr);
                 }
-                rows[r * row_bytes..(r + 1) * row_bytes].copy_from_slice(&one);
+                continue;
             }
-            let args = GemmArgs {
-                nb: t.nb,
-                w: rows.as_ptr(),
-                w_stride: row_bytes,
-                n: nr,
-                a: t.a,
-                a_stride: t.a_stride,
-                m: t.m,
-                out: t.out.add(r0),
-                ldo: t.ldo,
-            };
-            // Q6_K never declines (it has no `bsums` term)
-            super::packed_kquant::gemm::<super::packed_kquant::Q6K>(&args);
-        }
-        return true;
-    }
-    let a = prepare_q8k(t);
-    for (gi, r0) in (0..t.n).step_by(GROUP_ROWS).enumerate() {
-        let nr = (t.n - r0).min(GROUP_ROWS);
-        let group = t.w.add(gi * t.w_stride);
-        for c in 0..t.m {
-            q6k_direct(t, group, &a[c * t.nb..(c + 1) * t.nb], c, r0, nr);
+            q6k_unpack_scaled(group, t.nb, &mut scaled);
+            let mut c0 = c_lo;
+            while c0 + 4 <= c_hi {
+                q6k_scaled::<4>(t, group, &scaled, &a, c0, r0, nr);
+                c0 += 4;
+            }
+            match c_hi - c0 {
+                0 => {}
+                1 => q6k_scaled::<1>(t, group, &scaled, &a, c0, r0, nr),
+                2 => q6k_scaled::<2>(t, group, &scaled, &a, c0, r0, nr),
+                _ => q6k_scaled::<3>(t, group, &scaled, &a, c0, r0, nr),
+            }
         }
     }
     true
