@@ -256,6 +256,28 @@ unsafe fn prepare_q8k6(t: &GemmArgs) -> Vec<Q8KPrepared6> {
         .collect()
 }
 
+/// The end of ggml's generic K-quant dot for 16 rows: `sumf + sums[0] + … + sums[7]`, stored
+/// for activation row `c` and weight rows `r0..r0+nr`.
+#[inline(always)]
+unsafe fn store_class_sums(
+    t: &GemmArgs,
+    mut sumf: __m512,
+    sums: &[__m512; 8],
+    c: usize,
+    r0: usize,
+    nr: usize,
+) {
+    for s in sums {
+        sumf = _mm512_add_ps(sumf, *s);
+    }
+    let keep: __mmask16 = if nr >= GROUP_ROWS {
+        0xffff
+    } else {
+        (1u16 << nr) - 1
+    };
+    _mm512_mask_storeu_ps(t.out.add(c * t.ldo + r0), keep, sumf);
+}
+
 /// One activation row against one Q4_Kx16 group (rows `r0..r0+nr`), in ggml's generic order:
 /// per row, eight f32 class sums `sums[l] += (d·d_a)·aux[l]` and `sumf −= (dmin·d_a)·Σ m·B`,
 /// then `sumf + sums[0] + … + sums[7]`; the integer parts are exact in any order.
@@ -331,15 +353,7 @@ unsafe fn q4k_direct<const UNPACKED: bool>(
         }
         sumf = _mm512_sub_ps(sumf, _mm512_mul_ps(dm, _mm512_cvtepi32_ps(summ)));
     }
-    for s in sums {
-        sumf = _mm512_add_ps(sumf, s);
-    }
-    let keep: __mmask16 = if nr >= GROUP_ROWS {
-        0xffff
-    } else {
-        (1u16 << nr) - 1
-    };
-    _mm512_mask_storeu_ps(t.out.add(c0 * t.ldo + r0), keep, sumf);
+    store_class_sums(t, sumf, &sums, c0, r0, nr);
 }
 
 /// The whole product on a Q4_Kx16 matrix (`t.a`: Q8_K rows); never declines. Each group's
@@ -496,17 +510,8 @@ unsafe fn q6k_scaled<const NC: usize>(
             }
         }
     }
-    let keep: __mmask16 = if nr >= GROUP_ROWS {
-        0xffff
-    } else {
-        (1u16 << nr) - 1
-    };
-    for c in 0..NC {
-        let mut sumf = _mm512_setzero_ps();
-        for s in sums[c] {
-            sumf = _mm512_add_ps(sumf, s);
-        }
-        _mm512_mask_storeu_ps(t.out.add((c0 + c) * t.ldo + r0), keep, sumf);
+    for (c, sc) in sums.iter().enumerate() {
+        store_class_sums(t, _mm512_setzero_ps(), sc, c0 + c, r0, nr);
     }
 }
 
@@ -558,16 +563,7 @@ unsafe fn q6k_direct(
             sums[l] = _mm512_add_ps(sums[l], _mm512_mul_ps(dd, _mm512_cvtepi32_ps(aux[l])));
         }
     }
-    let mut sumf = _mm512_setzero_ps();
-    for s in sums {
-        sumf = _mm512_add_ps(sumf, s);
-    }
-    let keep: __mmask16 = if nr >= GROUP_ROWS {
-        0xffff
-    } else {
-        (1u16 << nr) - 1
-    };
-    _mm512_mask_storeu_ps(t.out.add(c0 * t.ldo + r0), keep, sumf);
+    store_class_sums(t, _mm512_setzero_ps(), &sums, c0, r0, nr);
 }
 
 /// The whole product on a Q6_Kx16 matrix (`t.a`: Q8_K rows); never declines. From a few
