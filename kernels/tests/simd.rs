@@ -34,11 +34,24 @@ const QUANTIZED: [GgmlType; 8] = [
 ];
 const FLOATS: [GgmlType; 3] = [GgmlType::F32, GgmlType::F16, GgmlType::BF16];
 
+/// Every level this CPU runs, plus the AMX table with emulated tile instructions where AVX-512
+/// VNNI runs (so the AMX kernels' layout and driver are tested on CPUs without AMX too).
 fn levels() -> Vec<&'static CpuKernels> {
-    let v: Vec<_> = Level::ALL.iter().filter_map(|&l| kernels_for(l)).collect();
+    let mut v: Vec<_> = Level::ALL.iter().filter_map(|&l| kernels_for(l)).collect();
+    v.extend(simd::amx_emulated_kernels());
     eprintln!(
         "levels tested: {:?}",
-        v.iter().map(|k| k.level()).collect::<Vec<_>>()
+        v.iter()
+            .map(|k| format!(
+                "{}{}",
+                k.level(),
+                if k.is_emulated() {
+                    " (emulated tiles)"
+                } else {
+                    ""
+                }
+            ))
+            .collect::<Vec<_>>()
     );
     v
 }
@@ -102,6 +115,7 @@ fn level_parsing_and_override() {
     assert_eq!(Level::parse(" AVX512 "), Some(Level::Avx512));
     assert_eq!(Level::parse("avx2"), Some(Level::Avx2));
     assert_eq!(Level::parse("neon"), Some(Level::Neon));
+    assert_eq!(Level::parse("AMX"), Some(Level::Amx));
     assert_eq!(Level::parse("sse9"), None);
     let detected = simd::detected_level();
     assert!(detected.is_supported());
@@ -130,6 +144,20 @@ fn level_parsing_and_override() {
         if std::arch::is_x86_feature_detected!("avx2") {
             assert!(Level::Avx2.is_supported());
         }
+        // AMX sits above AVX-512 and needs it
+        if Level::Amx.is_supported() {
+            assert!(Level::Avx512.is_supported());
+            assert_eq!(simd::detected_level(), Level::Amx);
+            assert_eq!(simd::level_for_override(Some("avx512")), Level::Avx512);
+        } else {
+            assert!(kernels_for(Level::Amx).is_none());
+        }
+        let emulated = simd::amx_emulated_kernels();
+        assert_eq!(emulated.is_some(), Level::Avx512.is_supported());
+        if let Some(k) = emulated {
+            assert!(k.is_emulated() && k.level() == Level::Amx);
+        }
+        eprintln!("AMX usable here: {}", Level::Amx.is_supported());
     }
 }
 
@@ -150,7 +178,7 @@ fn simd_levels_have_kernels() {
             assert!(kern.has_simd_quantizer(at), "{} {at}", kern.level());
         }
         // the packed GEMM (exercised by the shapes with ≥ 8 activation rows)
-        if kern.level() == Level::Avx512 {
+        if matches!(kern.level(), Level::Avx512 | Level::Amx) {
             for ty in [
                 GgmlType::Q4_0,
                 GgmlType::Q5_0,
@@ -429,6 +457,11 @@ fn shapes(ty: GgmlType) -> Vec<(usize, usize, usize)> {
         (16, kb * 2, 8),
         (37, kb * 3, 21),
         (5, kb, 13),
+        // the AMX tiles (16 activation rows, two blocks at a time): whole tiles, an odd block
+        // count, tails of 1 and 15 rows
+        (16, kb * 4, 16),
+        (21, kb * 3, 33),
+        (17, kb * 5, 47),
     ]
 }
 
@@ -451,8 +484,9 @@ fn many_random_blocks_match_reference_exactly() {
     // enough large integer dots with full-mantissa scales that a change in the order of the
     // f32 operations would show
     let mut rng = StdRng::seed_from_u64(14);
-    for ty in QUANTIZED {
-        let (n, k, m) = (24, 4096, 12);
+    // (12 activation rows: packed VNNI GEMM / AMX tail tile; 40: whole AMX tiles too)
+    for (ty, m) in QUANTIZED.iter().flat_map(|&ty| [(ty, 12), (ty, 40)]) {
+        let (n, k) = (24, 4096);
         let mut x = noise(&mut rng, m * k, 32);
         // one row of large positive values (quantized to 100..127, scale 0.37/127)
         for v in x[k..2 * k].iter_mut() {

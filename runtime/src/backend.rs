@@ -78,7 +78,7 @@ pub trait LmBackend {
     /// Keeps only the first `len` positions of the KV cache.
     fn truncate(&mut self, len: usize);
 
-    /// "CPU", or the GPU and how many layers run on it (for log lines).
+    /// "CPU (<kernel level> kernels)", or the GPU and how many layers run on it (for log lines).
     fn describe(&self) -> String;
 
     fn config(&self) -> &Phi2Config {
@@ -139,7 +139,7 @@ impl<C: BorrowMut<KvCache>> LmBackend for CpuLm<'_, C> {
     }
 
     fn describe(&self) -> String {
-        "CPU".to_string()
+        cpu_description()
     }
 }
 
@@ -216,7 +216,7 @@ impl Compute {
 
     pub fn describe(&self) -> String {
         match self {
-            Compute::Cpu => "CPU".to_string(),
+            Compute::Cpu => cpu_description(),
             #[cfg(feature = "cuda")]
             Compute::Cuda(d) => d.describe(),
         }
@@ -270,6 +270,11 @@ impl Compute {
             Compute::Cuda(dev) => Ok(Box::new(crate::cuda::CudaVision::load(dev, tower)?)),
         }
     }
+}
+
+/// "CPU (avx512 kernels)": the kernel level in use (`TINYGPTV_CPU` lowers it).
+fn cpu_description() -> String {
+    format!("CPU ({} kernels)", kernels::simd::cpu_level())
 }
 
 #[cfg(test)]

@@ -4,9 +4,9 @@
 //! CUDA) drop in here without touching model code. Activations are quantized once per matmul
 //! to the weight type's activation partner (`GgmlType::vec_dot_type`), then the weight rows are
 //! multiplied with all activation rows by the CPU kernels of `kernels::simd` (AVX2 / AVX-512 /
-//! NEON, chosen at run time; `TINYGPTV_CPU=scalar|avx2|avx512` forces a lower level). Work is
-//! split over blocks of weight rows so each weight row is read from memory once per matmul,
-//! whatever the number of tokens.
+//! AMX / NEON, chosen at run time; `TINYGPTV_CPU=scalar|avx2|avx512|amx` forces a lower level).
+//! Work is split over blocks of weight rows so each weight row is read from memory once per
+//! matmul, whatever the number of tokens.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 

@@ -49,13 +49,23 @@ pub enum Level {
     Avx2,
     /// x86-64 AVX-512 F/BW/VL + VNNI (plus the AVX2 set).
     Avx512,
+    /// x86-64 AVX-512 plus AMX-INT8 tiles for the many-row GEMMs of Q4_0 / Q5_0 / Q8_0
+    /// weights (file and ×16 layouts); the rest as [`Level::Avx512`]. Supported only once the
+    /// OS grants the process the tile state (asked at detection).
+    Amx,
     /// aarch64 NEON with the dot-product extension (SDOT).
     Neon,
 }
 
 impl Level {
     /// All levels, lowest first (not all exist on every architecture).
-    pub const ALL: [Level; 4] = [Level::Scalar, Level::Avx2, Level::Avx512, Level::Neon];
+    pub const ALL: [Level; 5] = [
+        Level::Scalar,
+        Level::Avx2,
+        Level::Avx512,
+        Level::Amx,
+        Level::Neon,
+    ];
 
     /// The name `TINYGPTV_CPU` accepts.
     pub fn name(self) -> &'static str {
@@ -63,6 +73,7 @@ impl Level {
             Level::Scalar => "scalar",
             Level::Avx2 => "avx2",
             Level::Avx512 => "avx512",
+            Level::Amx => "amx",
             Level::Neon => "neon",
         }
     }
@@ -81,7 +92,7 @@ impl Level {
     pub fn exists_on_this_arch(self) -> bool {
         match self {
             Level::Scalar => true,
-            Level::Avx2 | Level::Avx512 => cfg!(target_arch = "x86_64"),
+            Level::Avx2 | Level::Avx512 | Level::Amx => cfg!(target_arch = "x86_64"),
             Level::Neon => cfg!(target_arch = "aarch64"),
         }
     }
@@ -94,6 +105,8 @@ impl Level {
             Level::Avx2 => x86::has_avx2(),
             #[cfg(target_arch = "x86_64")]
             Level::Avx512 => x86::has_avx512(),
+            #[cfg(target_arch = "x86_64")]
+            Level::Amx => x86::has_amx(),
             #[cfg(target_arch = "aarch64")]
             Level::Neon => aarch64::has_neon_dotprod(),
             #[allow(unreachable_patterns)]
@@ -134,7 +147,7 @@ pub fn level_for_override(value: Option<&str>) -> Level {
             let expected = if cfg!(target_arch = "aarch64") {
                 "scalar or neon"
             } else {
-                "scalar, avx2 or avx512"
+                "scalar, avx2, avx512 or amx"
             };
             eprintln!("tinygptv: ignoring TINYGPTV_CPU={value:?} (expected {expected})");
             detected
@@ -161,7 +174,8 @@ pub fn kernels() -> &'static CpuKernels {
 
 /// The kernel table of `level`, or `None` if this CPU cannot run it.
 pub fn kernels_for(level: Level) -> Option<&'static CpuKernels> {
-    static TABLES: [OnceLock<Option<CpuKernels>>; 4] = [
+    static TABLES: [OnceLock<Option<CpuKernels>>; 5] = [
+        OnceLock::new(),
         OnceLock::new(),
         OnceLock::new(),
         OnceLock::new(),
@@ -174,6 +188,23 @@ pub fn kernels_for(level: Level) -> Option<&'static CpuKernels> {
                 return None;
             }
             Some(build_table(level))
+        })
+        .as_ref()
+}
+
+/// The [`Level::Amx`] table with the tile instructions computed in scalar code (slow): for
+/// testing the AMX kernels' layout and driver on CPUs without AMX. `None` without AVX-512 VNNI
+/// (the rest of those kernels) or on other architectures.
+#[doc(hidden)]
+pub fn amx_emulated_kernels() -> Option<&'static CpuKernels> {
+    static TABLE: OnceLock<Option<CpuKernels>> = OnceLock::new();
+    TABLE
+        .get_or_init(|| {
+            #[cfg(target_arch = "x86_64")]
+            if Level::Avx512.is_supported() {
+                return Some(x86::amx_emulated_table());
+            }
+            None
         })
         .as_ref()
 }
@@ -244,6 +275,8 @@ pub(crate) type QuantFn = unsafe fn(x: *const f32, nb: usize, y: *mut u8);
 /// scalar reference.
 pub struct CpuKernels {
     level: Level,
+    /// Whether the AMX tile instructions are emulated ([`amx_emulated_kernels`]).
+    emulated: bool,
     pub(crate) quant_q8_0: Option<QuantFn>,
     pub(crate) quant_q8_1: Option<QuantFn>,
     pub(crate) quant_q8_k: Option<QuantFn>,
@@ -276,6 +309,7 @@ impl CpuKernels {
     pub(crate) const fn scalar(level: Level) -> CpuKernels {
         CpuKernels {
             level,
+            emulated: false,
             quant_q8_0: None,
             quant_q8_1: None,
             quant_q8_k: None,
@@ -310,6 +344,8 @@ fn build_table(level: Level) -> CpuKernels {
         Level::Avx2 => x86::avx2_table(),
         #[cfg(target_arch = "x86_64")]
         Level::Avx512 => x86::avx512_table(),
+        #[cfg(target_arch = "x86_64")]
+        Level::Amx => x86::amx_table(),
         #[cfg(target_arch = "aarch64")]
         Level::Neon => aarch64::neon_table(),
         _ => CpuKernels::scalar(Level::Scalar),
@@ -359,6 +395,11 @@ impl CpuKernels {
     /// The level of this table.
     pub fn level(&self) -> Level {
         self.level
+    }
+
+    /// Whether this is the [`amx_emulated_kernels`] table (tile instructions in scalar code).
+    pub fn is_emulated(&self) -> bool {
+        self.emulated
     }
 
     /// Whether the matrix product for weights of type `ty` runs a SIMD kernel at this level

@@ -9,6 +9,8 @@ use core::arch::x86_64::*;
 
 use super::{CpuKernels, Level};
 
+#[clippy::msrv = "1.89"]
+mod amx;
 mod avx2;
 #[clippy::msrv = "1.89"] // AVX-512 intrinsics and target features are stable since Rust 1.89
 mod avx512;
@@ -38,12 +40,25 @@ pub(super) fn has_avx512() -> bool {
         && is_x86_feature_detected!("avx512vnni")
 }
 
+/// AVX-512 VNNI plus usable AMX-INT8 (CPU support and the OS's permission, asked once).
+pub(super) fn has_amx() -> bool {
+    has_avx512() && amx::usable()
+}
+
 pub(super) fn avx2_table() -> CpuKernels {
     avx2::table(Level::Avx2)
 }
 
 pub(super) fn avx512_table() -> CpuKernels {
     avx512::table(Level::Avx512)
+}
+
+pub(super) fn amx_table() -> CpuKernels {
+    amx::table()
+}
+
+pub(super) fn amx_emulated_table() -> CpuKernels {
+    amx::emulated_table()
 }
 
 /// The integer dot primitive that differs between levels.

@@ -112,7 +112,7 @@ pub(crate) const fn offset<F: Legacy>() -> i32 {
 /// Unpacks rows `r0..r0+nr` (rows past `nr` repeat the last one) into `wq` (`nb × 8` group
 /// vectors) and `wd` (`nb` vectors of the rows' scales as f32).
 #[inline(always)]
-unsafe fn pack_tile<F: Legacy>(
+pub(crate) unsafe fn pack_tile<F: Legacy>(
     t: &GemmArgs,
     r0: usize,
     nr: usize,

@@ -59,13 +59,13 @@ const PREFETCH_BYTES: usize = 16 << 10;
 
 /// Block `b`'s scales of a group as f32.
 #[inline(always)]
-unsafe fn scales(group: *const u8, b: usize) -> __m512 {
+pub(crate) unsafe fn scales(group: *const u8, b: usize) -> __m512 {
     _mm512_cvtph_ps(_mm256_loadu_si256(group.add(b * 32) as *const __m256i))
 }
 
 /// Block `b`'s values of a group.
 #[inline(always)]
-unsafe fn values<F: Repacked>(group: *const u8, nb: usize, b: usize) -> *const u8 {
+pub(crate) unsafe fn values<F: Repacked>(group: *const u8, nb: usize, b: usize) -> *const u8 {
     group.add(nb * 32 + b * F::QS_BYTES)
 }
 
