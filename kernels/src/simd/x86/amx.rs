@@ -50,6 +50,11 @@ const B_BYTES: usize = 512;
 
 /// Whether this CPU has AMX-TILE and AMX-INT8 with palette 1 as this module uses it, and the OS
 /// granted the tile data state to this process (asked once).
+///
+/// The grant is process-wide and makes every signal frame carry the 8 KiB of tile data: the
+/// request fails (ENOSPC, and the AVX-512 level runs) if a thread already has a smaller
+/// alternate signal stack, and afterwards `sigaltstack` refuses stacks below that size. Rust's
+/// own alternate stacks are sized from `AT_MINSIGSTKSZ`, which includes the tile state.
 pub(super) fn usable() -> bool {
     static USABLE: OnceLock<bool> = OnceLock::new();
     *USABLE.get_or_init(|| cpu_has_amx_int8() && request_tile_permission())
