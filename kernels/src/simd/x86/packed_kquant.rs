@@ -387,10 +387,10 @@ unsafe fn transpose16(v: &[__m512i; 16]) -> [__m512i; 16] {
 
 /// One packed chunk: per super-block `W_VECS` weight vectors, 4 min vectors (lane `r` =
 /// `(m_2k, m_2k+1)` of row `r`), and the rows' `d` and `dmin` as f32.
-struct Chunk {
-    w: *mut __m512i,
+pub(crate) struct Chunk {
+    pub(crate) w: *mut __m512i,
     mins: *mut __m512i,
-    d: *mut __m512,
+    pub(crate) d: *mut __m512,
     dmin: *mut __m512,
     /// 16 rows × `ROW_VECS` of one super-block, before the transpose.
     rows: *mut __m512i,
@@ -603,6 +603,25 @@ pub(crate) unsafe fn gemm<F: KQuant>(t: &GemmArgs) -> bool {
     if F::MINS && !bsums_fit(t) {
         return false;
     }
+    gemm_chunks::<F>(t, |r0, nr, b0, nbc, ch| {
+        let mut rows = [t.w; ROWS];
+        for (r, row) in rows.iter_mut().enumerate() {
+            // rows past the end repeat the last one (their lanes are not stored)
+            *row = t.w.add((r0 + r.min(nr - 1)) * t.w_stride);
+        }
+        pack_chunk::<F>(&rows, b0, nbc, ch);
+    });
+    true
+}
+
+/// The product with the packed chunks from `pack(r0, nr, b0, nbc, chunk)`: super-blocks
+/// `b0..b0 + nbc` of weight rows `r0..r0 + nr` (≤ 16) in the [`Chunk`] layout. The file layout
+/// packs them from its rows ([`gemm`]); the ×16 layouts of `repacked.rs` from their records.
+#[inline(always)]
+pub(crate) unsafe fn gemm_chunks<F: KQuant>(
+    t: &GemmArgs,
+    pack: impl Fn(usize, usize, usize, usize, &Chunk),
+) {
     let mut buf = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
     // activation rows per group: their records stay in cache while every tile passes over them
     let gm_max = (GROUP_BYTES / (t.nb * rec::<F>() * 64))
@@ -636,14 +655,9 @@ pub(crate) unsafe fn gemm<F: KQuant>(t: &GemmArgs) -> bool {
         };
         for r0 in (0..t.n).step_by(ROWS) {
             let nr = (t.n - r0).min(ROWS);
-            let mut rows = [t.w; ROWS];
-            for (r, row) in rows.iter_mut().enumerate() {
-                // rows past the end repeat the last one (their lanes are not stored)
-                *row = t.w.add((r0 + r.min(nr - 1)) * t.w_stride);
-            }
             for b0 in (0..t.nb).step_by(kc) {
                 let nbc = (t.nb - b0).min(kc);
-                pack_chunk::<F>(&rows, b0, nbc, &ch);
+                pack(r0, nr, b0, nbc, &ch);
                 let mut c0 = g0;
                 while c0 + F::COLS <= g0 + gm {
                     if F::COLS == 3 {
@@ -660,5 +674,4 @@ pub(crate) unsafe fn gemm<F: KQuant>(t: &GemmArgs) -> bool {
         }
     }
     SCRATCH.with(|s| *s.borrow_mut() = buf);
-    true
 }

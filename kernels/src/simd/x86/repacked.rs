@@ -14,6 +14,7 @@ use core::arch::x86_64::*;
 
 use super::legacy;
 use super::packed::{self, Packed};
+use super::packed_kquant;
 use crate::repack::GROUP_ROWS;
 use crate::simd::GemmArgs;
 
@@ -190,17 +191,14 @@ struct Q8KPrepared {
     d: f32,
 }
 
-/// The Q6_Kx16 kernels' activation super-block: [`Q8KPrepared`] plus i16 pairs per dword
+/// The Q6_Kx16 decode kernel's activation super-block: [`Q8KPrepared`] plus, per dword
 /// `8s + l` with bytes `(a₀, a₁, a₂, a₃)` (two elements of sub-block `2s`, then two of
-/// `2s + 1`): `neg32` = `(−32·(a₀ + a₁), −32·(a₂ + a₃))` (Q6_K's offset 32, decode), `p02` =
-/// `(a₀, a₂)` and `p13` = `(a₁, a₃)` (prompts).
+/// `2s + 1`), the i16 pair `neg32` = `(−32·(a₀ + a₁), −32·(a₂ + a₃))` (Q6_K's offset 32).
 #[repr(C, align(64))]
 #[derive(Clone, Copy)]
 struct Q8KPrepared6 {
     base: Q8KPrepared,
     neg32: [i32; 64],
-    p02: [i32; 64],
-    p13: [i32; 64],
 }
 
 #[inline(always)]
@@ -242,14 +240,10 @@ unsafe fn prepare_q8k6(t: &GemmArgs) -> Vec<Q8KPrepared6> {
             let mut p = Q8KPrepared6 {
                 base,
                 neg32: [0; 64],
-                p02: [0; 64],
-                p13: [0; 64],
             };
             for x in 0..64 {
                 let b = base.qs[x].to_le_bytes().map(|v| v as i8 as i32);
                 p.neg32[x] = pair(-32 * (b[0] + b[1]), -32 * (b[2] + b[3]));
-                p.p02[x] = pair(b[0], b[2]);
-                p.p13[x] = pair(b[1], b[3]);
             }
             p
         })
@@ -439,79 +433,45 @@ unsafe fn q6k_values(
     _mm512_or_si512(lo, _mm512_slli_epi16::<4>(_mm512_and_si512(hb, two)))
 }
 
-/// A group's weights scaled for the prompt path: per super-block and chunk `x`, two vectors of
-/// i16 pairs, `sc·(q − 32)` of elements `(t0, t2)` and of `(t1, t3)` (|value| ≤ 32·128, so the
-/// pairs are exact i16), matching [`Q8KPrepared6::p02`] / `p13`.
+/// Super-blocks `b0..b0 + nbc` of a Q6_Kx16 group as a chunk of the file layout's packed GEMM
+/// (`packed_kquant`, Q6_K): vector `8S + l` = the i16 pairs `sc_S·(q − 32)` of elements
+/// `16S + l` and `16S + l + 8` (16-value sub-block `S`, class `l`), lane `r` = row `r`; and the
+/// rows' `d` as f32. A record chunk `x = 8s + l` holds, per lane, the class-`l` values
+/// `(t₀, t₁)` of sub-block `2s` and `(t₂, t₃)` of `2s + 1`, with the scale pair
+/// `(sc_2s, sc_2s+1)` per lane at the same place, so two multiplies and two blends give both
+/// vectors.
 #[inline(always)]
-unsafe fn q6k_unpack_scaled(group: *const u8, nb: usize, out: &mut [__m512i]) {
+unsafe fn q6k_chunk(group: *const u8, b0: usize, nbc: usize, ch: &packed_kquant::Chunk) {
     use crate::repack::Q6K_RECORD;
+    use packed_kquant::KQuant;
     let nib = _mm512_set1_epi8(0x0f);
     let two = _mm512_set1_epi8(0x03);
     let off = _mm512_set1_epi8(32);
-    for b in 0..nb {
-        let rec = group.add(b * Q6K_RECORD);
+    // the high i16 half of every dword
+    let odd: __mmask32 = 0xaaaa_aaaa;
+    for b in 0..nbc {
+        let rec = group.add((b0 + b) * Q6K_RECORD);
+        let w = ch.w.add(b * packed_kquant::Q6K::W_VECS);
         for u in 0..16 {
             let h = _mm512_loadu_si512(rec.add(2336 + 64 * u) as *const _);
             for k in 0..4 {
                 let x = u + 16 * k;
+                let (s, l) = (x / 8, x % 8);
                 let sc = _mm512_cvtepi8_epi16(_mm256_loadu_si256(
-                    rec.add(32 + 32 * (x / 8)) as *const __m256i
+                    rec.add(32 + 32 * s) as *const __m256i
                 ));
                 let v = _mm512_sub_epi8(q6k_values(rec, h, u, k, nib, two), off);
-                // 16-bit halves of lane r: (t0, t1) and (t2, t3) → sign-extended t0 / t2 and
-                // t1 / t3
-                let v02 = _mm512_srai_epi16::<8>(_mm512_slli_epi16::<8>(v));
-                let v13 = _mm512_srai_epi16::<8>(v);
-                out[b * 128 + 2 * x] = _mm512_mullo_epi16(v02, sc);
-                out[b * 128 + 2 * x + 1] = _mm512_mullo_epi16(v13, sc);
+                // i16 halves of lane r: (t₀, t₂)·(sc_2s, sc_2s+1) and (t₁, t₃)·(…)
+                let p02 = _mm512_mullo_epi16(_mm512_srai_epi16::<8>(_mm512_slli_epi16::<8>(v)), sc);
+                let p13 = _mm512_mullo_epi16(_mm512_srai_epi16::<8>(v), sc);
+                let lo = _mm512_mask_blend_epi16(odd, p02, _mm512_slli_epi32::<16>(p13));
+                let hi = _mm512_mask_blend_epi16(odd, _mm512_srli_epi32::<16>(p02), p13);
+                w.add(8 * (2 * s) + l).write(lo);
+                w.add(8 * (2 * s + 1) + l).write(hi);
             }
         }
-    }
-}
-
-/// [`q6k_direct`] for `NC` activation rows from `c0` on weights from [`q6k_unpack_scaled`]:
-/// two `vpdpwssd` per chunk and row, each weight vector loaded once for the `NC` rows; class
-/// by class, so one integer accumulator per row is live.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn q6k_scaled<const NC: usize>(
-    t: &GemmArgs,
-    group: *const u8,
-    scaled: &[__m512i],
-    a: &[Q8KPrepared6],
-    c0: usize,
-    r0: usize,
-    nr: usize,
-) {
-    use crate::repack::Q6K_RECORD;
-    let nb = t.nb;
-    let mut sums = [[_mm512_setzero_ps(); 8]; NC];
-    for b in 0..nb {
-        let rec = group.add(b * Q6K_RECORD);
-        let dw = _mm512_cvtph_ps(_mm256_loadu_si256(rec as *const __m256i));
-        let mut dd = [_mm512_setzero_ps(); NC];
-        for c in 0..NC {
-            dd[c] = _mm512_mul_ps(dw, _mm512_set1_ps(a[(c0 + c) * nb + b].base.d));
-        }
-        for l in 0..8 {
-            let mut aux = [_mm512_setzero_si512(); NC];
-            for s in 0..8 {
-                let x = 8 * s + l;
-                let (w02, w13) = (scaled[b * 128 + 2 * x], scaled[b * 128 + 2 * x + 1]);
-                for c in 0..NC {
-                    let ab = &a[(c0 + c) * nb + b];
-                    aux[c] = _mm512_dpwssd_epi32(aux[c], w02, _mm512_set1_epi32(ab.p02[x]));
-                    aux[c] = _mm512_dpwssd_epi32(aux[c], w13, _mm512_set1_epi32(ab.p13[x]));
-                }
-            }
-            for c in 0..NC {
-                let term = _mm512_mul_ps(dd[c], _mm512_cvtepi32_ps(aux[c]));
-                sums[c][l] = _mm512_add_ps(sums[c][l], term);
-            }
-        }
-    }
-    for (c, sc) in sums.iter().enumerate() {
-        store_class_sums(t, _mm512_setzero_ps(), sc, c0 + c, r0, nr);
+        ch.d.add(b)
+            .write(_mm512_cvtph_ps(_mm256_loadu_si256(rec as *const __m256i)));
     }
 }
 
@@ -567,35 +527,22 @@ unsafe fn q6k_direct(
 }
 
 /// The whole product on a Q6_Kx16 matrix (`t.a`: Q8_K rows); never declines. From a few
-/// activation rows on, each group's weights are unpacked and scaled once (8 KiB per
-/// super-block) for all of them ([`q6k_scaled`]).
+/// activation rows on, the file layout's packed GEMM runs on chunks unpacked from the records
+/// ([`q6k_chunk`]), so prompts run as fast as on the file layout.
 #[inline(always)]
 pub(crate) unsafe fn gemm_q6_k(t: &GemmArgs) -> bool {
+    if t.m >= 4 {
+        packed_kquant::gemm_chunks::<packed_kquant::Q6K>(t, |r0, _nr, b0, nbc, ch| {
+            q6k_chunk(t.w.add(r0 / GROUP_ROWS * t.w_stride), b0, nbc, ch)
+        });
+        return true;
+    }
     let a = prepare_q8k6(t);
-    let unpack = t.m >= 4;
-    let mut scaled = vec![_mm512_setzero_si512(); if unpack { t.nb * 128 } else { 0 }];
-    for (c_lo, c_hi) in column_blocks::<Q8KPrepared6>(t) {
-        for (gi, r0) in (0..t.n).step_by(GROUP_ROWS).enumerate() {
-            let nr = (t.n - r0).min(GROUP_ROWS);
-            let group = t.w.add(gi * t.w_stride);
-            if !unpack {
-                for c in c_lo..c_hi {
-                    q6k_direct(t, group, &a[c * t.nb..(c + 1) * t.nb], c, r0, nr);
-                }
-                continue;
-            }
-            q6k_unpack_scaled(group, t.nb, &mut scaled);
-            let mut c0 = c_lo;
-            while c0 + 4 <= c_hi {
-                q6k_scaled::<4>(t, group, &scaled, &a, c0, r0, nr);
-                c0 += 4;
-            }
-            match c_hi - c0 {
-                0 => {}
-                1 => q6k_scaled::<1>(t, group, &scaled, &a, c0, r0, nr),
-                2 => q6k_scaled::<2>(t, group, &scaled, &a, c0, r0, nr),
-                _ => q6k_scaled::<3>(t, group, &scaled, &a, c0, r0, nr),
-            }
+    for (gi, r0) in (0..t.n).step_by(GROUP_ROWS).enumerate() {
+        let nr = (t.n - r0).min(GROUP_ROWS);
+        let group = t.w.add(gi * t.w_stride);
+        for c in 0..t.m {
+            q6k_direct(t, group, &a[c * t.nb..(c + 1) * t.nb], c, r0, nr);
         }
     }
     true
