@@ -184,6 +184,25 @@ pub(crate) trait TileUnit {
     unsafe fn release(&mut self);
 }
 
+/// One block on C = tmm`$c`, A = tmm`$a` (rows `$sa` bytes apart) and B = tmm4.
+macro_rules! dot1_asm {
+    ($c:literal, $a:literal, $ap:expr, $sa:expr, $bp:expr, $cp:expr) => {
+        asm!(
+            concat!("tilezero tmm", $c),
+            concat!("tileloadd tmm", $a, ", [{a} + {sa}*1]"),
+            "tileloadd tmm4, [{b} + {s64}*1]",
+            concat!("tdpbssd tmm", $c, ", tmm", $a, ", tmm4"),
+            concat!("tilestored [{c} + {s64}*1], tmm", $c),
+            a = in(reg) $ap,
+            sa = in(reg) $sa,
+            b = in(reg) $bp,
+            c = in(reg) $cp,
+            s64 = in(reg) 64usize,
+            options(nostack, preserves_flags),
+        )
+    };
+}
+
 /// The real tile unit.
 #[derive(Default)]
 pub(crate) struct Amx;
@@ -230,36 +249,12 @@ impl TileUnit for Amx {
 
     #[inline(always)]
     unsafe fn dot1(&mut self, a: *const u8, sa: usize, b: *const u8, c: *mut i32) {
-        asm!(
-            "tilezero tmm0",
-            "tileloadd tmm2, [{a} + {sa}*1]",
-            "tileloadd tmm4, [{b} + {s64}*1]",
-            "tdpbssd tmm0, tmm2, tmm4",
-            "tilestored [{c} + {s64}*1], tmm0",
-            a = in(reg) a,
-            sa = in(reg) sa,
-            b = in(reg) b,
-            c = in(reg) c,
-            s64 = in(reg) 64usize,
-            options(nostack, preserves_flags),
-        );
+        dot1_asm!("0", "2", a, sa, b, c);
     }
 
     #[inline(always)]
     unsafe fn dot1_tail(&mut self, a: *const u8, sa: usize, b: *const u8, c: *mut i32) {
-        asm!(
-            "tilezero tmm6",
-            "tileloadd tmm7, [{a} + {sa}*1]",
-            "tileloadd tmm4, [{b} + {s64}*1]",
-            "tdpbssd tmm6, tmm7, tmm4",
-            "tilestored [{c} + {s64}*1], tmm6",
-            a = in(reg) a,
-            sa = in(reg) sa,
-            b = in(reg) b,
-            c = in(reg) c,
-            s64 = in(reg) 64usize,
-            options(nostack, preserves_flags),
-        );
+        dot1_asm!("6", "7", a, sa, b, c);
     }
 
     #[inline(always)]
@@ -320,6 +315,23 @@ impl TileEmulator {
             let dst = std::slice::from_raw_parts_mut(p.add(i * stride), self.colsb[t]);
             dst.copy_from_slice(&self.tiles[t][i * 64..i * 64 + self.colsb[t]]);
         }
+    }
+
+    /// The sequence of `dot1_asm!` on C = tmm`ct`, A = tmm`at`, B = tmm4.
+    unsafe fn dot1_on(
+        &mut self,
+        ct: usize,
+        at: usize,
+        a: *const u8,
+        sa: usize,
+        b: *const u8,
+        c: *mut i32,
+    ) {
+        self.zero(ct);
+        self.load(at, a, sa);
+        self.load(4, b, 64);
+        self.dpbssd(ct, at, 4);
+        self.store(ct, c as *mut u8, 64);
     }
 
     /// `tdpbssd c, a, b`: `C[m][n] += Σ_k Σ_i A[m][4k+i]·B[k][4n+i]`, signed bytes, i32 sums.
@@ -391,19 +403,11 @@ impl TileUnit for TileEmulator {
     }
 
     unsafe fn dot1(&mut self, a: *const u8, sa: usize, b: *const u8, c: *mut i32) {
-        self.zero(0);
-        self.load(2, a, sa);
-        self.load(4, b, 64);
-        self.dpbssd(0, 2, 4);
-        self.store(0, c as *mut u8, 64);
+        self.dot1_on(0, 2, a, sa, b, c);
     }
 
     unsafe fn dot1_tail(&mut self, a: *const u8, sa: usize, b: *const u8, c: *mut i32) {
-        self.zero(6);
-        self.load(7, a, sa);
-        self.load(4, b, 64);
-        self.dpbssd(6, 7, 4);
-        self.store(6, c as *mut u8, 64);
+        self.dot1_on(6, 7, a, sa, b, c);
     }
 
     unsafe fn release(&mut self) {
