@@ -125,7 +125,7 @@ unsafe fn k4_values(qs: *const u8, qh: Option<__m256i>, j: usize) -> __m256i {
 }
 
 /// Bias of each half of the Q4_K / Q5_K dot pairs (see [`k4_dots`]).
-const PAIR_BIAS: i32 = 1 << 14;
+pub(crate) const PAIR_BIAS: i32 = 1 << 14;
 
 /// Q4_K / Q5_K layout: packed vector `16p + 8h + l` holds, in lane `r`, row `r`'s 4 values of
 /// class `l` in sub-block `j = 2p + h` (unsigned bytes); vector `64 + p` the lane pairs
@@ -389,9 +389,9 @@ unsafe fn transpose16(v: &[__m512i; 16]) -> [__m512i; 16] {
 /// `(m_2k, m_2k+1)` of row `r`), and the rows' `d` and `dmin` as f32.
 pub(crate) struct Chunk {
     pub(crate) w: *mut __m512i,
-    mins: *mut __m512i,
+    pub(crate) mins: *mut __m512i,
     pub(crate) d: *mut __m512,
-    dmin: *mut __m512,
+    pub(crate) dmin: *mut __m512,
     /// 16 rows × `ROW_VECS` of one super-block, before the transpose.
     rows: *mut __m512i,
 }
@@ -575,7 +575,7 @@ thread_local! {
 /// Whether every sub-block sum `bsums[2j] + bsums[2j+1]` of the `m` Q8_K rows fits in i16.
 /// Always true for the quantizers' output (|bsums| ≤ 16·127); hand-made bytes may not be.
 #[inline(always)]
-unsafe fn bsums_fit(t: &GemmArgs) -> bool {
+pub(crate) unsafe fn bsums_fit(t: &GemmArgs) -> bool {
     let mut lo = _mm256_setzero_si256();
     let mut hi = _mm256_setzero_si256();
     for c in 0..t.m {

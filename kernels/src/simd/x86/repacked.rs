@@ -1,4 +1,5 @@
-//! AVX-512 VNNI products on the ×16 repacked layouts of [`crate::repack`] (Q4_0x16, Q8_0x16).
+//! AVX-512 VNNI products on the ×16 repacked layouts of [`crate::repack`] (Q4_0x16, Q8_0x16,
+//! Q4_Kx16, Q6_Kx16).
 //!
 //! The layout already holds what `packed.rs` builds per tile: i32 lane `r` of a 64-byte chunk is
 //! row `r`'s 4 bytes, and a block's 16 scales are one 32-byte load. So a block costs 4 (Q4_0:
@@ -9,6 +10,9 @@
 //! - Few activation rows (decode): [`direct`] unpacks each block in registers for up to 4 rows.
 //! - Many (prompts, the vision tower): each 16-row group is unpacked once into a scratch of
 //!   group vectors, then `packed::tile_cols` runs 8 activation rows per pass, as the packed GEMM.
+//! - K-quants: decode reads the records directly ([`q4k_direct`], [`q6k_direct`]); prompts run
+//!   the file layout's packed GEMM (`packed_kquant`) on chunks taken from the records
+//!   ([`q4k_chunk`], [`q6k_chunk`]), which need neither its scale decoding nor its transposes.
 
 use core::arch::x86_64::*;
 
@@ -275,16 +279,10 @@ unsafe fn store_class_sums(
 /// One activation row against one Q4_Kx16 group (rows `r0..r0+nr`), in ggml's generic order:
 /// per row, eight f32 class sums `sums[l] += (d·d_a)·aux[l]` and `sumf −= (dmin·d_a)·Σ m·B`,
 /// then `sumf + sums[0] + … + sums[7]`; the integer parts are exact in any order.
-///
-/// With `UNPACKED`, the value nibbles come from `unpacked` (per super-block, 32 pairs of low /
-/// high vectors from [`q4k_unpack`]) instead of the record: a GEMM unpacks a group once for
-/// all its activation rows.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn q4k_direct<const UNPACKED: bool>(
+unsafe fn q4k_direct(
     t: &GemmArgs,
     group: *const u8,
-    unpacked: &[__m512i],
     a: &[Q8KPrepared],
     c0: usize,
     r0: usize,
@@ -296,11 +294,9 @@ unsafe fn q4k_direct<const UNPACKED: bool>(
     let mut sumf = _mm512_setzero_ps();
     for (b, ab) in a.iter().enumerate() {
         let rec = group.add(b * Q4K_RECORD);
-        if !UNPACKED {
-            let ahead = rec.wrapping_add(PREFETCH_BYTES);
-            for line in 0..5 {
-                _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(64 * line) as *const i8);
-            }
+        let ahead = rec.wrapping_add(PREFETCH_BYTES);
+        for line in 0..5 {
+            _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(64 * line) as *const i8);
         }
         let mut aux = [_mm512_setzero_si512(); 8];
         for c in 0..4 {
@@ -308,18 +304,11 @@ unsafe fn q4k_direct<const UNPACKED: bool>(
             let sc =
                 _mm512_cvtepu8_epi16(_mm256_loadu_si256(rec.add(64 + 32 * c) as *const __m256i));
             for l in 0..8 {
-                let (lo, hi) = if UNPACKED {
-                    let i = b * 64 + (c * 8 + l) * 2;
-                    (unpacked[i], unpacked[i + 1])
-                } else {
-                    let chunk = rec.add(320 + (c * 8 + l) * 64);
-                    _mm_prefetch::<_MM_HINT_T1>(chunk.wrapping_add(PREFETCH_BYTES) as *const i8);
-                    let q = _mm512_loadu_si512(chunk as *const _);
-                    (
-                        _mm512_and_si512(q, mask),
-                        _mm512_and_si512(_mm512_srli_epi16::<4>(q), mask),
-                    )
-                };
+                let chunk = rec.add(320 + (c * 8 + l) * 64);
+                _mm_prefetch::<_MM_HINT_T1>(chunk.wrapping_add(PREFETCH_BYTES) as *const i8);
+                let q = _mm512_loadu_si512(chunk as *const _);
+                let lo = _mm512_and_si512(q, mask);
+                let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(q), mask);
                 let zero = _mm512_setzero_si512();
                 let d_lo = _mm512_dpbusd_epi32(zero, lo, _mm512_set1_epi32(ab.qs[16 * c + l]));
                 let d_hi = _mm512_dpbusd_epi32(zero, hi, _mm512_set1_epi32(ab.qs[16 * c + 8 + l]));
@@ -350,57 +339,70 @@ unsafe fn q4k_direct<const UNPACKED: bool>(
     store_class_sums(t, sumf, &sums, c0, r0, nr);
 }
 
-/// The whole product on a Q4_Kx16 matrix (`t.a`: Q8_K rows); never declines. Each group's
-/// records (a few tens of KiB) stay in cache while every activation row passes over them.
+/// Super-blocks `b0..b0 + nbc` of a Q4_Kx16 group as a chunk of the file layout's packed GEMM
+/// (`packed_kquant`, Q4_K): a record chunk `(c, l)` already holds, per lane, the class-`l`
+/// values of sub-blocks `2c` (low nibbles) and `2c + 1` (high nibbles), which are the packed
+/// vectors `16c + l` and `16c + 8 + l`; the scale pairs are the record's, zero-extended; then
+/// the pair bias `−2¹⁴·Σ sc`, the min pairs `(m_2k, m_2k+1)` and `d`, `dmin` as f32.
+#[inline(always)]
+unsafe fn q4k_chunk(group: *const u8, b0: usize, nbc: usize, ch: &packed_kquant::Chunk) {
+    use crate::repack::Q4K_RECORD;
+    use packed_kquant::KQuant;
+    let mask = _mm512_set1_epi8(0x0f);
+    for b in 0..nbc {
+        let rec = group.add((b0 + b) * Q4K_RECORD);
+        let w = ch.w.add(b * packed_kquant::Q4K::W_VECS);
+        let mut sc_sum = _mm512_setzero_si512();
+        for c in 0..4 {
+            for l in 0..8 {
+                let q = _mm512_loadu_si512(rec.add(320 + (c * 8 + l) * 64) as *const _);
+                w.add(16 * c + l).write(_mm512_and_si512(q, mask));
+                w.add(16 * c + 8 + l)
+                    .write(_mm512_and_si512(_mm512_srli_epi16::<4>(q), mask));
+            }
+            let sc =
+                _mm512_cvtepu8_epi16(_mm256_loadu_si256(rec.add(64 + 32 * c) as *const __m256i));
+            w.add(64 + c).write(sc);
+            sc_sum = _mm512_add_epi32(sc_sum, _mm512_madd_epi16(sc, _mm512_set1_epi16(1)));
+        }
+        let bias = _mm512_mullo_epi32(sc_sum, _mm512_set1_epi32(-packed_kquant::PAIR_BIAS));
+        w.add(68).write(bias);
+        for k in 0..4 {
+            let m = |j: usize| {
+                _mm512_cvtepu8_epi32(_mm_loadu_si128(rec.add(192 + 16 * j) as *const __m128i))
+            };
+            let pair = _mm512_or_si512(m(2 * k), _mm512_slli_epi32::<16>(m(2 * k + 1)));
+            ch.mins.add(4 * b + k).write(pair);
+        }
+        ch.d.add(b)
+            .write(_mm512_cvtph_ps(_mm256_loadu_si256(rec as *const __m256i)));
+        ch.dmin.add(b).write(_mm512_cvtph_ps(_mm256_loadu_si256(
+            rec.add(32) as *const __m256i
+        )));
+    }
+}
+
+/// The whole product on a Q4_Kx16 matrix (`t.a`: Q8_K rows); never declines. From a few
+/// activation rows on, the file layout's packed GEMM runs on chunks taken from the records
+/// ([`q4k_chunk`]); activations whose `bsums` pairs leave i16 (never written by the quantizer)
+/// and decode run [`q4k_direct`].
 #[inline(always)]
 pub(crate) unsafe fn gemm_q4_k(t: &GemmArgs) -> bool {
+    if t.m >= 4 && packed_kquant::bsums_fit(t) {
+        packed_kquant::gemm_chunks::<packed_kquant::Q4K>(t, |r0, _nr, b0, nbc, ch| {
+            q4k_chunk(t.w.add(r0 / GROUP_ROWS * t.w_stride), b0, nbc, ch)
+        });
+        return true;
+    }
     let a = prepare_q8k(t);
-    // from a few activation rows on, unpack each group's nibbles once (4 KiB per super-block)
-    let unpack = t.m >= 4;
-    let mut unpacked = vec![_mm512_setzero_si512(); if unpack { t.nb * 64 } else { 0 }];
-    for (c_lo, c_hi) in column_blocks::<Q8KPrepared>(t) {
-        for (gi, r0) in (0..t.n).step_by(GROUP_ROWS).enumerate() {
-            let nr = (t.n - r0).min(GROUP_ROWS);
-            let group = t.w.add(gi * t.w_stride);
-            if unpack {
-                q4k_unpack(group, t.nb, &mut unpacked);
-            }
-            for c in c_lo..c_hi {
-                let ac = &a[c * t.nb..(c + 1) * t.nb];
-                if unpack {
-                    q4k_direct::<true>(t, group, &unpacked, ac, c, r0, nr);
-                } else {
-                    q4k_direct::<false>(t, group, &unpacked, ac, c, r0, nr);
-                }
-            }
+    for (gi, r0) in (0..t.n).step_by(GROUP_ROWS).enumerate() {
+        let nr = (t.n - r0).min(GROUP_ROWS);
+        let group = t.w.add(gi * t.w_stride);
+        for c in 0..t.m {
+            q4k_direct(t, group, &a[c * t.nb..(c + 1) * t.nb], c, r0, nr);
         }
     }
     true
-}
-
-/// Activation rows in blocks whose prepared records take about 256 KiB, so a block stays in L2
-/// while every weight group passes over it (all rows at once would stream megabytes from
-/// memory once per 16-row group); groups are unpacked again per block.
-fn column_blocks<P>(t: &GemmArgs) -> impl Iterator<Item = (usize, usize)> {
-    let per_row = t.nb.max(1) * std::mem::size_of::<P>();
-    let block = ((256usize << 10) / per_row).max(4) / 4 * 4;
-    let m = t.m;
-    (0..m).step_by(block).map(move |c| (c, (c + block).min(m)))
-}
-
-/// A group's value nibbles as vectors: per super-block and chunk `(c, l)`, low then high.
-#[inline(always)]
-unsafe fn q4k_unpack(group: *const u8, nb: usize, out: &mut [__m512i]) {
-    use crate::repack::Q4K_RECORD;
-    let mask = _mm512_set1_epi8(0x0f);
-    for b in 0..nb {
-        let values = group.add(b * Q4K_RECORD + 320);
-        for i in 0..32 {
-            let q = _mm512_loadu_si512(values.add(64 * i) as *const _);
-            out[b * 64 + 2 * i] = _mm512_and_si512(q, mask);
-            out[b * 64 + 2 * i + 1] = _mm512_and_si512(_mm512_srli_epi16::<4>(q), mask);
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
