@@ -48,14 +48,14 @@ impl Weight<'_> {
 // Load-time repacking policy
 // ---------------------------------------------------------------------------------------------
 
-/// Whether models repack their Q4_0 / Q8_0 matrices at load time (`kernels::repack`).
+/// Whether models repack their Q4_0 / Q4_K / Q6_K (and Q8_0) matrices at load time
+/// (`kernels::repack`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RepackPolicy {
-    /// Repack Q4_0 and Q4_K when this CPU has kernels for their layouts and the machine has at
-    /// least [`AUTO_REPACK_MIN_RAM`] of memory: smaller (8 GB) devices keep the weights in the
-    /// file map, where the OS can drop and re-read them under memory pressure. Q8_0 and Q6_K
-    /// only with `On`: Q8_0 gains nothing measurable, and Q6_K's prompt GEMM on the repacked
-    /// layout is slower than on the file's.
+    /// Repack Q4_0, Q4_K and Q6_K when this CPU has kernels for their layouts and the machine
+    /// has at least [`AUTO_REPACK_MIN_RAM`] of memory: smaller (8 GB) devices keep the weights
+    /// in the file map, where the OS can drop and re-read them under memory pressure. Q8_0
+    /// only with `On`: it gains nothing measurable.
     Auto,
     On,
     Off,
@@ -117,11 +117,13 @@ pub fn should_repack(ty: GgmlType) -> bool {
         RepackPolicy::On => true,
         RepackPolicy::Off => false,
         // Q8_0 decodes as fast from the file layout (its GEMV is not compute-bound) and
-        // repacking it costs seconds of load time; Q6_K decodes faster repacked but its prompt
-        // GEMM converts each group back (85 vs 155 GOPS per core at 128 rows)
+        // repacking it costs seconds of load time. The K-quant layouts decode faster and their
+        // prompt GEMMs run the file layout's packed driver, so prompts lose nothing.
         RepackPolicy::Auto => {
-            matches!(layout, RepackLayout::Q4_0x16 | RepackLayout::Q4_Kx16)
-                && installed_memory().is_some_and(|m| m >= AUTO_REPACK_MIN_RAM)
+            matches!(
+                layout,
+                RepackLayout::Q4_0x16 | RepackLayout::Q4_Kx16 | RepackLayout::Q6_Kx16
+            ) && installed_memory().is_some_and(|m| m >= AUTO_REPACK_MIN_RAM)
         }
     }
 }

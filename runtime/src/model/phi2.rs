@@ -338,7 +338,7 @@ impl Phi2Model {
     }
 
     /// Repacks the layers' and the LM head's matrices into the ×16 layouts where
-    /// [`crate::linear::should_repack`] says so (Q4_0 / Q8_0 with AVX-512 VNNI kernels, machines
+    /// [`crate::linear::should_repack`] says so (Q4_0 / Q4_K / Q6_K with AVX-512 VNNI kernels, machines
     /// with enough memory, `TINYGPTV_REPACK`), then lets the file map drop their pages: the
     /// resident size stays about the file's, and load time grows by one pass over the weights.
     /// Returns the bytes repacked.
