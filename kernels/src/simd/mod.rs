@@ -3,11 +3,12 @@
 //!
 //! Layout (ggml style): this file holds the level detection, the per-level function tables and
 //! the safe drivers; `generic.rs` is the scalar fallback (the reference kernels of
-//! [`crate::formats`]); `x86/` holds the AVX2 and AVX-512 kernels, `aarch64/` the NEON ones.
+//! [`crate::formats`]); `x86/` holds the AVX2, AVX-512 and AMX kernels, `aarch64/` the NEON
+//! ones.
 //!
 //! **Levels.** [`detected_level`] is the best level this CPU runs; [`cpu_level`] is that level
-//! lowered by the environment variable `TINYGPTV_CPU` (`scalar`, `avx2`, `avx512` on x86-64;
-//! `scalar`, `neon` on aarch64), read once. Asking for a level above the detected one gives the
+//! lowered by the environment variable `TINYGPTV_CPU` (`scalar`, `avx2`, `avx512`, `amx` on
+//! x86-64; `scalar`, `neon` on aarch64), read once. Asking for a level above the detected one gives the
 //! best supported level below it; an unknown name or another architecture's level is ignored
 //! (with a warning on stderr). [`kernels`] returns the table of [`cpu_level`]; tests and
 //! benchmarks force a level with [`kernels_for`]. Each table is built once (`OnceLock`).
