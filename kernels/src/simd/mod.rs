@@ -384,6 +384,49 @@ fn nothing_to_compute(
     Ok(n == 0 || m == 0 || k == 0)
 }
 
+/// Checks that `w_len` bytes hold `n` weight rows of `k` elements of type `ty`: back to back
+/// (`stride = None`, exactly `n` rows) or `stride` bytes apart (at least `(n − 1)·stride` plus
+/// one row). Returns the row stride.
+fn weight_rows(
+    ty: GgmlType,
+    k: usize,
+    n: usize,
+    w_len: usize,
+    stride: Option<usize>,
+) -> Result<usize, FormatError> {
+    if !supports_vec_dot(ty) {
+        return Err(FormatError::Unsupported { ty, op: "gemm" });
+    }
+    let w_rb = row_bytes(ty, k)?;
+    let w_stride = stride.unwrap_or(w_rb);
+    if w_stride < w_rb {
+        return Err(length_error("gemm weight row stride", w_rb, w_stride));
+    }
+    let need = match n {
+        0 => Some(0),
+        _ => (n - 1)
+            .checked_mul(w_stride)
+            .and_then(|b| b.checked_add(w_rb)),
+    }
+    .ok_or(FormatError::Overflow {
+        what: "gemm weight bytes",
+    })?;
+    let fits = if stride.is_some() {
+        w_len >= need
+    } else {
+        w_len == need
+    };
+    if !fits {
+        return Err(FormatError::ByteLength {
+            ty,
+            n: n.saturating_mul(k),
+            expected: need,
+            actual: w_len,
+        });
+    }
+    Ok(w_stride)
+}
+
 fn length_error(what: &'static str, expected: usize, actual: usize) -> FormatError {
     FormatError::Length {
         what,
@@ -552,22 +595,8 @@ impl CpuKernels {
         m: usize,
         out: &mut [f32],
     ) -> Result<(), FormatError> {
-        if !supports_vec_dot(ty) {
-            return Err(FormatError::Unsupported { ty, op: "gemm" });
-        }
-        let w_rb = row_bytes(ty, k)?;
-        let w_len = w_rb.checked_mul(n).ok_or(FormatError::Overflow {
-            what: "gemm weight bytes",
-        })?;
-        if w.len() != w_len {
-            return Err(FormatError::ByteLength {
-                ty,
-                n: n.saturating_mul(k),
-                expected: w_len,
-                actual: w.len(),
-            });
-        }
-        self.gemm_rows(ty, k, w, w_rb, n, act, m, out)
+        let stride = weight_rows(ty, k, n, w.len(), None)?;
+        self.gemm_rows(ty, k, w, stride, n, act, m, out)
     }
 
     /// [`Self::gemm`] with weight rows `w_stride` bytes apart (≥ a row's bytes), e.g. one
@@ -585,30 +614,7 @@ impl CpuKernels {
         m: usize,
         out: &mut [f32],
     ) -> Result<(), FormatError> {
-        if !supports_vec_dot(ty) {
-            return Err(FormatError::Unsupported { ty, op: "gemm" });
-        }
-        let w_rb = row_bytes(ty, k)?;
-        if w_stride < w_rb {
-            return Err(length_error("gemm weight row stride", w_rb, w_stride));
-        }
-        let need = match n {
-            0 => 0,
-            _ => (n - 1)
-                .checked_mul(w_stride)
-                .and_then(|b| b.checked_add(w_rb))
-                .ok_or(FormatError::Overflow {
-                    what: "gemm weight bytes",
-                })?,
-        };
-        if w.len() < need {
-            return Err(FormatError::ByteLength {
-                ty,
-                n: n.saturating_mul(k),
-                expected: need,
-                actual: w.len(),
-            });
-        }
+        weight_rows(ty, k, n, w.len(), Some(w_stride))?;
         self.gemm_rows(ty, k, w, w_stride, n, act, m, out)
     }
 
