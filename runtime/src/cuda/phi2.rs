@@ -19,7 +19,7 @@ use kernels::cuda::{
 use kernels::gguf::{GgufFile, TensorInfo};
 
 use crate::arch::blk;
-use crate::model::phi2::{Phi2Config, Phi2Model};
+use crate::model::phi2::{tinygptv_norms, Phi2Config, Phi2Model};
 
 struct Layer {
     attn_norm_w: DeviceBuffer,
@@ -261,25 +261,12 @@ impl CudaPhi2 {
             dev,
             f: &model.file,
         };
-        let (e, kvw, ff, hd) = (cfg.n_embd, cfg.kv_width(), cfg.n_ff, cfg.head_dim);
+        let (e, kvw, ff) = (cfg.n_embd, cfg.kv_width(), cfg.n_ff);
         let mut layers = Vec::with_capacity(n_layers);
         for i in 0..n_layers {
             let (qkv, qkv_b) = l.qkv(i, e, kvw)?;
-            let (q_norm, k_norm, post_attn_norm) = if cfg.tinygptv {
-                (
-                    Some((
-                        l.vector(&blk(i, "attn_q_norm.weight"), hd)?,
-                        l.vector(&blk(i, "attn_q_norm.bias"), hd)?,
-                    )),
-                    Some((
-                        l.vector(&blk(i, "attn_k_norm.weight"), hd)?,
-                        l.vector(&blk(i, "attn_k_norm.bias"), hd)?,
-                    )),
-                    Some(l.vector(&blk(i, "post_attention_norm.weight"), e)?),
-                )
-            } else {
-                (None, None, None)
-            };
+            let (q_norm, k_norm, post_attn_norm) =
+                tinygptv_norms(&cfg, i, |name, len| l.vector(name, len))?;
             layers.push(Layer {
                 attn_norm_w: l.vector(&blk(i, "attn_norm.weight"), e)?,
                 attn_norm_b: l.vector(&blk(i, "attn_norm.bias"), e)?,

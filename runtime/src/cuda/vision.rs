@@ -16,47 +16,21 @@ use kernels::cuda::{
 
 use super::phi2::Loader;
 use crate::backend::ImageEncoder;
-use crate::model::vision::{VisionConfig, VisionTower};
+use crate::model::vision::{self, TowerParams, VisionConfig, VisionTower};
 
 /// A linear layer on the device.
-struct Linear {
+pub(crate) struct Linear {
     w: DeviceWeight,
     b: Option<DeviceBuffer>,
 }
 
-struct Norm {
+pub(crate) struct Norm {
     w: DeviceBuffer,
     b: DeviceBuffer,
 }
 
-struct VitBlock {
-    ln1: Norm,
-    qkv: Linear,
-    attn_out: Linear,
-    ln2: Norm,
-    ffn_up: Linear,
-    ffn_down: Linear,
-}
-
-struct CrossAttention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    out: Linear,
-    out_norm: Norm,
-}
-
-struct QFormerLayer {
-    attn_q: Linear,
-    attn_k: Linear,
-    attn_v: Linear,
-    attn_out: Linear,
-    attn_out_norm: Norm,
-    cross: Option<CrossAttention>,
-    ffn_up: Linear,
-    ffn_down: Linear,
-    ffn_out_norm: Norm,
-}
+type VitBlock = vision::VitBlock<Linear, Norm>;
+type QFormerLayer = vision::QFormerLayer<Linear, Norm>;
 
 /// Activation buffers (the sizes are fixed by the tower).
 struct Work {
@@ -106,7 +80,10 @@ fn f32_buf(dev: &Device, n: usize) -> Result<DeviceBuffer> {
     Ok(dev.alloc(n.max(1) * std::mem::size_of::<f32>())?)
 }
 
-impl Loader<'_> {
+impl TowerParams for Loader<'_> {
+    type Linear = Linear;
+    type Norm = Norm;
+
     fn linear(&self, prefix: &str, rows: usize, cols: usize) -> Result<Linear> {
         Ok(Linear {
             w: self.flat_matrix(&format!("{prefix}.weight"), rows, cols)?,
@@ -142,46 +119,7 @@ impl<'t> CudaVision<'t> {
             }
         }
         let n_pos = cfg.n_patches() + 1;
-        let blocks = (0..cfg.n_layer)
-            .map(|i| {
-                let pre = format!("v.blk.{i}");
-                Ok(VitBlock {
-                    ln1: l.norm(&format!("{pre}.ln1"), d)?,
-                    qkv: l.linear(&format!("{pre}.attn_qkv"), 3 * d, d)?,
-                    attn_out: l.linear(&format!("{pre}.attn_out"), d, d)?,
-                    ln2: l.norm(&format!("{pre}.ln2"), d)?,
-                    ffn_up: l.linear(&format!("{pre}.ffn_up"), cfg.n_ff, d)?,
-                    ffn_down: l.linear(&format!("{pre}.ffn_down"), d, cfg.n_ff)?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let qformer = (0..cfg.q_n_layer)
-            .map(|i| {
-                let pre = format!("qformer.blk.{i}");
-                let cross = if cfg.q_cross_layers.contains(&i) {
-                    Some(CrossAttention {
-                        q: l.linear(&format!("{pre}.cross_q"), qd, qd)?,
-                        k: l.linear(&format!("{pre}.cross_k"), qd, d)?,
-                        v: l.linear(&format!("{pre}.cross_v"), qd, d)?,
-                        out: l.linear(&format!("{pre}.cross_out"), qd, qd)?,
-                        out_norm: l.norm(&format!("{pre}.cross_out_norm"), qd)?,
-                    })
-                } else {
-                    None
-                };
-                Ok(QFormerLayer {
-                    attn_q: l.linear(&format!("{pre}.attn_q"), qd, qd)?,
-                    attn_k: l.linear(&format!("{pre}.attn_k"), qd, qd)?,
-                    attn_v: l.linear(&format!("{pre}.attn_v"), qd, qd)?,
-                    attn_out: l.linear(&format!("{pre}.attn_out"), qd, qd)?,
-                    attn_out_norm: l.norm(&format!("{pre}.attn_out_norm"), qd)?,
-                    cross,
-                    ffn_up: l.linear(&format!("{pre}.ffn_up"), cfg.q_n_ff, qd)?,
-                    ffn_down: l.linear(&format!("{pre}.ffn_down"), qd, cfg.q_n_ff)?,
-                    ffn_out_norm: l.norm(&format!("{pre}.ffn_out_norm"), qd)?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let (blocks, qformer) = vision::load_layers(&l, cfg)?;
         let proj0_rows = l.info("mm.0.weight")?.dims.get(1).copied().unwrap_or(0) as usize;
         let proj0 = l.linear("mm.0", proj0_rows, qd)?;
         let proj1 = l.linear("mm.1", cfg.n_embd_llm, proj0_rows)?;

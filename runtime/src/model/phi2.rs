@@ -261,6 +261,32 @@ impl Loader<'_> {
     }
 }
 
+/// A TinyGPT-V layer's extra norms, read with `vector(name, len)`: the per-head LayerNorms of
+/// Q and K (weight, bias) and the post-attention RMSNorm weight; all `None` for stock Phi-2.
+/// Shared by the CPU model and the CUDA backend's loader.
+#[allow(clippy::type_complexity)]
+pub(crate) fn tinygptv_norms<V>(
+    cfg: &Phi2Config,
+    i: usize,
+    vector: impl Fn(&str, usize) -> Result<V>,
+) -> Result<(Option<(V, V)>, Option<(V, V)>, Option<V>)> {
+    if !cfg.tinygptv {
+        return Ok((None, None, None));
+    }
+    let hd = cfg.head_dim;
+    let pair = |what: &str| -> Result<(V, V)> {
+        Ok((
+            vector(&blk(i, &format!("{what}.weight")), hd)?,
+            vector(&blk(i, &format!("{what}.bias")), hd)?,
+        ))
+    };
+    Ok((
+        Some(pair("attn_q_norm")?),
+        Some(pair("attn_k_norm")?),
+        Some(vector(&blk(i, "post_attention_norm.weight"), cfg.n_embd)?),
+    ))
+}
+
 impl Phi2Model {
     pub fn load(file: GgufFile) -> Result<Phi2Model> {
         let cfg = Phi2Config::from_gguf(&file)?;
@@ -283,22 +309,8 @@ impl Phi2Model {
                     bv: l.opt_vector(&blk(i, "attn_v.bias"), kvw)?,
                 }
             };
-            let (q_norm, k_norm, post_attn_norm) = if cfg.tinygptv {
-                let hd = cfg.head_dim;
-                (
-                    Some((
-                        l.vector(&blk(i, "attn_q_norm.weight"), hd)?,
-                        l.vector(&blk(i, "attn_q_norm.bias"), hd)?,
-                    )),
-                    Some((
-                        l.vector(&blk(i, "attn_k_norm.weight"), hd)?,
-                        l.vector(&blk(i, "attn_k_norm.bias"), hd)?,
-                    )),
-                    Some(l.vector(&blk(i, "post_attention_norm.weight"), e)?),
-                )
-            } else {
-                (None, None, None)
-            };
+            let (q_norm, k_norm, post_attn_norm) =
+                tinygptv_norms(&cfg, i, |name, len| l.vector(name, len))?;
             layers.push(PhiLayer {
                 attn_norm_w: l.vector(&blk(i, "attn_norm.weight"), e)?,
                 attn_norm_b: l.vector(&blk(i, "attn_norm.bias"), e)?,

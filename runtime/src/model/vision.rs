@@ -132,45 +132,113 @@ impl VisionConfig {
 // ---------------------------------------------------------------------------------------------
 
 /// A linear layer: matrix in the map, bias copied to f32.
-struct Linear {
+pub(crate) struct Linear {
     w: TensorInfo,
     rows: usize,
     cols: usize,
     b: Option<Vec<f32>>,
 }
 
-struct Norm {
+pub(crate) struct Norm {
     w: Vec<f32>,
     b: Vec<f32>,
 }
 
-struct VitBlock {
-    ln1: Norm,
-    qkv: Linear,
-    attn_out: Linear,
-    ln2: Norm,
-    ffn_up: Linear,
-    ffn_down: Linear,
+/// Where a tower's layers come from: views of the GGUF file on the CPU (this file), device
+/// copies in the CUDA backend. [`load_layers`] walks the same tensor names for both.
+pub(crate) trait TowerParams {
+    type Linear;
+    type Norm;
+    /// `{prefix}.weight` with `rows` outputs of `cols` inputs, optional `{prefix}.bias`.
+    fn linear(&self, prefix: &str, rows: usize, cols: usize) -> Result<Self::Linear>;
+    /// `{prefix}.weight` and `{prefix}.bias`, `len` each.
+    fn norm(&self, prefix: &str, len: usize) -> Result<Self::Norm>;
 }
 
-struct QFormerLayer {
-    attn_q: Linear,
-    attn_k: Linear,
-    attn_v: Linear,
-    attn_out: Linear,
-    attn_out_norm: Norm,
-    cross: Option<CrossAttention>,
-    ffn_up: Linear,
-    ffn_down: Linear,
-    ffn_out_norm: Norm,
+/// One EVA ViT block (pre-norm attention and MLP).
+pub(crate) struct VitBlock<L, N> {
+    pub(crate) ln1: N,
+    pub(crate) qkv: L,
+    pub(crate) attn_out: L,
+    pub(crate) ln2: N,
+    pub(crate) ffn_up: L,
+    pub(crate) ffn_down: L,
 }
 
-struct CrossAttention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    out: Linear,
-    out_norm: Norm,
+/// One BERT-style Q-Former layer (post-norm), with cross-attention to the image every
+/// `cross_attention_freq` layers.
+pub(crate) struct QFormerLayer<L, N> {
+    pub(crate) attn_q: L,
+    pub(crate) attn_k: L,
+    pub(crate) attn_v: L,
+    pub(crate) attn_out: L,
+    pub(crate) attn_out_norm: N,
+    pub(crate) cross: Option<CrossAttention<L, N>>,
+    pub(crate) ffn_up: L,
+    pub(crate) ffn_down: L,
+    pub(crate) ffn_out_norm: N,
+}
+
+pub(crate) struct CrossAttention<L, N> {
+    pub(crate) q: L,
+    pub(crate) k: L,
+    pub(crate) v: L,
+    pub(crate) out: L,
+    pub(crate) out_norm: N,
+}
+
+/// The ViT blocks and the Q-Former layers of `cfg` (GGUF names `v.blk.N.*`,
+/// `qformer.blk.N.*`).
+#[allow(clippy::type_complexity)]
+pub(crate) fn load_layers<P: TowerParams>(
+    l: &P,
+    cfg: &VisionConfig,
+) -> Result<(
+    Vec<VitBlock<P::Linear, P::Norm>>,
+    Vec<QFormerLayer<P::Linear, P::Norm>>,
+)> {
+    let (d, qd) = (cfg.width, cfg.q_width);
+    let blocks = (0..cfg.n_layer)
+        .map(|i| {
+            let pre = format!("v.blk.{i}");
+            Ok(VitBlock {
+                ln1: l.norm(&format!("{pre}.ln1"), d)?,
+                qkv: l.linear(&format!("{pre}.attn_qkv"), 3 * d, d)?,
+                attn_out: l.linear(&format!("{pre}.attn_out"), d, d)?,
+                ln2: l.norm(&format!("{pre}.ln2"), d)?,
+                ffn_up: l.linear(&format!("{pre}.ffn_up"), cfg.n_ff, d)?,
+                ffn_down: l.linear(&format!("{pre}.ffn_down"), d, cfg.n_ff)?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let qformer = (0..cfg.q_n_layer)
+        .map(|i| {
+            let pre = format!("qformer.blk.{i}");
+            let cross = if cfg.q_cross_layers.contains(&i) {
+                Some(CrossAttention {
+                    q: l.linear(&format!("{pre}.cross_q"), qd, qd)?,
+                    k: l.linear(&format!("{pre}.cross_k"), qd, d)?,
+                    v: l.linear(&format!("{pre}.cross_v"), qd, d)?,
+                    out: l.linear(&format!("{pre}.cross_out"), qd, qd)?,
+                    out_norm: l.norm(&format!("{pre}.cross_out_norm"), qd)?,
+                })
+            } else {
+                None
+            };
+            Ok(QFormerLayer {
+                attn_q: l.linear(&format!("{pre}.attn_q"), qd, qd)?,
+                attn_k: l.linear(&format!("{pre}.attn_k"), qd, qd)?,
+                attn_v: l.linear(&format!("{pre}.attn_v"), qd, qd)?,
+                attn_out: l.linear(&format!("{pre}.attn_out"), qd, qd)?,
+                attn_out_norm: l.norm(&format!("{pre}.attn_out_norm"), qd)?,
+                cross,
+                ffn_up: l.linear(&format!("{pre}.ffn_up"), cfg.q_n_ff, qd)?,
+                ffn_down: l.linear(&format!("{pre}.ffn_down"), qd, cfg.q_n_ff)?,
+                ffn_out_norm: l.norm(&format!("{pre}.ffn_out_norm"), qd)?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((blocks, qformer))
 }
 
 pub struct VisionTower {
@@ -179,11 +247,11 @@ pub struct VisionTower {
     patch_embd: Linear,
     class_embd: Vec<f32>,
     position_embd: Vec<f32>,
-    blocks: Vec<VitBlock>,
+    blocks: Vec<VitBlock<Linear, Norm>>,
     post_ln: Norm,
     query: Vec<f32>,
     embd_norm: Norm,
-    qformer: Vec<QFormerLayer>,
+    qformer: Vec<QFormerLayer<Linear, Norm>>,
     proj0: Linear,
     proj1: Linear,
 }
@@ -213,6 +281,11 @@ impl Loader<'_> {
             .with_context(|| format!("{}: tensor '{name}'", self.f.path().display()))?;
         Ok(out)
     }
+}
+
+impl TowerParams for Loader<'_> {
+    type Linear = Linear;
+    type Norm = Norm;
 
     fn norm(&self, prefix: &str, len: usize) -> Result<Norm> {
         Ok(Norm {
@@ -283,47 +356,8 @@ impl VisionTower {
                 cfg.image_size
             );
         }
-        let blocks = (0..cfg.n_layer)
-            .map(|i| {
-                let pre = format!("v.blk.{i}");
-                Ok(VitBlock {
-                    ln1: l.norm(&format!("{pre}.ln1"), d)?,
-                    qkv: l.linear(&format!("{pre}.attn_qkv"), 3 * d, d)?,
-                    attn_out: l.linear(&format!("{pre}.attn_out"), d, d)?,
-                    ln2: l.norm(&format!("{pre}.ln2"), d)?,
-                    ffn_up: l.linear(&format!("{pre}.ffn_up"), cfg.n_ff, d)?,
-                    ffn_down: l.linear(&format!("{pre}.ffn_down"), d, cfg.n_ff)?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let (qd, enc) = (cfg.q_width, cfg.width);
-        let qformer = (0..cfg.q_n_layer)
-            .map(|i| {
-                let pre = format!("qformer.blk.{i}");
-                let cross = if cfg.q_cross_layers.contains(&i) {
-                    Some(CrossAttention {
-                        q: l.linear(&format!("{pre}.cross_q"), qd, qd)?,
-                        k: l.linear(&format!("{pre}.cross_k"), qd, enc)?,
-                        v: l.linear(&format!("{pre}.cross_v"), qd, enc)?,
-                        out: l.linear(&format!("{pre}.cross_out"), qd, qd)?,
-                        out_norm: l.norm(&format!("{pre}.cross_out_norm"), qd)?,
-                    })
-                } else {
-                    None
-                };
-                Ok(QFormerLayer {
-                    attn_q: l.linear(&format!("{pre}.attn_q"), qd, qd)?,
-                    attn_k: l.linear(&format!("{pre}.attn_k"), qd, qd)?,
-                    attn_v: l.linear(&format!("{pre}.attn_v"), qd, qd)?,
-                    attn_out: l.linear(&format!("{pre}.attn_out"), qd, qd)?,
-                    attn_out_norm: l.norm(&format!("{pre}.attn_out_norm"), qd)?,
-                    cross,
-                    ffn_up: l.linear(&format!("{pre}.ffn_up"), cfg.q_n_ff, qd)?,
-                    ffn_down: l.linear(&format!("{pre}.ffn_down"), qd, cfg.q_n_ff)?,
-                    ffn_out_norm: l.norm(&format!("{pre}.ffn_out_norm"), qd)?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let (blocks, qformer) = load_layers(&l, &cfg)?;
+        let qd = cfg.q_width;
         let proj0_rows = l.info("mm.0.weight")?.dims.get(1).copied().unwrap_or(0) as usize;
         let tower = VisionTower {
             patch_embd: l.linear("v.patch_embd", d, 3 * p * p)?,
