@@ -911,21 +911,8 @@ impl Device {
         ncols: usize,
         nrows: usize,
     ) -> Result<(), CudaError> {
-        need(&src, span(nrows, ld_src, ncols)?, "copy_f32_to_f16: src")?;
-        need(&dst, span(nrows, ld_dst, ncols)?, "copy_f32_to_f16: dst")?;
-        self.launch(
-            "copy_f32_f16_2d",
-            (blocks(ncols, 256)?, to_grid_y(nrows)?, 1),
-            (256, 1, 1),
-            &[
-                src.arg(),
-                Arg::I32(to_i32(ld_src, "ld_src")?),
-                dst.arg(),
-                Arg::I32(to_i32(ld_dst, "ld_dst")?),
-                Arg::I32(to_i32(ncols, "ncols")?),
-                Arg::I32(nrows as i32),
-            ],
-        )
+        let kernel = ("copy_f32_f16_2d", "copy_f32_to_f16");
+        self.copy_2d(kernel, src, ld_src, dst, ld_dst, ncols, nrows)
     }
 
     /// `dst[r][c] = src[r][c]` over `nrows × ncols` with row strides.
@@ -938,10 +925,33 @@ impl Device {
         ncols: usize,
         nrows: usize,
     ) -> Result<(), CudaError> {
-        need(&src, span(nrows, ld_src, ncols)?, "copy_f32: src")?;
-        need(&dst, span(nrows, ld_dst, ncols)?, "copy_f32: dst")?;
+        self.copy_2d(
+            ("copy_f32_2d", "copy_f32"),
+            src,
+            ld_src,
+            dst,
+            ld_dst,
+            ncols,
+            nrows,
+        )
+    }
+
+    /// A strided 2-D copy kernel (`kernel`: its name and the caller's, for errors).
+    #[allow(clippy::too_many_arguments)]
+    fn copy_2d<S, D>(
+        &self,
+        (kernel, what): (&'static str, &str),
+        src: DevSlice<'_, S>,
+        ld_src: usize,
+        dst: DevSlice<'_, D>,
+        ld_dst: usize,
+        ncols: usize,
+        nrows: usize,
+    ) -> Result<(), CudaError> {
+        need(&src, span(nrows, ld_src, ncols)?, &format!("{what}: src"))?;
+        need(&dst, span(nrows, ld_dst, ncols)?, &format!("{what}: dst"))?;
         self.launch(
-            "copy_f32_2d",
+            kernel,
             (blocks(ncols, 256)?, to_grid_y(nrows)?, 1),
             (256, 1, 1),
             &[
