@@ -13,8 +13,9 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 use rayon::prelude::*;
-use runtime::backend::LmBackend;
+use runtime::backend::{CpuLm, LmBackend};
 use runtime::kv_cache::CacheType;
+use runtime::model::phi2::Phi2Model;
 
 use super::common::{init_threads, DeviceArgs};
 
@@ -102,41 +103,24 @@ pub fn bench_token(i: usize, vocab: usize) -> u32 {
 }
 
 /// `pp<n>`: one batched forward over `n` tokens from an empty cache, `reps` times;
-/// tokens/s (mean, sd).
-pub fn speed_pp(
-    model: &runtime::model::phi2::Phi2Model,
-    vocab: usize,
-    n: usize,
-    reps: usize,
-) -> Result<(f64, f64)> {
-    let ids: Vec<u32> = (0..n).map(|i| bench_token(i, vocab)).collect();
-    let mut tps = Vec::new();
-    for _ in 0..reps.max(1) {
-        let mut c = model.new_cache(CacheType::F16, n + 1);
-        let t = Instant::now();
-        model.forward(model.embed_tokens(&ids)?, &mut c, false)?;
-        tps.push(n as f64 / t.elapsed().as_secs_f64());
-    }
-    Ok(mean_sd(&tps))
+/// tokens/s (mean, sd). On the CPU.
+pub fn speed_pp(model: &Phi2Model, vocab: usize, n: usize, reps: usize) -> Result<(f64, f64)> {
+    speed_pp_lm(
+        &mut CpuLm::new(model, CacheType::F16, n + 1),
+        vocab,
+        n,
+        reps,
+    )
 }
 
-/// `tg<n>`: `n` single-token forwards, `reps` times; tokens/s (mean, sd).
-pub fn speed_tg(
-    model: &runtime::model::phi2::Phi2Model,
-    vocab: usize,
-    n: usize,
-    reps: usize,
-) -> Result<(f64, f64)> {
-    let mut tps = Vec::new();
-    for _ in 0..reps.max(1) {
-        let mut c = model.new_cache(CacheType::F16, n + 1);
-        let t = Instant::now();
-        for i in 0..n {
-            model.forward(model.embed_tokens(&[bench_token(i, vocab)])?, &mut c, false)?;
-        }
-        tps.push(n as f64 / t.elapsed().as_secs_f64());
-    }
-    Ok(mean_sd(&tps))
+/// `tg<n>`: `n` single-token forwards, `reps` times; tokens/s (mean, sd). On the CPU.
+pub fn speed_tg(model: &Phi2Model, vocab: usize, n: usize, reps: usize) -> Result<(f64, f64)> {
+    speed_tg_lm(
+        &mut CpuLm::new(model, CacheType::F16, n + 1),
+        vocab,
+        n,
+        reps,
+    )
 }
 
 /// [`speed_pp`] on any backend (its KV cache is cleared before each repetition).
@@ -147,15 +131,7 @@ pub fn speed_pp_lm(
     reps: usize,
 ) -> Result<(f64, f64)> {
     let ids: Vec<u32> = (0..n).map(|i| bench_token(i, vocab)).collect();
-    let mut tps = Vec::new();
-    for _ in 0..reps.max(1) {
-        lm.clear();
-        let t = Instant::now();
-        let x = lm.embed_tokens(&ids)?;
-        lm.forward(x, false)?;
-        tps.push(n as f64 / t.elapsed().as_secs_f64());
-    }
-    Ok(mean_sd(&tps))
+    speed(lm, n, reps, |lm| lm.forward(lm.embed_tokens(&ids)?, false))
 }
 
 /// [`speed_tg`] on any backend.
@@ -165,14 +141,26 @@ pub fn speed_tg_lm(
     n: usize,
     reps: usize,
 ) -> Result<(f64, f64)> {
+    speed(lm, n, reps, |lm| {
+        for i in 0..n {
+            lm.forward(lm.embed_tokens(&[bench_token(i, vocab)])?, false)?;
+        }
+        Ok(())
+    })
+}
+
+/// `n` tokens per run of `work` from an empty cache, `reps` times: tokens/s (mean, sd).
+fn speed<T>(
+    lm: &mut dyn LmBackend,
+    n: usize,
+    reps: usize,
+    mut work: impl FnMut(&mut dyn LmBackend) -> Result<T>,
+) -> Result<(f64, f64)> {
     let mut tps = Vec::new();
     for _ in 0..reps.max(1) {
         lm.clear();
         let t = Instant::now();
-        for i in 0..n {
-            let x = lm.embed_tokens(&[bench_token(i, vocab)])?;
-            lm.forward(x, false)?;
-        }
+        work(lm)?;
         tps.push(n as f64 / t.elapsed().as_secs_f64());
     }
     Ok(mean_sd(&tps))
@@ -196,37 +184,15 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     };
     let mut device_desc = compute.describe();
 
-    if compute.is_cpu() {
-        // warm-up (page in the weights)
-        {
-            let mut c = model.new_cache(CacheType::F16, 2);
-            model.forward(model.embed_tokens(&[bench_token(0, vocab)])?, &mut c, false)?;
-        }
-        if args.n_prompt > 0 {
-            let (m, sd) = speed_pp(model, vocab, args.n_prompt, args.reps)?;
-            results.push(BenchResult {
-                engine: engine.into(),
-                test: format!("pp{}", args.n_prompt),
-                tokens_per_s: m,
-                stddev: sd,
-            });
-        }
-        if args.n_gen > 0 {
-            let (m, sd) = speed_tg(model, vocab, args.n_gen, args.reps)?;
-            results.push(BenchResult {
-                engine: engine.into(),
-                test: format!("tg{}", args.n_gen),
-                tokens_per_s: m,
-                stddev: sd,
-            });
-        }
-    } else if args.n_prompt > 0 || args.n_gen > 0 {
+    if args.n_prompt > 0 || args.n_gen > 0 {
         let n_ctx = args.n_prompt.max(args.n_gen).max(1) + 1;
         let mut backend =
             compute.language_model(model, CacheType::F16, n_ctx, args.device.gpu_layers)?;
         device_desc = backend.describe();
-        // warm-up: compiles the kernels (or reads them from the disk cache) for both paths
-        for n in [1, args.n_prompt.min(n_ctx - 1)] {
+        // warm-up: pages in the weights; on a GPU also compiles the kernels (or reads them
+        // from the disk cache) for both paths
+        let warm_prompt = if compute.is_cpu() { 0 } else { args.n_prompt };
+        for n in [1, warm_prompt.min(n_ctx - 1)] {
             if n > 0 {
                 speed_pp_lm(backend.as_mut(), vocab, n, 1)?;
             }
