@@ -147,18 +147,65 @@ const QUANT_ROWS_PER_TASK: usize = 16;
 /// `y[t][j] = Σ_k x[t][k]·W[j][k] (+ bias[j])` for `m` activation rows of `w.cols` elements.
 /// `y` has `m × w.rows` elements.
 pub fn matmul(w: &Weight, bias: Option<&[f32]>, x: &[f32], m: usize, y: &mut [f32]) {
-    let (n, k) = (w.rows, w.cols);
-    assert_eq!(x.len(), m * k, "matmul: activation shape");
-    assert_eq!(y.len(), m * n, "matmul: output shape");
-    if let Some(b) = bias {
-        assert_eq!(b.len(), n, "matmul: bias length");
+    matmul_many(&mut [(*w, bias, y)], x, m);
+}
+
+/// One product of [`matmul_many`]: the weights, an optional bias and the output.
+pub type MatmulPart<'w, 'o> = (Weight<'w>, Option<&'w [f32]>, &'o mut [f32]);
+
+/// Several products of the same activations, e.g. separate Q, K and V matrices:
+/// `parts[i].2 = x·W_iᵀ (+ bias_i)`, each as [`matmul`]. Matrices of one type and row length
+/// share one activation quantization and one parallel loop over all their row blocks (one
+/// fork-join instead of one per matrix); the results are those of separate [`matmul`] calls.
+pub fn matmul_many(parts: &mut [MatmulPart], x: &[f32], m: usize) {
+    for (w, bias, y) in parts.iter() {
+        assert_eq!(x.len(), m * w.cols, "matmul: activation shape");
+        assert_eq!(y.len(), m * w.rows, "matmul: output shape");
+        if let Some(b) = bias {
+            assert_eq!(b.len(), w.rows, "matmul: bias length");
+        }
     }
-    if m == 0 || n == 0 {
+    let Some((first, _, _)) = parts.first() else {
+        return;
+    };
+    let same = parts
+        .iter()
+        .all(|(w, _, _)| w.ty.vec_dot_type() == first.ty.vec_dot_type() && w.cols == first.cols);
+    if !same {
+        for part in parts.iter_mut() {
+            matmul_many(std::slice::from_mut(part), x, m);
+        }
         return;
     }
-    let kern = simd::kernels();
+    if m == 0 {
+        return;
+    }
+    let act = quantize_activations(first, x, m);
 
-    // 1. Quantize activations once (row groups in parallel when there are many rows).
+    // Blocks of weight rows (whole tiles) of every matrix; each block computes all m outputs
+    // for its rows.
+    let jobs: Vec<(usize, usize, usize)> = parts
+        .iter()
+        .enumerate()
+        .flat_map(|(i, (w, _, _))| row_blocks(w, m).map(move |(r0, r1)| (i, r0, r1)))
+        .collect();
+    let outs: Vec<SharedOut> = parts
+        .iter_mut()
+        .map(|(_, _, y)| SharedOut(y.as_mut_ptr()))
+        .collect();
+    let parts = &*parts;
+    jobs.into_par_iter().for_each(|(i, r0, r1)| {
+        let (w, bias, _) = &parts[i];
+        // SAFETY: blocks of one matrix have disjoint row ranges, and every matrix writes only
+        // its own output (checked to hold m × rows elements above).
+        unsafe { row_block(w, *bias, &act, m, r0, r1, outs[i]) };
+    });
+}
+
+/// `m` rows of `x` quantized for `w`'s kernels (row groups in parallel when there are many).
+fn quantize_activations(w: &Weight, x: &[f32], m: usize) -> Vec<u8> {
+    let kern = simd::kernels();
+    let k = w.cols;
     let arb = simd::activation_row_bytes(w.ty, k).expect("matmul: weight row length");
     let mut act = vec![0u8; m * arb];
     let quantize = |xs: &[f32], dst: &mut [u8]| {
@@ -172,10 +219,14 @@ pub fn matmul(w: &Weight, bias: Option<&[f32]>, x: &[f32], m: usize, y: &mut [f3
     } else {
         quantize(x, &mut act);
     }
+    act
+}
 
-    // 2. Blocks of weight rows (whole tiles); each block computes all m outputs for its rows.
-    let repacked = w.repacked.filter(|r| kern.has_repacked_gemm(r.layout()));
-    let tile_rows = if repacked.is_some() {
+/// The row blocks `(r0, r1)` of `w` for `m` activation rows: whole tiles, enough blocks for
+/// load balance, each small enough that its weights stay in cache while all rows pass.
+fn row_blocks(w: &Weight, m: usize) -> impl Iterator<Item = (usize, usize)> {
+    let n = w.rows;
+    let tile_rows = if repacked_here(w).is_some() {
         GROUP_ROWS
     } else {
         TILE_ROWS
@@ -190,35 +241,55 @@ pub fn matmul(w: &Weight, bias: Option<&[f32]>, x: &[f32], m: usize, y: &mut [f3
         (n / (threads * 4)).clamp(16, 128)
     }
     .next_multiple_of(tile_rows);
+    (0..n.div_ceil(block)).map(move |b| (b * block, ((b + 1) * block).min(n)))
+}
+
+/// `w`'s repacked copy if this CPU has kernels for its layout.
+fn repacked_here<'a>(w: &Weight<'a>) -> Option<&'a RepackedMatrix> {
+    w.repacked
+        .filter(|r| simd::kernels().has_repacked_gemm(r.layout()))
+}
+
+/// Rows `r0..r1` of `y = x·Wᵀ (+ bias)` from the quantized activations.
+///
+/// # Safety
+/// `out` must point at `m × w.rows` floats, and no other thread may write rows `r0..r1` of
+/// them meanwhile.
+unsafe fn row_block(
+    w: &Weight,
+    bias: Option<&[f32]>,
+    act: &[u8],
+    m: usize,
+    r0: usize,
+    r1: usize,
+    out: SharedOut,
+) {
+    let kern = simd::kernels();
+    let (n, k) = (w.rows, w.cols);
+    let rows = r1 - r0;
     let wrb = w.row_bytes();
-    let out = SharedOut(y.as_mut_ptr());
-    (0..n.div_ceil(block)).into_par_iter().for_each(|b| {
-        let r0 = b * block;
-        let r1 = (r0 + block).min(n);
-        let rows = r1 - r0;
-        let mut local = vec![0f32; m * rows];
-        match repacked {
-            Some(rp) => kern.gemm_repacked(rp, r0, rows, &act, m, &mut local),
-            None => kern.gemm(
-                w.ty,
-                k,
-                &w.data[r0 * wrb..r1 * wrb],
-                rows,
-                &act,
-                m,
-                &mut local,
-            ),
+    let mut local = vec![0f32; m * rows];
+    match repacked_here(w) {
+        Some(rp) => kern.gemm_repacked(rp, r0, rows, act, m, &mut local),
+        None => kern.gemm(
+            w.ty,
+            k,
+            &w.data[r0 * wrb..r1 * wrb],
+            rows,
+            act,
+            m,
+            &mut local,
+        ),
+    }
+    .expect("matmul: weight shape");
+    for (t, vals) in local.chunks_exact(rows).enumerate() {
+        for (j, &v) in (r0..r1).zip(vals) {
+            let v = v + bias.map_or(0.0, |b| b[j]);
+            // SAFETY: t·n + j < m·n, and rows r0..r1 are this call's alone (the caller's
+            // contract).
+            unsafe { *out.ptr().add(t * n + j) = v };
         }
-        .expect("matmul: weight shape");
-        for (t, vals) in local.chunks_exact(rows).enumerate() {
-            for (j, &v) in (r0..r1).zip(vals) {
-                let v = v + bias.map_or(0.0, |b| b[j]);
-                // SAFETY: (t, j) pairs are disjoint across tasks (j ranges do not overlap)
-                // and t * n + j < m * n = y.len().
-                unsafe { *out.ptr().add(t * n + j) = v };
-            }
-        }
-    });
+    }
 }
 
 #[cfg(test)]
@@ -303,6 +374,90 @@ mod tests {
                             repacked.is_some()
                         );
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn matmul_many_equals_separate_matmuls() {
+        // Q/K/V-like shapes (one narrower matrix), a mixed set that cannot share the
+        // activation quantization (Q4_K's Q8_K vs Q8_0's Q8_0), and the repacked layouts
+        let k = 256;
+        let data = |len: usize, seed: u32| -> Vec<f32> {
+            (0..len)
+                .map(|i| {
+                    (((i as u32).wrapping_mul(2_246_822_519) ^ seed) % 1999) as f32 / 997.0 - 1.0
+                })
+                .collect()
+        };
+        let specs = [
+            (GgmlType::Q4_0, 48),
+            (GgmlType::Q4_0, 16),
+            (GgmlType::Q8_0, 33),
+            (GgmlType::Q4_K, 40),
+            (GgmlType::F16, 9),
+        ];
+        let bytes: Vec<Vec<u8>> = specs
+            .iter()
+            .enumerate()
+            .map(|(i, &(ty, n))| {
+                let mut wq = vec![0u8; formats::row_bytes(ty, n * k).unwrap()];
+                formats::quantize_row(ty, &data(n * k, 11 + i as u32), &mut wq).unwrap();
+                wq
+            })
+            .collect();
+        let packed: Vec<Option<RepackedMatrix>> = specs
+            .iter()
+            .zip(&bytes)
+            .map(|(&(ty, n), wq)| RepackedMatrix::new(ty, wq, n, k).ok())
+            .collect();
+        let biases: Vec<Vec<f32>> = specs.iter().map(|&(_, n)| data(n, 5)).collect();
+        for use_repacked in [false, true] {
+            let weights: Vec<Weight> = specs
+                .iter()
+                .zip(&bytes)
+                .zip(&packed)
+                .map(|((&(ty, n), wq), rp)| Weight {
+                    ty,
+                    data: wq,
+                    rows: n,
+                    cols: k,
+                    repacked: rp.as_ref().filter(|_| use_repacked),
+                })
+                .collect();
+            for (set, m) in [
+                (&[0usize, 1, 2][..], 1),
+                (&[0, 1, 2][..], 20),
+                (&[3, 2, 4][..], 5),
+            ] {
+                let x = data(m * k, 9);
+                let mut want: Vec<Vec<f32>> = Vec::new();
+                for &i in set {
+                    let mut y = vec![0f32; m * specs[i].1];
+                    let b = (i % 2 == 0).then_some(&biases[i][..]);
+                    matmul(&weights[i], b, &x, m, &mut y);
+                    want.push(y);
+                }
+                let mut got: Vec<Vec<f32>> = set
+                    .iter()
+                    .map(|&i| vec![f32::NAN; m * specs[i].1])
+                    .collect();
+                let mut parts: Vec<MatmulPart> = set
+                    .iter()
+                    .zip(got.iter_mut())
+                    .map(|(&i, y)| {
+                        let b = (i % 2 == 0).then_some(&biases[i][..]);
+                        (weights[i], b, &mut y[..])
+                    })
+                    .collect();
+                matmul_many(&mut parts, &x, m);
+                for (g, w) in got.iter().zip(&want) {
+                    assert_eq!(
+                        g.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        w.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        "set {set:?} m={m} repacked={use_repacked}"
+                    );
                 }
             }
         }

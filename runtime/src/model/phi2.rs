@@ -15,7 +15,7 @@ use rayon::prelude::*;
 use crate::arch::{self, blk, llm_key};
 use crate::attention::attend_head_rows;
 use crate::kv_cache::{CacheType, KvCache};
-use crate::linear::{matmul, Weight};
+use crate::linear::{matmul, matmul_many, Weight};
 use crate::ops;
 
 // ---------------------------------------------------------------------------------------------
@@ -593,9 +593,16 @@ impl Phi2Model {
                 bk,
                 bv,
             } => {
-                matmul(&self.w(wq), bq.as_deref(), h, t, &mut q);
-                matmul(&self.w(wk), bk.as_deref(), h, t, &mut k);
-                matmul(&self.w(wv), bv.as_deref(), h, t, &mut v);
+                // one quantization of h and one parallel loop for the three matrices
+                matmul_many(
+                    &mut [
+                        (self.w(wq), bq.as_deref(), &mut q),
+                        (self.w(wk), bk.as_deref(), &mut k),
+                        (self.w(wv), bv.as_deref(), &mut v),
+                    ],
+                    h,
+                    t,
+                );
             }
         }
 
