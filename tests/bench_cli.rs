@@ -93,6 +93,7 @@ fn table_names_each_test_and_the_device() {
     assert!(out.contains("| tinygptv | pp4 |"), "{out}");
     assert!(out.contains("| tinygptv | tg2 |"), "{out}");
     assert!(out.contains("threads: "), "{out}");
+    assert!(out.contains("CPU (scalar kernels)"), "{out}");
 }
 
 #[test]

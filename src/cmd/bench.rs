@@ -278,7 +278,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         let size = model.file.file_size() as f64 / (1u64 << 30) as f64;
         if compute.is_cpu() {
             println!(
-                "model: {} ({size:.2} GiB), threads: {threads}",
+                "model: {} ({size:.2} GiB), threads: {threads}, {device_desc}",
                 args.model.display()
             );
         } else {
