@@ -395,14 +395,23 @@ pub(crate) unsafe fn gemm_q4_k(t: &GemmArgs) -> bool {
         return true;
     }
     let a = prepare_q8k(t);
+    each_group_and_row(t, |group, c, r0, nr| {
+        q4k_direct(t, group, &a[c * t.nb..(c + 1) * t.nb], c, r0, nr)
+    });
+    true
+}
+
+/// `dot(group, c, r0, nr)` for every 16-row group (rows `r0..r0 + nr`) and activation row `c`:
+/// the K-quant decode paths, one activation row at a time.
+#[inline(always)]
+unsafe fn each_group_and_row(t: &GemmArgs, mut dot: impl FnMut(*const u8, usize, usize, usize)) {
     for (gi, r0) in (0..t.n).step_by(GROUP_ROWS).enumerate() {
         let nr = (t.n - r0).min(GROUP_ROWS);
         let group = t.w.add(gi * t.w_stride);
         for c in 0..t.m {
-            q4k_direct(t, group, &a[c * t.nb..(c + 1) * t.nb], c, r0, nr);
+            dot(group, c, r0, nr);
         }
     }
-    true
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -540,12 +549,8 @@ pub(crate) unsafe fn gemm_q6_k(t: &GemmArgs) -> bool {
         return true;
     }
     let a = prepare_q8k6(t);
-    for (gi, r0) in (0..t.n).step_by(GROUP_ROWS).enumerate() {
-        let nr = (t.n - r0).min(GROUP_ROWS);
-        let group = t.w.add(gi * t.w_stride);
-        for c in 0..t.m {
-            q6k_direct(t, group, &a[c * t.nb..(c + 1) * t.nb], c, r0, nr);
-        }
-    }
+    each_group_and_row(t, |group, c, r0, nr| {
+        q6k_direct(t, group, &a[c * t.nb..(c + 1) * t.nb], c, r0, nr)
+    });
     true
 }
