@@ -16,6 +16,8 @@ use kernels::simd::{self, TILE_ROWS};
 use kernels::GgmlType;
 use rayon::prelude::*;
 
+pub use crate::ops::Activation;
+
 /// A weight matrix in a GGUF tensor: `rows` output features of `cols` input elements each.
 #[derive(Clone, Copy)]
 pub struct Weight<'a> {
@@ -147,30 +149,71 @@ const QUANT_ROWS_PER_TASK: usize = 16;
 /// `y[t][j] = Σ_k x[t][k]·W[j][k] (+ bias[j])` for `m` activation rows of `w.cols` elements.
 /// `y` has `m × w.rows` elements.
 pub fn matmul(w: &Weight, bias: Option<&[f32]>, x: &[f32], m: usize, y: &mut [f32]) {
-    matmul_many(&mut [(*w, bias, y)], x, m);
+    matmul_act(w, bias, Activation::Identity, x, m, y);
 }
 
-/// One product of [`matmul_many`]: the weights, an optional bias and the output.
-pub type MatmulPart<'w, 'o> = (Weight<'w>, Option<&'w [f32]>, &'o mut [f32]);
+/// [`matmul`] followed by `act` on every output (e.g. an MLP's up projection and its GELU):
+/// the same bits as `act` applied afterwards, but applied to each block of outputs inside the
+/// parallel loop, while it is still in cache.
+pub fn matmul_act(
+    w: &Weight,
+    bias: Option<&[f32]>,
+    act: Activation,
+    x: &[f32],
+    m: usize,
+    y: &mut [f32],
+) {
+    matmul_many(
+        &mut [MatmulPart {
+            w: *w,
+            bias,
+            act,
+            out: y,
+        }],
+        x,
+        m,
+    );
+}
 
-/// Several products of the same activations, e.g. separate Q, K and V matrices:
-/// `parts[i].2 = x·W_iᵀ (+ bias_i)`, each as [`matmul`]. Matrices of one type and row length
-/// share one activation quantization and one parallel loop over all their row blocks (one
-/// fork-join instead of one per matrix); the results are those of separate [`matmul`] calls.
-pub fn matmul_many(parts: &mut [MatmulPart], x: &[f32], m: usize) {
-    for (w, bias, y) in parts.iter() {
-        assert_eq!(x.len(), m * w.cols, "matmul: activation shape");
-        assert_eq!(y.len(), m * w.rows, "matmul: output shape");
-        if let Some(b) = bias {
-            assert_eq!(b.len(), w.rows, "matmul: bias length");
+/// One product of [`matmul_many`]: `out = act(x·wᵀ + bias)`.
+pub struct MatmulPart<'w, 'o> {
+    pub w: Weight<'w>,
+    pub bias: Option<&'w [f32]>,
+    pub act: Activation,
+    pub out: &'o mut [f32],
+}
+
+impl<'w, 'o> MatmulPart<'w, 'o> {
+    /// `out = x·wᵀ + bias`, no activation.
+    pub fn new(w: Weight<'w>, bias: Option<&'w [f32]>, out: &'o mut [f32]) -> Self {
+        MatmulPart {
+            w,
+            bias,
+            act: Activation::Identity,
+            out,
         }
     }
-    let Some((first, _, _)) = parts.first() else {
+}
+
+/// Several products of the same activations, e.g. separate Q, K and V matrices, or Phi-2's
+/// QKV and MLP-up projections of one normalized input: each part as [`matmul_act`]. Matrices
+/// of one activation type and row length share one activation quantization and one parallel
+/// loop over all their row blocks (one fork-join instead of one per matrix); the results are
+/// those of separate [`matmul_act`] calls.
+pub fn matmul_many(parts: &mut [MatmulPart], x: &[f32], m: usize) {
+    for p in parts.iter() {
+        assert_eq!(x.len(), m * p.w.cols, "matmul: activation shape");
+        assert_eq!(p.out.len(), m * p.w.rows, "matmul: output shape");
+        if let Some(b) = p.bias {
+            assert_eq!(b.len(), p.w.rows, "matmul: bias length");
+        }
+    }
+    let Some(first) = parts.first().map(|p| p.w) else {
         return;
     };
     let same = parts
         .iter()
-        .all(|(w, _, _)| w.ty.vec_dot_type() == first.ty.vec_dot_type() && w.cols == first.cols);
+        .all(|p| p.w.ty.vec_dot_type() == first.ty.vec_dot_type() && p.w.cols == first.cols);
     if !same {
         for part in parts.iter_mut() {
             matmul_many(std::slice::from_mut(part), x, m);
@@ -180,25 +223,24 @@ pub fn matmul_many(parts: &mut [MatmulPart], x: &[f32], m: usize) {
     if m == 0 {
         return;
     }
-    let act = quantize_activations(first, x, m);
+    let qx = quantize_activations(&first, x, m);
 
     // Blocks of weight rows (whole tiles) of every matrix; each block computes all m outputs
     // for its rows.
     let jobs: Vec<(usize, usize, usize)> = parts
         .iter()
         .enumerate()
-        .flat_map(|(i, (w, _, _))| row_blocks(w, m).map(move |(r0, r1)| (i, r0, r1)))
+        .flat_map(|(i, p)| row_blocks(&p.w, m).map(move |(r0, r1)| (i, r0, r1)))
         .collect();
-    let outs: Vec<SharedOut> = parts
+    let outs: Vec<(Weight, Option<&[f32]>, Activation, SharedOut)> = parts
         .iter_mut()
-        .map(|(_, _, y)| SharedOut(y.as_mut_ptr()))
+        .map(|p| (p.w, p.bias, p.act, SharedOut(p.out.as_mut_ptr())))
         .collect();
-    let parts = &*parts;
     jobs.into_par_iter().for_each(|(i, r0, r1)| {
-        let (w, bias, _) = &parts[i];
+        let (w, bias, act, out) = &outs[i];
         // SAFETY: blocks of one matrix have disjoint row ranges, and every matrix writes only
         // its own output (checked to hold m × rows elements above).
-        unsafe { row_block(w, *bias, &act, m, r0, r1, outs[i]) };
+        unsafe { row_block(w, *bias, *act, &qx, m, r0, r1, *out) };
     });
 }
 
@@ -250,15 +292,17 @@ fn repacked_here<'a>(w: &Weight<'a>) -> Option<&'a RepackedMatrix> {
         .filter(|r| simd::kernels().has_repacked_gemm(r.layout()))
 }
 
-/// Rows `r0..r1` of `y = x·Wᵀ (+ bias)` from the quantized activations.
+/// Rows `r0..r1` of `y = act(x·Wᵀ + bias)` from the quantized activations.
 ///
 /// # Safety
 /// `out` must point at `m × w.rows` floats, and no other thread may write rows `r0..r1` of
 /// them meanwhile.
+#[allow(clippy::too_many_arguments)]
 unsafe fn row_block(
     w: &Weight,
     bias: Option<&[f32]>,
-    act: &[u8],
+    act: Activation,
+    qx: &[u8],
     m: usize,
     r0: usize,
     r1: usize,
@@ -270,25 +314,29 @@ unsafe fn row_block(
     let wrb = w.row_bytes();
     let mut local = vec![0f32; m * rows];
     match repacked_here(w) {
-        Some(rp) => kern.gemm_repacked(rp, r0, rows, act, m, &mut local),
+        Some(rp) => kern.gemm_repacked(rp, r0, rows, qx, m, &mut local),
         None => kern.gemm(
             w.ty,
             k,
             &w.data[r0 * wrb..r1 * wrb],
             rows,
-            act,
+            qx,
             m,
             &mut local,
         ),
     }
     .expect("matmul: weight shape");
-    for (t, vals) in local.chunks_exact(rows).enumerate() {
-        for (j, &v) in (r0..r1).zip(vals) {
-            let v = v + bias.map_or(0.0, |b| b[j]);
-            // SAFETY: t·n + j < m·n, and rows r0..r1 are this call's alone (the caller's
-            // contract).
-            unsafe { *out.ptr().add(t * n + j) = v };
+    for (t, vals) in local.chunks_exact_mut(rows).enumerate() {
+        if let Some(b) = bias {
+            for (v, &bj) in vals.iter_mut().zip(&b[r0..r1]) {
+                *v += bj;
+            }
         }
+        act.apply(vals);
+        // SAFETY: t·n + r0 + rows ≤ m·n, and rows r0..r1 are this call's alone (the caller's
+        // contract).
+        let dst = unsafe { std::slice::from_raw_parts_mut(out.ptr().add(t * n + r0), rows) };
+        dst.copy_from_slice(vals);
     }
 }
 
@@ -448,7 +496,7 @@ mod tests {
                     .zip(got.iter_mut())
                     .map(|(&i, y)| {
                         let b = (i % 2 == 0).then_some(&biases[i][..]);
-                        (weights[i], b, &mut y[..])
+                        MatmulPart::new(weights[i], b, &mut y[..])
                     })
                     .collect();
                 matmul_many(&mut parts, &x, m);
@@ -458,6 +506,58 @@ mod tests {
                         w.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
                         "set {set:?} m={m} repacked={use_repacked}"
                     );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn matmul_act_equals_matmul_then_activation() {
+        // the activation inside the parallel loop gives the bits of the separate passes, for
+        // one row (decode), many rows (packed GEMMs), several row blocks, with and without bias
+        let (k, n) = (256, 300);
+        let data = |len: usize, seed: u32| -> Vec<f32> {
+            (0..len)
+                .map(|i| {
+                    (((i as u32).wrapping_mul(2_654_435_761) ^ seed) % 4001) as f32 / 1000.0 - 2.0
+                })
+                .collect()
+        };
+        for ty in [GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::F32] {
+            let mut wq = vec![0u8; formats::row_bytes(ty, n * k).unwrap()];
+            formats::quantize_row(ty, &data(n * k, 3), &mut wq).unwrap();
+            let w = Weight {
+                ty,
+                data: &wq,
+                rows: n,
+                cols: k,
+                repacked: None,
+            };
+            let bias = data(n, 8);
+            for m in [1, 37] {
+                let x = data(m * k, 21);
+                for b in [None, Some(&bias[..])] {
+                    for (act, f) in [
+                        (
+                            Activation::GeluTanh,
+                            crate::ops::gelu_tanh as fn(&mut [f32]),
+                        ),
+                        (Activation::GeluErf, crate::ops::gelu_erf),
+                    ] {
+                        let mut want = vec![0f32; m * n];
+                        matmul(&w, b, &x, m, &mut want);
+                        // the outputs span both GELU branches and its tail
+                        assert!(want.iter().any(|&v| v < -3.0) && want.iter().any(|&v| v > 3.0));
+                        f(&mut want);
+                        let mut got = vec![f32::NAN; m * n];
+                        matmul_act(&w, b, act, &x, m, &mut got);
+                        assert_eq!(
+                            got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                            want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                            "{ty} m={m} bias={} {act:?}",
+                            b.is_some()
+                        );
+                    }
                 }
             }
         }

@@ -62,18 +62,42 @@ pub fn rms_norm(x: &mut [f32], dim: usize, weight: &[f32], eps: f32) {
 const ACTIVATION_CHUNK: usize = 1 << 14;
 
 /// `gelu_new` / ggml_gelu: the tanh approximation (Phi-2's MLP), parallel over chunks.
-///
-/// `0.5·z·(1 + tanh(u)) = z·σ(2u) = z / (1 + e^(−2u))` with `u = √(2/π)·(z + 0.044715·z³)`:
-/// one [`exp_f32`] and no cancellation in the negative tail (relative error ~3e-7).
 pub fn gelu_tanh(x: &mut [f32]) {
+    par_chunks(x, |xs| Activation::GeluTanh.apply(xs));
+}
+
+/// One value of [`gelu_tanh`]: `0.5·z·(1 + tanh(u)) = z·σ(2u) = z / (1 + e^(−2u))` with
+/// `u = √(2/π)·(z + 0.044715·z³)`: one [`exp_f32`] and no cancellation in the negative tail
+/// (relative error ~3e-7).
+#[inline(always)]
+pub fn gelu_tanh_value(z: f32) -> f32 {
     const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-    let f = |xs: &mut [f32]| {
-        map_f32(xs, |z| {
-            let u = SQRT_2_OVER_PI * (z + 0.044715 * z * z * z);
-            z / (1.0 + exp_f32(-2.0 * u))
-        })
-    };
-    par_chunks(x, f);
+    let u = SQRT_2_OVER_PI * (z + 0.044715 * z * z * z);
+    z / (1.0 + exp_f32(-2.0 * u))
+}
+
+/// An element-wise function applied to a matmul's output (after its bias) while the output
+/// tile is still in cache (`linear::matmul_act`), or on its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    Identity,
+    /// [`gelu_tanh`] (Phi-2).
+    GeluTanh,
+    /// [`gelu_erf`] (ViT, Q-Former).
+    GeluErf,
+}
+
+impl Activation {
+    /// `x[i] = f(x[i])` on this thread, vectorized ([`map_f32`]); the same bits as the
+    /// parallel [`gelu_tanh`] / [`gelu_erf`].
+    #[inline]
+    pub fn apply(self, x: &mut [f32]) {
+        match self {
+            Activation::Identity => {}
+            Activation::GeluTanh => map_f32(x, gelu_tanh_value),
+            Activation::GeluErf => map_f32(x, gelu_erf_value),
+        }
+    }
 }
 
 /// `e^x` in f32 from plain arithmetic, so loops over it vectorize: `x = n·ln2 + r` with
@@ -138,21 +162,22 @@ pub fn map_f32(x: &mut [f32], f: impl Fn(f32) -> f32) {
     }
 }
 
-/// Exact GELU `x·Φ(x) = 0.5·x·erfc(−x/√2)` (ViT and Q-Former MLPs), with [`erfc_f32`], so
-/// the relative error stays ~2e-7 in the negative tail too. Parallel over chunks, and
-/// vectorized ([`map_f32`] with [`exp_f64`]: libm's scalar `exp` was most of its time).
+/// Exact GELU `x·Φ(x) = 0.5·x·erfc(−x/√2)` (ViT and Q-Former MLPs), parallel over chunks.
 pub fn gelu_erf(x: &mut [f32]) {
-    let f = |xs: &mut [f32]| {
-        map_f32(xs, |v| {
-            // in f64: the tail erfc(u) is steep, so rounding u to f32 alone would cost ~1e-6
-            let z = v as f64;
-            let c = erfc_fit(z.abs() * std::f64::consts::FRAC_1_SQRT_2);
-            // Φ(z) = 1 − erfc(z/√2)/2 for z ≥ 0, erfc(|z|/√2)/2 for z < 0
-            let phi = if z >= 0.0 { 1.0 - 0.5 * c } else { 0.5 * c };
-            (z * phi) as f32
-        })
-    };
-    par_chunks(x, f);
+    par_chunks(x, |xs| Activation::GeluErf.apply(xs));
+}
+
+/// One value of [`gelu_erf`], with [`erfc_fit`], so the relative error stays ~2e-7 in the
+/// negative tail too. Plain f64 arithmetic ([`exp_f64`]), so it vectorizes in [`map_f32`]
+/// (libm's scalar `exp` was most of its time).
+#[inline(always)]
+pub fn gelu_erf_value(v: f32) -> f32 {
+    // in f64: the tail erfc(u) is steep, so rounding u to f32 alone would cost ~1e-6
+    let z = v as f64;
+    let c = erfc_fit(z.abs() * std::f64::consts::FRAC_1_SQRT_2);
+    // Φ(z) = 1 − erfc(z/√2)/2 for z ≥ 0, erfc(|z|/√2)/2 for z < 0
+    let phi = if z >= 0.0 { 1.0 - 0.5 * c } else { 0.5 * c };
+    (z * phi) as f32
 }
 
 /// `e^x` in f64 from plain arithmetic, so loops over it vectorize (as [`exp_f32`]): `x = n·ln2
@@ -212,6 +237,7 @@ pub fn erfc_f32(u: f32) -> f32 {
 
 /// The fit of [`erfc_f32`] in f64 (one [`exp_f64`]), so rounding adds nothing to the fit's
 /// error.
+#[inline(always)]
 fn erfc_fit(u: f64) -> f64 {
     const C: [f64; 10] = [
         -1.265_512_23,

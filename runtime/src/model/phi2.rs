@@ -15,7 +15,7 @@ use rayon::prelude::*;
 use crate::arch::{self, blk, llm_key};
 use crate::attention::attend_head_rows;
 use crate::kv_cache::{CacheType, KvCache};
-use crate::linear::{matmul, matmul_many, Weight};
+use crate::linear::{matmul, matmul_many, Activation, MatmulPart, Weight};
 use crate::ops;
 
 // ---------------------------------------------------------------------------------------------
@@ -491,22 +491,17 @@ impl Phi2Model {
                 cfg.norm_eps,
             );
 
-            // 2. attention branch (`il` counts from `layers.start`: the cache's layer index)
-            let mut a = self.attention(il, layer, &h, t, pos0, cache);
+            // 2. the projections of h: Q, K, V and the MLP's up projection + GELU (parallel
+            //    residual: both branches read the same h, quantized once, in one parallel loop)
+            let (q, k, v, up) = self.input_projections(layer, &h, t);
+
+            // 3. attention branch (`il` counts from `layers.start`: the cache's layer index)
+            let mut a = self.attention(il, layer, q, k, v, t, pos0, cache);
             if let Some(g) = &layer.post_attn_norm {
                 ops::rms_norm(&mut a, e, g, cfg.rms_eps);
             }
 
-            // 3. MLP branch on the same normalized input (parallel residual)
-            let mut up = vec![0.0; t * cfg.n_ff];
-            matmul(
-                &self.w(&layer.ffn_up),
-                layer.ffn_up_b.as_deref(),
-                &h,
-                t,
-                &mut up,
-            );
-            ops::gelu_tanh(&mut up);
+            // 4. MLP branch: down projection
             let mut m = vec![0.0; t * e];
             matmul(
                 &self.w(&layer.ffn_down),
@@ -516,7 +511,7 @@ impl Phi2Model {
                 &mut m,
             );
 
-            // 4. x ← x + attn + mlp
+            // 5. x ← x + attn + mlp
             for ((xv, av), mv) in x.iter_mut().zip(&a).zip(&m) {
                 *xv += av + mv;
             }
@@ -558,27 +553,35 @@ impl Phi2Model {
 
     /// Self-attention for `t` new positions starting at `pos0`, keys and values in layer
     /// `cache_layer` of `cache`; returns `attn_output(...)`.
-    fn attention(
+    /// `h·W_qᵀ, h·W_kᵀ, h·W_vᵀ` (with biases) and `gelu(h·W_upᵀ + b_up)` for one layer's
+    /// normalized input `h` (`[t, n_embd]`), as one [`matmul_many`].
+    fn input_projections(
         &self,
-        cache_layer: usize,
         layer: &PhiLayer,
         h: &[f32],
         t: usize,
-        pos0: usize,
-        cache: &mut KvCache,
-    ) -> Vec<f32> {
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
         let cfg = &self.cfg;
-        let (e, kvw, hd) = (cfg.n_embd, cfg.kv_width(), cfg.head_dim);
-
-        // Q, K, V projections
+        let (e, kvw) = (cfg.n_embd, cfg.kv_width());
         let mut q = vec![0.0; t * e];
         let mut k = vec![0.0; t * kvw];
         let mut v = vec![0.0; t * kvw];
+        let mut up = vec![0.0; t * cfg.n_ff];
+        let up_part = MatmulPart {
+            w: self.w(&layer.ffn_up),
+            bias: layer.ffn_up_b.as_deref(),
+            act: Activation::GeluTanh,
+            out: &mut up,
+        };
         match &layer.qkv {
             Qkv::Fused { w, b } => {
                 let width = e + 2 * kvw;
                 let mut qkv = vec![0.0; t * width];
-                matmul(&self.w(w), b.as_deref(), h, t, &mut qkv);
+                matmul_many(
+                    &mut [MatmulPart::new(self.w(w), b.as_deref(), &mut qkv), up_part],
+                    h,
+                    t,
+                );
                 for (i, row) in qkv.chunks_exact(width).enumerate() {
                     q[i * e..(i + 1) * e].copy_from_slice(&row[..e]);
                     k[i * kvw..(i + 1) * kvw].copy_from_slice(&row[e..e + kvw]);
@@ -593,18 +596,37 @@ impl Phi2Model {
                 bk,
                 bv,
             } => {
-                // one quantization of h and one parallel loop for the three matrices
                 matmul_many(
                     &mut [
-                        (self.w(wq), bq.as_deref(), &mut q),
-                        (self.w(wk), bk.as_deref(), &mut k),
-                        (self.w(wv), bv.as_deref(), &mut v),
+                        MatmulPart::new(self.w(wq), bq.as_deref(), &mut q),
+                        MatmulPart::new(self.w(wk), bk.as_deref(), &mut k),
+                        MatmulPart::new(self.w(wv), bv.as_deref(), &mut v),
+                        up_part,
                     ],
                     h,
                     t,
                 );
             }
         }
+        (q, k, v, up)
+    }
+
+    /// The attention branch from the layer's projections `q` (`[t, n_embd]`), `k`, `v`
+    /// (`[t, kv_width]`): QK-norm, RoPE, KV cache store, causal attention, output projection.
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        cache_layer: usize,
+        layer: &PhiLayer,
+        mut q: Vec<f32>,
+        mut k: Vec<f32>,
+        v: Vec<f32>,
+        t: usize,
+        pos0: usize,
+        cache: &mut KvCache,
+    ) -> Vec<f32> {
+        let cfg = &self.cfg;
+        let (e, kvw, hd) = (cfg.n_embd, cfg.kv_width(), cfg.head_dim);
 
         // TinyGPT-V: LayerNorm of every head vector (shared parameters), before RoPE
         if let Some((w, b)) = &layer.q_norm {

@@ -12,7 +12,7 @@ use rayon::prelude::*;
 
 use crate::arch;
 use crate::attention::attend_head;
-use crate::linear::{matmul, Weight};
+use crate::linear::{matmul_act, matmul_many, Activation, MatmulPart, Weight};
 use crate::ops;
 
 // ---------------------------------------------------------------------------------------------
@@ -377,16 +377,36 @@ impl VisionTower {
     }
 
     fn mm(&self, lin: &Linear, x: &[f32], t: usize) -> Vec<f32> {
-        let w = Weight {
+        self.mm_act(lin, Activation::Identity, x, t)
+    }
+
+    /// `act(x·Wᵀ + b)` (the activation applied inside the matmul's parallel loop).
+    fn mm_act(&self, lin: &Linear, act: Activation, x: &[f32], t: usize) -> Vec<f32> {
+        let mut y = vec![0.0; t * lin.rows];
+        matmul_act(&self.weight(lin), lin.b.as_deref(), act, x, t, &mut y);
+        y
+    }
+
+    /// Several products of the same `x` (Q, K, V) as one [`matmul_many`].
+    fn mm_many<const N: usize>(&self, lins: [&Linear; N], x: &[f32], t: usize) -> [Vec<f32>; N] {
+        let mut ys = lins.map(|lin| vec![0.0; t * lin.rows]);
+        let mut parts: Vec<MatmulPart> = lins
+            .iter()
+            .zip(ys.iter_mut())
+            .map(|(lin, y)| MatmulPart::new(self.weight(lin), lin.b.as_deref(), y))
+            .collect();
+        matmul_many(&mut parts, x, t);
+        ys
+    }
+
+    fn weight(&self, lin: &Linear) -> Weight<'_> {
+        Weight {
             ty: lin.w.ty,
             data: self.file.tensor_data(&lin.w),
             rows: lin.rows,
             cols: lin.cols,
             repacked: None,
-        };
-        let mut y = vec![0.0; t * lin.rows];
-        matmul(&w, lin.b.as_deref(), x, t, &mut y);
-        y
+        }
     }
 
     // -----------------------------------------------------------------------------------------
@@ -441,8 +461,7 @@ impl VisionTower {
             // x += mlp(LN2(x))
             h.copy_from_slice(&x);
             ops::layer_norm(&mut h, d, &b.ln2.w, Some(&b.ln2.b), cfg.eps);
-            let mut up = self.mm(&b.ffn_up, &h, t);
-            ops::gelu_erf(&mut up);
+            let up = self.mm_act(&b.ffn_up, Activation::GeluErf, &h, t);
             let m = self.mm(&b.ffn_down, &up, t);
             x.iter_mut().zip(&m).for_each(|(xv, mv)| *xv += mv);
         }
@@ -476,22 +495,18 @@ impl VisionTower {
             ops::layer_norm(h, qd, &n.w, Some(&n.b), cfg.q_eps);
         };
         for layer in &self.qformer {
-            let q = self.mm(&layer.attn_q, &h, nq);
-            let k = self.mm(&layer.attn_k, &h, nq);
-            let v = self.mm(&layer.attn_v, &h, nq);
+            let [q, k, v] = self.mm_many([&layer.attn_q, &layer.attn_k, &layer.attn_v], &h, nq);
             let o = scaled_attention(&q, &k, &v, qd, nq, nq, cfg.q_n_head, hd);
             let out = self.mm(&layer.attn_out, &o, nq);
             residual_norm(&mut h, out, &layer.attn_out_norm);
             if let Some(c) = &layer.cross {
                 let q = self.mm(&c.q, &h, nq);
-                let k = self.mm(&c.k, feats, t_img);
-                let v = self.mm(&c.v, feats, t_img);
+                let [k, v] = self.mm_many([&c.k, &c.v], feats, t_img);
                 let o = scaled_attention(&q, &k, &v, qd, nq, t_img, cfg.q_n_head, hd);
                 let out = self.mm(&c.out, &o, nq);
                 residual_norm(&mut h, out, &c.out_norm);
             }
-            let mut up = self.mm(&layer.ffn_up, &h, nq);
-            ops::gelu_erf(&mut up);
+            let up = self.mm_act(&layer.ffn_up, Activation::GeluErf, &h, nq);
             let out = self.mm(&layer.ffn_down, &up, nq);
             residual_norm(&mut h, out, &layer.ffn_out_norm);
         }
