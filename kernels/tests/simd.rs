@@ -12,7 +12,9 @@
 //! - Q4_0 / Q8_0 / Q4_K / Q6_K weights repacked into the ×16 layouts (`kernels::repack`): the same exact
 //!   results from `gemm_repacked`, over all rows and from the second 16-row group on.
 //! - Float weight types (F32, F16, BF16): within the f32-summation bound
-//!   `(k/8 + 16)·2⁻²⁴·Σ|w·x|` of the reference's f64 sums.
+//!   `(min(k, 64) + k/8 + 16)·2⁻²⁴·Σ|w·x|` of the reference's f64 sums (the tiles sum 8 or 16
+//!   lanes of `k/8` or `k/16` products each; the packed AVX-512 GEMM, from 8 activation rows,
+//!   sums chunks of 64 values in order and adds up the chunks).
 
 use half::{bf16, f16};
 use kernels::formats::{self, row_bytes};
@@ -186,6 +188,9 @@ fn simd_levels_have_kernels() {
                 GgmlType::Q4_K,
                 GgmlType::Q5_K,
                 GgmlType::Q6_K,
+                GgmlType::F32,
+                GgmlType::F16,
+                GgmlType::BF16,
             ] {
                 assert!(kern.has_packed_gemm(ty), "{} {ty} packed", kern.level());
             }
@@ -375,7 +380,8 @@ fn check_gemm(ty: GgmlType, w: &[u8], n: usize, k: usize, x: &[f32], m: usize, w
                     if float {
                         let xr = &x[c * k..(c + 1) * k];
                         let scale = abs_dot(ty, k, &w[r * w_rb..(r + 1) * w_rb], xr);
-                        let tol = (k as f64 / 8.0 + 16.0) * f64::powi(2.0, -24) * scale;
+                        let ulps = k.min(64) as f64 + k as f64 / 8.0 + 16.0;
+                        let tol = ulps * f64::powi(2.0, -24) * scale;
                         assert!(
                             (g as f64 - e as f64).abs() <= tol || same_f32(g, e),
                             "{}: {g} vs {e} (tol {tol})",
@@ -575,13 +581,20 @@ fn hand_made_q8_k_bytes_match_reference_exactly() {
 fn float_gemm_within_f32_summation_bound() {
     let mut rng = StdRng::seed_from_u64(13);
     for ty in FLOATS {
-        // k not a multiple of 8 or 16 exercises the scalar tail
+        // k not a multiple of 8 or 16 exercises the tiles' scalar tail; from 8 activation rows
+        // the packed GEMM runs (at AVX-512): partial 16-row tiles and 8-row column groups,
+        // k below, at and across its 64-value chunks (the ViT's head size 88, its widths)
         for (n, k, m) in [
             (1, 7, 1),
             (9, 100, 5),
             (8, 1408, 4),
             (5, 37, 3),
             (17, 64, 2),
+            (16, 64, 8),
+            (17, 88, 9),
+            (3, 13, 15),
+            (33, 1408, 21),
+            (20, 6144, 10),
         ] {
             let x = noise(&mut rng, m * k, 16);
             let w = float_weights(&mut rng, ty, n, k);

@@ -4,7 +4,9 @@
 
 use core::arch::x86_64::*;
 
-use super::{float::FloatW, kquant, legacy, packed, packed_kquant, quant, repacked, Isa};
+use super::{
+    float::FloatW, kquant, legacy, packed, packed_float, packed_kquant, quant, repacked, Isa,
+};
 use crate::simd::{CpuKernels, GemmArgs, Level, TileArgs};
 
 /// `vpdpbusd`: u8 × i8 summed in i32 directly.
@@ -144,6 +146,19 @@ packed_entry!(packed_q4_0, legacy::Q4_0);
 packed_entry!(packed_q5_0, legacy::Q5_0);
 packed_entry!(packed_q8_0, legacy::Q8_0);
 
+macro_rules! packed_float_entry {
+    ($name:ident, $format:ty) => {
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+        unsafe fn $name(t: &GemmArgs) -> bool {
+            packed_float::gemm::<$format>(t)
+        }
+    };
+}
+
+packed_float_entry!(packed_f32, super::float::F32);
+packed_float_entry!(packed_f16, super::float::F16);
+packed_float_entry!(packed_bf16, super::float::BF16);
+
 macro_rules! packed_kquant_entry {
     ($name:ident, $format:ty) => {
         #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
@@ -198,6 +213,9 @@ pub(super) fn table(level: Level) -> CpuKernels {
     k.packed_q4_0 = Some(packed_q4_0);
     k.packed_q5_0 = Some(packed_q5_0);
     k.packed_q8_0 = Some(packed_q8_0);
+    k.packed_f32 = Some(packed_f32);
+    k.packed_f16 = Some(packed_f16);
+    k.packed_bf16 = Some(packed_bf16);
     k.packed_q4_k = Some(packed_q4_k);
     k.packed_q5_k = Some(packed_q5_k);
     k.packed_q6_k = Some(packed_q6_k);

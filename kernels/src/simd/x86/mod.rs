@@ -20,6 +20,8 @@ mod legacy;
 #[clippy::msrv = "1.89"]
 mod packed;
 #[clippy::msrv = "1.89"]
+mod packed_float;
+#[clippy::msrv = "1.89"]
 mod packed_kquant;
 mod quant;
 #[clippy::msrv = "1.89"]

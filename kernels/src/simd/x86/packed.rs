@@ -59,7 +59,7 @@ impl Packed for legacy::Q8_0 {
 
 /// Transposes 8 vectors of 8 i32 lanes: lane `r` of output `g` is lane `g` of input `r`.
 #[inline(always)]
-unsafe fn transpose8(v: [__m256i; 8]) -> [__m256i; 8] {
+pub(crate) unsafe fn transpose8(v: [__m256i; 8]) -> [__m256i; 8] {
     let t0 = _mm256_unpacklo_epi32(v[0], v[1]);
     let t1 = _mm256_unpackhi_epi32(v[0], v[1]);
     let t2 = _mm256_unpacklo_epi32(v[2], v[3]);
