@@ -12,9 +12,8 @@ use runtime::backend::ImageEncoder;
 use runtime::generate::{generate_with, GenerateOptions};
 use runtime::kv_cache::CacheType;
 use runtime::prompt::{Conversation, Template};
-use runtime::sampling::SamplingParams;
 
-use super::common::{init_threads, DeviceArgs};
+use super::common::{init_threads, DeviceArgs, SamplingArgs};
 
 #[derive(clap::Args)]
 pub struct ChatArgs {
@@ -30,27 +29,15 @@ pub struct ChatArgs {
     /// Prompt template: auto, stage3, stage4 or raw.
     #[arg(long, default_value = "auto")]
     pub template: String,
-    /// Maximum new tokens per answer [default: from the model file, else the template's].
-    #[arg(short = 'n', long = "n-predict")]
-    pub n_predict: Option<usize>,
-    #[arg(long)]
-    pub temp: Option<f32>,
-    #[arg(long)]
-    pub top_k: Option<usize>,
-    #[arg(long)]
-    pub top_p: Option<f32>,
-    #[arg(long)]
-    pub min_p: Option<f32>,
-    #[arg(long)]
-    pub repeat_penalty: Option<f32>,
-    #[arg(long)]
-    pub seed: Option<u64>,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
     /// Threads (default: physical cores).
     #[arg(long, short = 't')]
     pub threads: Option<usize>,
     /// Context size in tokens [default: the model's context length].
     #[arg(long, short = 'c')]
     pub ctx: Option<usize>,
+    /// KV cache element type.
     #[arg(long, default_value = "f16")]
     pub cache_type: CacheType,
     #[command(flatten)]
@@ -104,15 +91,7 @@ pub fn run(args: ChatArgs) -> Result<ExitCode> {
     } else {
         args.template.parse().map_err(anyhow::Error::msg)?
     };
-    let (temp, top_k, top_p, min_p, rep, max_new) = super::run::template_defaults(template);
-    let sampling = SamplingParams {
-        temperature: args.temp.or(d.temperature).unwrap_or(temp),
-        top_k: args.top_k.or(d.top_k.map(|v| v as usize)).unwrap_or(top_k),
-        top_p: args.top_p.or(d.top_p).unwrap_or(top_p),
-        min_p: args.min_p.unwrap_or(min_p),
-        repeat_penalty: args.repeat_penalty.or(d.repeat_penalty).unwrap_or(rep),
-        seed: args.seed.unwrap_or_else(super::run::clock_seed),
-    };
+    let (sampling, max_new) = args.sampling.resolve(d, template);
     let mut stop_strings = d.stop.clone();
     if template != Template::Raw && !stop_strings.iter().any(|s| s == "###") {
         stop_strings.push("###".into());
@@ -124,10 +103,7 @@ pub fn run(args: ChatArgs) -> Result<ExitCode> {
             .filter_map(|s| lm.tokenizer.find_token(s)),
     );
     let mut opts = GenerateOptions {
-        max_new_tokens: args
-            .n_predict
-            .or(d.max_new_tokens.map(|v| v as usize))
-            .unwrap_or(max_new),
+        max_new_tokens: max_new,
         sampling,
         stop_ids,
         stop_strings,

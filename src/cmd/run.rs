@@ -10,9 +10,8 @@ use runtime::backend::Compute;
 use runtime::generate::{generate_with, GenerateOptions};
 use runtime::kv_cache::CacheType;
 use runtime::prompt::Template;
-use runtime::sampling::SamplingParams;
 
-use super::common::{init_threads, read_prompt, DeviceArgs};
+use super::common::{init_threads, read_prompt, DeviceArgs, SamplingArgs};
 
 #[derive(clap::Args)]
 pub struct RunArgs {
@@ -22,27 +21,8 @@ pub struct RunArgs {
     /// Prompt text (`@file.txt` reads it from a file). No BOS is added.
     #[arg(long, short = 'p')]
     pub prompt: String,
-    /// Maximum number of new tokens [default: from the model file, else 128].
-    #[arg(short = 'n', long = "n-predict")]
-    pub n_predict: Option<usize>,
-    /// Sampling temperature; 0 = greedy [default: from the model file, else 0.8].
-    #[arg(long)]
-    pub temp: Option<f32>,
-    /// Top-k; 0 = off [default: from the model file, else 40].
-    #[arg(long)]
-    pub top_k: Option<usize>,
-    /// Top-p (nucleus); 1.0 = off [default: from the model file, else 0.95].
-    #[arg(long)]
-    pub top_p: Option<f32>,
-    /// Min-p; 0 = off [default: 0.05].
-    #[arg(long)]
-    pub min_p: Option<f32>,
-    /// Repetition penalty (HF semantics); 1.0 = off [default: from the model file, else 1.0].
-    #[arg(long)]
-    pub repeat_penalty: Option<f32>,
-    /// Random seed [default: from the clock].
-    #[arg(long)]
-    pub seed: Option<u64>,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
     /// Stop when the text contains STR (repeatable); the output is cut before it.
     #[arg(long)]
     pub stop: Vec<String>,
@@ -199,22 +179,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         args.json,
         &compute,
     )?;
-    let (t_temp, t_top_k, t_top_p, t_min_p, t_rep, t_max) = template_defaults(input.template);
-    let sampling = SamplingParams {
-        temperature: args.temp.or(d.temperature).unwrap_or(t_temp),
-        top_k: args
-            .top_k
-            .or(d.top_k.map(|v| v as usize))
-            .unwrap_or(t_top_k),
-        top_p: args.top_p.or(d.top_p).unwrap_or(t_top_p),
-        min_p: args.min_p.unwrap_or(t_min_p),
-        repeat_penalty: args.repeat_penalty.or(d.repeat_penalty).unwrap_or(t_rep),
-        seed: args.seed.unwrap_or_else(clock_seed),
-    };
-    let max_new = args
-        .n_predict
-        .or(d.max_new_tokens.map(|v| v as usize))
-        .unwrap_or(t_max);
+    let (sampling, max_new) = args.sampling.resolve(d, input.template);
     let n_ctx = args.ctx.unwrap_or(lm.model.cfg.n_ctx_train).max(1);
 
     let mut spliced =
