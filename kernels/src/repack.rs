@@ -18,7 +18,9 @@
 //! The bytes are the GGUF bytes rearranged, nothing is requantized: [`RepackedMatrix::row`]
 //! gives each original row back, and the kernels on this layout return the reference's exact
 //! results. Size: the same as the original (18 / 34 bytes per row and block) plus at most 15
-//! padding rows.
+//! padding rows; the K-quant records (Q4_K, Q5_K, Q6_K: [`Q4K_RECORD`], [`Q5K_RECORD`],
+//! [`Q6K_RECORD`]) hold the same bits in 2368 / 2880 / 3360 bytes per 16 rows and super-block
+//! (+2.8 %, +2.3 %, 0 %).
 
 use crate::formats::k_common::{get_scale_min_k4, pack_scale_min_k4, K_SCALE_SIZE};
 use crate::formats::{row_bytes, FormatError};
@@ -38,6 +40,9 @@ pub enum RepackLayout {
     /// Q4_K weights, 16 rows interleaved: one 2368-byte record per super-block (see
     /// [`Q4K_RECORD`]).
     Q4_Kx16,
+    /// Q5_K weights, 16 rows interleaved: one 2880-byte record per super-block (see
+    /// [`Q5K_RECORD`]).
+    Q5_Kx16,
     /// Q6_K weights, 16 rows interleaved: one 3360-byte record per super-block (see
     /// [`Q6K_RECORD`]).
     Q6_Kx16,
@@ -65,6 +70,16 @@ pub const Q6K_RECORD: usize = 3360;
 ///   of ggml's generic dot product).
 pub const Q4K_RECORD: usize = 2368;
 
+/// Bytes of one Q5_Kx16 super-block record for 16 rows: a [`Q4K_RECORD`] of the values' low
+/// 4 bits (`qs`), then at `2368..2880` their 5th bits — for `c` in 0..4 and `h` in 0..2, 64
+/// bytes whose dword `r` holds, in byte `k`, the bits of row `r`'s value chunk `(c, l = 4h +
+/// k)`: bit `t` that of its low-nibble value `t` (sub-block `2c`, element `l + 8t`), bit `4 + t`
+/// that of its high-nibble value `t` (sub-block `2c + 1`). 16 rows × 176 bytes + 64.
+pub const Q5K_RECORD: usize = 2880;
+
+/// Where the 5th bits of a [`Q5K_RECORD`] start.
+pub const Q5K_HIGH_BITS: usize = Q4K_RECORD;
+
 impl RepackLayout {
     /// The layout for weights of type `ty`, if there is one.
     pub fn for_type(ty: GgmlType) -> Option<RepackLayout> {
@@ -72,6 +87,7 @@ impl RepackLayout {
             GgmlType::Q4_0 => Some(RepackLayout::Q4_0x16),
             GgmlType::Q8_0 => Some(RepackLayout::Q8_0x16),
             GgmlType::Q4_K => Some(RepackLayout::Q4_Kx16),
+            GgmlType::Q5_K => Some(RepackLayout::Q5_Kx16),
             GgmlType::Q6_K => Some(RepackLayout::Q6_Kx16),
             _ => None,
         }
@@ -83,6 +99,7 @@ impl RepackLayout {
             RepackLayout::Q4_0x16 => GgmlType::Q4_0,
             RepackLayout::Q8_0x16 => GgmlType::Q8_0,
             RepackLayout::Q4_Kx16 => GgmlType::Q4_K,
+            RepackLayout::Q5_Kx16 => GgmlType::Q5_K,
             RepackLayout::Q6_Kx16 => GgmlType::Q6_K,
         }
     }
@@ -114,6 +131,7 @@ impl RepackLayout {
     pub const fn group_bytes(self, nb: usize) -> usize {
         match self {
             RepackLayout::Q4_Kx16 => nb * Q4K_RECORD,
+            RepackLayout::Q5_Kx16 => nb * Q5K_RECORD,
             RepackLayout::Q6_Kx16 => nb * Q6K_RECORD,
             _ => nb * GROUP_ROWS * (2 + self.qs_bytes()),
         }
@@ -170,6 +188,9 @@ impl RepackedMatrix {
         if let Some((record, write)) = match layout {
             RepackLayout::Q4_Kx16 => {
                 Some((Q4K_RECORD, q4k_record_row as fn(&[u8], usize, &mut [u8])))
+            }
+            RepackLayout::Q5_Kx16 => {
+                Some((Q5K_RECORD, q5k_record_row as fn(&[u8], usize, &mut [u8])))
             }
             RepackLayout::Q6_Kx16 => {
                 Some((Q6K_RECORD, q6k_record_row as fn(&[u8], usize, &mut [u8])))
@@ -283,6 +304,12 @@ impl RepackedMatrix {
             }
             return;
         }
+        if self.layout == RepackLayout::Q5_Kx16 {
+            for rec in group.chunks_exact(Q5K_RECORD) {
+                q5k_row_from_record(rec, lane, out);
+            }
+            return;
+        }
         if self.layout == RepackLayout::Q6_Kx16 {
             for rec in group.chunks_exact(Q6K_RECORD) {
                 q6k_row_from_record(rec, lane, out);
@@ -342,6 +369,47 @@ fn q4k_row_from_record(rec: &[u8], r: usize, out: &mut Vec<u8>) {
         }
     }
     out.extend_from_slice(&qs);
+}
+
+/// Writes row `r`'s part of a Q5_Kx16 record from its 176-byte Q5_K block (`d`, `dmin`, 12
+/// scale bytes, `qh[32]`, `qs[128]`): the Q4_K part from `qs`, then the 5th bits (`qh[e]` bit
+/// `j` is element `e` of sub-block `j`).
+fn q5k_record_row(blk: &[u8], r: usize, rec: &mut [u8]) {
+    let mut q4 = [0u8; 144];
+    q4[..16].copy_from_slice(&blk[..16]);
+    q4[16..].copy_from_slice(&blk[48..176]);
+    q4k_record_row(&q4, r, &mut rec[..Q4K_RECORD]);
+    let qh = &blk[16..48];
+    for c in 0..4 {
+        for l in 0..8 {
+            let mut bits = 0u8;
+            for t in 0..4 {
+                bits |= ((qh[l + 8 * t] >> (2 * c)) & 1) << t;
+                bits |= ((qh[l + 8 * t] >> (2 * c + 1)) & 1) << (4 + t);
+            }
+            rec[Q5K_HIGH_BITS + (2 * c + l / 4) * 64 + 4 * r + l % 4] = bits;
+        }
+    }
+}
+
+/// Appends lane `r`'s 176-byte Q5_K block from a Q5_Kx16 record (the inverse of
+/// [`q5k_record_row`]).
+fn q5k_row_from_record(rec: &[u8], r: usize, out: &mut Vec<u8>) {
+    let start = out.len();
+    q4k_row_from_record(&rec[..Q4K_RECORD], r, out);
+    let mut qh = [0u8; 32];
+    for c in 0..4 {
+        for l in 0..8 {
+            let bits = rec[Q5K_HIGH_BITS + (2 * c + l / 4) * 64 + 4 * r + l % 4];
+            for t in 0..4 {
+                qh[l + 8 * t] |= ((bits >> t) & 1) << (2 * c);
+                qh[l + 8 * t] |= ((bits >> (4 + t)) & 1) << (2 * c + 1);
+            }
+        }
+    }
+    // d, dmin and the scales (16 bytes), then qh, then qs
+    let qs_at = start + 16;
+    out.splice(qs_at..qs_at, qh);
 }
 
 /// The 256 six-bit values (`q + 32`) of a 210-byte Q6_K block, in element order (ggml's
@@ -435,6 +503,7 @@ mod tests {
             GgmlType::Q4_0,
             GgmlType::Q8_0,
             GgmlType::Q4_K,
+            GgmlType::Q5_K,
             GgmlType::Q6_K,
         ] {
             for (rows, cols) in [(1, 256), (16, 512), (37, 768), (48, 256)] {
@@ -463,6 +532,7 @@ mod tests {
             GgmlType::Q4_0,
             GgmlType::Q8_0,
             GgmlType::Q4_K,
+            GgmlType::Q5_K,
             GgmlType::Q6_K,
         ] {
             let (rows, cols) = (21, 512);
@@ -506,7 +576,7 @@ mod tests {
     #[test]
     fn rejects_other_types_and_bad_lengths() {
         assert!(matches!(
-            RepackedMatrix::new(GgmlType::Q5_K, &[], 0, 256),
+            RepackedMatrix::new(GgmlType::Q4_1, &[], 0, 32),
             Err(FormatError::Unsupported { .. })
         ));
         assert!(matches!(

@@ -198,6 +198,7 @@ fn simd_levels_have_kernels() {
                 RepackLayout::Q4_0x16,
                 RepackLayout::Q8_0x16,
                 RepackLayout::Q4_Kx16,
+                RepackLayout::Q5_Kx16,
                 RepackLayout::Q6_Kx16,
             ] {
                 assert!(kern.has_repacked_gemm(layout), "{layout:?}");

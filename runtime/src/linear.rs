@@ -50,11 +50,11 @@ impl Weight<'_> {
 // Load-time repacking policy
 // ---------------------------------------------------------------------------------------------
 
-/// Whether models repack their Q4_0 / Q4_K / Q6_K (and Q8_0) matrices at load time
+/// Whether models repack their Q4_0 / Q4_K / Q5_K / Q6_K (and Q8_0) matrices at load time
 /// (`kernels::repack`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RepackPolicy {
-    /// Repack Q4_0, Q4_K and Q6_K when this CPU has kernels for their layouts and the machine
+    /// Repack Q4_0, Q4_K, Q5_K and Q6_K when this CPU has kernels for their layouts and the machine
     /// has at least [`AUTO_REPACK_MIN_RAM`] of memory: smaller (8 GB) devices keep the weights
     /// in the file map, where the OS can drop and re-read them under memory pressure. Q8_0
     /// only with `On`: it gains nothing measurable.
@@ -124,7 +124,10 @@ pub fn should_repack(ty: GgmlType) -> bool {
         RepackPolicy::Auto => {
             matches!(
                 layout,
-                RepackLayout::Q4_0x16 | RepackLayout::Q4_Kx16 | RepackLayout::Q6_Kx16
+                RepackLayout::Q4_0x16
+                    | RepackLayout::Q4_Kx16
+                    | RepackLayout::Q5_Kx16
+                    | RepackLayout::Q6_Kx16
             ) && installed_memory().is_some_and(|m| m >= AUTO_REPACK_MIN_RAM)
         }
     }

@@ -306,6 +306,7 @@ pub struct CpuKernels {
     pub(crate) repacked_q4_0: Option<GemmFn>,
     pub(crate) repacked_q8_0: Option<GemmFn>,
     pub(crate) repacked_q4_k: Option<GemmFn>,
+    pub(crate) repacked_q5_k: Option<GemmFn>,
     pub(crate) repacked_q6_k: Option<GemmFn>,
 }
 
@@ -340,6 +341,7 @@ impl CpuKernels {
             repacked_q4_0: None,
             repacked_q8_0: None,
             repacked_q4_k: None,
+            repacked_q5_k: None,
             repacked_q6_k: None,
         }
     }
@@ -481,6 +483,7 @@ impl CpuKernels {
             RepackLayout::Q4_0x16 => self.repacked_q4_0,
             RepackLayout::Q8_0x16 => self.repacked_q8_0,
             RepackLayout::Q4_Kx16 => self.repacked_q4_k,
+            RepackLayout::Q5_Kx16 => self.repacked_q5_k,
             RepackLayout::Q6_Kx16 => self.repacked_q6_k,
         }
     }

@@ -190,6 +190,11 @@ unsafe fn repacked_q4_k(t: &GemmArgs) -> bool {
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn repacked_q5_k(t: &GemmArgs) -> bool {
+    repacked::gemm_q5_k(t)
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn repacked_q6_k(t: &GemmArgs) -> bool {
     repacked::gemm_q6_k(t)
 }
@@ -222,6 +227,7 @@ pub(super) fn table(level: Level) -> CpuKernels {
     k.repacked_q4_0 = Some(repacked_q4_0);
     k.repacked_q8_0 = Some(repacked_q8_0);
     k.repacked_q4_k = Some(repacked_q4_k);
+    k.repacked_q5_k = Some(repacked_q5_k);
     k.repacked_q6_k = Some(repacked_q6_k);
     k
 }

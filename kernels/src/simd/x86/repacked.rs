@@ -1,5 +1,5 @@
 //! AVX-512 VNNI products on the ×16 repacked layouts of [`crate::repack`] (Q4_0x16, Q8_0x16,
-//! Q4_Kx16, Q6_Kx16).
+//! Q4_Kx16, Q5_Kx16, Q6_Kx16).
 //!
 //! The layout already holds what `packed.rs` builds per tile: i32 lane `r` of a 64-byte chunk is
 //! row `r`'s 4 bytes, and a block's 16 scales are one 32-byte load. So a block costs 4 (Q4_0:
@@ -10,9 +10,9 @@
 //! - Few activation rows (decode): [`direct`] unpacks each block in registers for up to 4 rows.
 //! - Many (prompts, the vision tower): each 16-row group is unpacked once into a scratch of
 //!   group vectors, then `packed::tile_cols` runs 8 activation rows per pass, as the packed GEMM.
-//! - K-quants: decode reads the records directly ([`q4k_direct`], [`q6k_direct`]); prompts run
-//!   the file layout's packed GEMM (`packed_kquant`) on chunks taken from the records
-//!   ([`q4k_chunk`], [`q6k_chunk`]), which need neither its scale decoding nor its transposes.
+//! - K-quants: decode reads the records directly ([`k4_direct`] for Q4_K and Q5_K,
+//!   [`q6k_direct`]); prompts run the file layout's packed GEMM (`packed_kquant`) on chunks
+//!   taken from the records ([`k4_chunk`], [`q6k_chunk`]), which need neither its scale decoding nor its transposes.
 
 use core::arch::x86_64::*;
 
@@ -276,11 +276,46 @@ unsafe fn store_class_sums(
     _mm512_mask_storeu_ps(t.out.add(c * t.ldo + r0), keep, sumf);
 }
 
-/// One activation row against one Q4_Kx16 group (rows `r0..r0+nr`), in ggml's generic order:
-/// per row, eight f32 class sums `sums[l] += (d·d_a)·aux[l]` and `sumf −= (dmin·d_a)·Σ m·B`,
-/// then `sumf + sums[0] + … + sums[7]`; the integer parts are exact in any order.
+/// The values of chunk `(c, l)` of a Q4_Kx16 / Q5_Kx16 record (see `repack::Q4K_RECORD`,
+/// `repack::Q5K_RECORD`): lane `r` holds row `r`'s 4 class-`l` values of sub-block `2c` (the
+/// low result) and of sub-block `2c + 1` (the high one), as unsigned bytes (0..16, or 0..32
+/// with `FIVE`: the 5th bits from the record's bit section).
 #[inline(always)]
-unsafe fn q4k_direct(
+unsafe fn k4_chunk_values<const FIVE: bool>(
+    rec: *const u8,
+    c: usize,
+    l: usize,
+) -> (__m512i, __m512i) {
+    use crate::repack::Q5K_HIGH_BITS;
+    let mask = _mm512_set1_epi8(0x0f);
+    let q = _mm512_loadu_si512(rec.add(320 + (c * 8 + l) * 64) as *const _);
+    let mut lo = _mm512_and_si512(q, mask);
+    let mut hi = _mm512_and_si512(_mm512_srli_epi16::<4>(q), mask);
+    if FIVE {
+        // byte l % 4 of every lane's dword: the 8 bits of this chunk, spread to its 4 bytes
+        let bits = _mm512_loadu_si512(rec.add(Q5K_HIGH_BITS + (2 * c + l / 4) * 64) as *const _);
+        let k = (l % 4) as i8;
+        // vpshufb indexes within each 128-bit lane: byte k of dwords 0..4 is at k + 4j
+        let idx = _mm512_add_epi8(
+            _mm512_set1_epi8(k),
+            _mm512_set4_epi32(0x0c0c_0c0c, 0x0808_0808, 0x0404_0404, 0),
+        );
+        let spread = _mm512_shuffle_epi8(bits, idx);
+        let b16 = _mm512_set1_epi8(0x10);
+        let lo_set = _mm512_test_epi8_mask(spread, _mm512_set1_epi32(0x0804_0201));
+        let hi_set = _mm512_test_epi8_mask(spread, _mm512_set1_epi32(0x8040_2010_u32 as i32));
+        lo = _mm512_mask_add_epi8(lo, lo_set, lo, b16);
+        hi = _mm512_mask_add_epi8(hi, hi_set, hi, b16);
+    }
+    (lo, hi)
+}
+
+/// One activation row against one Q4_Kx16 (or, with `FIVE`, Q5_Kx16) group (rows
+/// `r0..r0+nr`), in ggml's generic order: per row, eight f32 class sums
+/// `sums[l] += (d·d_a)·aux[l]` and `sumf −= (dmin·d_a)·Σ m·B`, then
+/// `sumf + sums[0] + … + sums[7]`; the integer parts are exact in any order.
+#[inline(always)]
+unsafe fn k4_direct<const FIVE: bool>(
     t: &GemmArgs,
     group: *const u8,
     a: &[Q8KPrepared],
@@ -288,15 +323,21 @@ unsafe fn q4k_direct(
     r0: usize,
     nr: usize,
 ) {
-    use crate::repack::Q4K_RECORD;
-    let mask = _mm512_set1_epi8(0x0f);
+    use crate::repack::{Q4K_RECORD, Q5K_RECORD};
+    let record = if FIVE { Q5K_RECORD } else { Q4K_RECORD };
     let mut sums = [_mm512_setzero_ps(); 8];
     let mut sumf = _mm512_setzero_ps();
     for (b, ab) in a.iter().enumerate() {
-        let rec = group.add(b * Q4K_RECORD);
+        let rec = group.add(b * record);
         let ahead = rec.wrapping_add(PREFETCH_BYTES);
         for line in 0..5 {
             _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(64 * line) as *const i8);
+        }
+        if FIVE {
+            for line in 0..8 {
+                let bits = ahead.wrapping_add(crate::repack::Q5K_HIGH_BITS + 64 * line);
+                _mm_prefetch::<_MM_HINT_T1>(bits as *const i8);
+            }
         }
         let mut aux = [_mm512_setzero_si512(); 8];
         for c in 0..4 {
@@ -306,13 +347,11 @@ unsafe fn q4k_direct(
             for l in 0..8 {
                 let chunk = rec.add(320 + (c * 8 + l) * 64);
                 _mm_prefetch::<_MM_HINT_T1>(chunk.wrapping_add(PREFETCH_BYTES) as *const i8);
-                let q = _mm512_loadu_si512(chunk as *const _);
-                let lo = _mm512_and_si512(q, mask);
-                let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(q), mask);
+                let (lo, hi) = k4_chunk_values::<FIVE>(rec, c, l);
                 let zero = _mm512_setzero_si512();
                 let d_lo = _mm512_dpbusd_epi32(zero, lo, _mm512_set1_epi32(ab.qs[16 * c + l]));
                 let d_hi = _mm512_dpbusd_epi32(zero, hi, _mm512_set1_epi32(ab.qs[16 * c + 8 + l]));
-                // |d| ≤ 4·15·128 fits i16: low half d_lo, high half d_hi, one i16-pair multiply
+                // |d| ≤ 4·31·128 fits i16: low half d_lo, high half d_hi, one i16-pair multiply
                 let pair = _mm512_mask_mov_epi16(d_lo, 0xAAAA_AAAA, _mm512_slli_epi32::<16>(d_hi));
                 aux[l] = _mm512_dpwssd_epi32(aux[l], pair, sc);
             }
@@ -344,21 +383,28 @@ unsafe fn q4k_direct(
 /// values of sub-blocks `2c` (low nibbles) and `2c + 1` (high nibbles), which are the packed
 /// vectors `16c + l` and `16c + 8 + l`; the scale pairs are the record's, zero-extended; then
 /// the pair bias `−2¹⁴·Σ sc`, the min pairs `(m_2k, m_2k+1)` and `d`, `dmin` as f32.
+/// With `FIVE`: the same for a Q5_Kx16 group and the packed GEMM's Q5_K chunks (the same
+/// vectors, with values 0..32).
 #[inline(always)]
-unsafe fn q4k_chunk(group: *const u8, b0: usize, nbc: usize, ch: &packed_kquant::Chunk) {
-    use crate::repack::Q4K_RECORD;
+unsafe fn k4_chunk<const FIVE: bool>(
+    group: *const u8,
+    b0: usize,
+    nbc: usize,
+    ch: &packed_kquant::Chunk,
+) {
+    use crate::repack::{Q4K_RECORD, Q5K_RECORD};
     use packed_kquant::KQuant;
-    let mask = _mm512_set1_epi8(0x0f);
+    const { assert!(packed_kquant::Q4K::W_VECS == packed_kquant::Q5K::W_VECS) };
+    let record = if FIVE { Q5K_RECORD } else { Q4K_RECORD };
     for b in 0..nbc {
-        let rec = group.add((b0 + b) * Q4K_RECORD);
+        let rec = group.add((b0 + b) * record);
         let w = ch.w.add(b * packed_kquant::Q4K::W_VECS);
         let mut sc_sum = _mm512_setzero_si512();
         for c in 0..4 {
             for l in 0..8 {
-                let q = _mm512_loadu_si512(rec.add(320 + (c * 8 + l) * 64) as *const _);
-                w.add(16 * c + l).write(_mm512_and_si512(q, mask));
-                w.add(16 * c + 8 + l)
-                    .write(_mm512_and_si512(_mm512_srli_epi16::<4>(q), mask));
+                let (lo, hi) = k4_chunk_values::<FIVE>(rec, c, l);
+                w.add(16 * c + l).write(lo);
+                w.add(16 * c + 8 + l).write(hi);
             }
             let sc =
                 _mm512_cvtepu8_epi16(_mm256_loadu_si256(rec.add(64 + 32 * c) as *const __m256i));
@@ -384,19 +430,30 @@ unsafe fn q4k_chunk(group: *const u8, b0: usize, nbc: usize, ch: &packed_kquant:
 
 /// The whole product on a Q4_Kx16 matrix (`t.a`: Q8_K rows); never declines. From a few
 /// activation rows on, the file layout's packed GEMM runs on chunks taken from the records
-/// ([`q4k_chunk`]); activations whose `bsums` pairs leave i16 (never written by the quantizer)
-/// and decode run [`q4k_direct`].
+/// ([`k4_chunk`]); activations whose `bsums` pairs leave i16 (never written by the quantizer)
+/// and decode run [`k4_direct`].
 #[inline(always)]
 pub(crate) unsafe fn gemm_q4_k(t: &GemmArgs) -> bool {
+    gemm_k4::<packed_kquant::Q4K, false>(t)
+}
+
+/// [`gemm_q4_k`] for a Q5_Kx16 matrix.
+#[inline(always)]
+pub(crate) unsafe fn gemm_q5_k(t: &GemmArgs) -> bool {
+    gemm_k4::<packed_kquant::Q5K, true>(t)
+}
+
+#[inline(always)]
+unsafe fn gemm_k4<K: packed_kquant::KQuant, const FIVE: bool>(t: &GemmArgs) -> bool {
     if t.m >= 4 && packed_kquant::bsums_fit(t) {
-        packed_kquant::gemm_chunks::<packed_kquant::Q4K>(t, |r0, _nr, b0, nbc, ch| {
-            q4k_chunk(t.w.add(r0 / GROUP_ROWS * t.w_stride), b0, nbc, ch)
+        packed_kquant::gemm_chunks::<K>(t, |r0, _nr, b0, nbc, ch| {
+            k4_chunk::<FIVE>(t.w.add(r0 / GROUP_ROWS * t.w_stride), b0, nbc, ch)
         });
         return true;
     }
     let a = prepare_q8k(t);
     each_group_and_row(t, |group, c, r0, nr| {
-        q4k_direct(t, group, &a[c * t.nb..(c + 1) * t.nb], c, r0, nr)
+        k4_direct::<FIVE>(t, group, &a[c * t.nb..(c + 1) * t.nb], c, r0, nr)
     });
     true
 }
