@@ -26,6 +26,7 @@ fn bench(c: &mut Criterion) {
         GgmlType::Q4_0,
         GgmlType::Q8_0,
         GgmlType::Q4_K,
+        GgmlType::Q5_K,
         GgmlType::Q6_K,
         GgmlType::Q5_0,
         GgmlType::F16,

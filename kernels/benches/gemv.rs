@@ -29,7 +29,9 @@ fn bench(c: &mut Criterion) {
         GgmlType::Q4_0,
         GgmlType::Q8_0,
         GgmlType::Q4_K,
+        GgmlType::Q5_K,
         GgmlType::Q6_K,
+        GgmlType::F16,
     ] {
         for (k, n) in SHAPES {
             let w = weights(ty, n, k);
