@@ -17,6 +17,7 @@ pub mod model;
 pub mod npy;
 pub mod ops;
 pub mod pipeline;
+pub mod pool;
 pub mod prompt;
 pub mod sampling;
 pub mod tokenizer;

@@ -14,7 +14,6 @@ use kernels::formats;
 use kernels::repack::{RepackLayout, RepackedMatrix, GROUP_ROWS};
 use kernels::simd::{self, TILE_ROWS};
 use kernels::GgmlType;
-use rayon::prelude::*;
 
 pub use crate::ops::Activation;
 
@@ -239,7 +238,8 @@ pub fn matmul_many(parts: &mut [MatmulPart], x: &[f32], m: usize) {
         .iter_mut()
         .map(|p| (p.w, p.bias, p.act, SharedOut(p.out.as_mut_ptr())))
         .collect();
-    jobs.into_par_iter().for_each(|(i, r0, r1)| {
+    crate::pool::for_each_index(jobs.len(), |j| {
+        let (i, r0, r1) = jobs[j];
         let (w, bias, act, out) = &outs[i];
         // SAFETY: blocks of one matrix have disjoint row ranges, and every matrix writes only
         // its own output (checked to hold m × rows elements above).
@@ -258,9 +258,11 @@ fn quantize_activations(w: &Weight, x: &[f32], m: usize) -> Vec<u8> {
             .expect("matmul: activation quantization")
     };
     if m >= 2 * QUANT_ROWS_PER_TASK && k > 0 {
-        act.par_chunks_mut(arb * QUANT_ROWS_PER_TASK)
-            .zip(x.par_chunks(k * QUANT_ROWS_PER_TASK))
-            .for_each(|(dst, xs)| quantize(xs, dst));
+        crate::pool::for_each_chunk_mut(&mut act, arb * QUANT_ROWS_PER_TASK, |i, dst| {
+            let rows = dst.len() / arb;
+            let x0 = i * QUANT_ROWS_PER_TASK * k;
+            quantize(&x[x0..x0 + rows * k], dst)
+        });
     } else {
         quantize(x, &mut act);
     }

@@ -220,11 +220,10 @@ pub fn exp_f64(x: f64) -> f64 {
 
 /// Runs `f` over [`ACTIVATION_CHUNK`]-sized pieces of `x`, in parallel when there are several.
 fn par_chunks(x: &mut [f32], f: impl Fn(&mut [f32]) + Sync + Send) {
-    use rayon::prelude::*;
     if x.len() <= ACTIVATION_CHUNK {
         f(x);
     } else {
-        x.par_chunks_mut(ACTIVATION_CHUNK).for_each(f);
+        crate::pool::for_each_chunk_mut(x, ACTIVATION_CHUNK, |_, piece| f(piece));
     }
 }
 

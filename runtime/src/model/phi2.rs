@@ -654,9 +654,8 @@ impl Phi2Model {
         let n_kv = pos0 + t;
         let group = cfg.n_head / cfg.n_head_kv;
         let cache_ref: &KvCache = cache;
-        let heads: Vec<Vec<f32>> = (0..cfg.n_head)
-            .into_par_iter()
-            .map(|hh| {
+        let heads: Vec<Vec<f32>> = crate::pool::map_collect(cfg.n_head, |hh| {
+            {
                 let kvh = hh / group;
                 let mut qh = vec![0.0; t * hd];
                 for (i, dst) in qh.chunks_exact_mut(hd).enumerate() {
@@ -677,8 +676,8 @@ impl Phi2Model {
                     &mut out,
                 );
                 out
-            })
-            .collect();
+            }
+        });
         let mut attn = vec![0.0; t * e];
         for (hh, out) in heads.iter().enumerate() {
             for i in 0..t {

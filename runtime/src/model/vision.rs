@@ -8,7 +8,6 @@
 use anyhow::{anyhow, bail, Context, Result};
 use kernels::gguf::{GgufFile, TensorInfo};
 use kernels::GgmlType;
-use rayon::prelude::*;
 
 use crate::arch;
 use crate::attention::attend_head;
@@ -544,28 +543,24 @@ fn attention(
     let width = n_head * hd;
     // q and k rows padded with zeros to the GEMM tiles' width (ViT-g's 88 → 96)
     let dk = hd.next_multiple_of(16);
-    let per_head: Vec<Vec<f32>> = (0..n_head)
-        .into_par_iter()
-        .map(|h| {
-            let mut qh = vec![0.0; tq * dk];
-            for (i, dst) in qh.chunks_exact_mut(dk).enumerate() {
-                dst[..hd].copy_from_slice(&q[i * q_stride + q_off + h * hd..][..hd]);
+    let per_head: Vec<Vec<f32>> = crate::pool::map_collect(n_head, |h| {
+        let mut qh = vec![0.0; tq * dk];
+        for (i, dst) in qh.chunks_exact_mut(dk).enumerate() {
+            dst[..hd].copy_from_slice(&q[i * q_stride + q_off + h * hd..][..hd]);
+        }
+        let mut kh = vec![0.0; tk * dk];
+        let mut vt = vec![0.0; hd * tk];
+        for j in 0..tk {
+            kh[j * dk..j * dk + hd].copy_from_slice(&kv[j * kv_stride + k_off + h * hd..][..hd]);
+            let vj = &kv[j * kv_stride + v_off + h * hd..][..hd];
+            for (d, &x) in vj.iter().enumerate() {
+                vt[d * tk + j] = x;
             }
-            let mut kh = vec![0.0; tk * dk];
-            let mut vt = vec![0.0; hd * tk];
-            for j in 0..tk {
-                kh[j * dk..j * dk + hd]
-                    .copy_from_slice(&kv[j * kv_stride + k_off + h * hd..][..hd]);
-                let vj = &kv[j * kv_stride + v_off + h * hd..][..hd];
-                for (d, &x) in vj.iter().enumerate() {
-                    vt[d * tk + j] = x;
-                }
-            }
-            let mut out = vec![0.0; tq * hd];
-            attend_head(&qh, &kh, &vt, tq, tk, dk, hd, scale, None, &mut out);
-            out
-        })
-        .collect();
+        }
+        let mut out = vec![0.0; tq * hd];
+        attend_head(&qh, &kh, &vt, tq, tk, dk, hd, scale, None, &mut out);
+        out
+    });
     let mut out = vec![0.0; tq * width];
     for (h, ho) in per_head.iter().enumerate() {
         for i in 0..tq {
