@@ -10,7 +10,8 @@
 //! then park; the calling thread works on the loop too.
 //!
 //! One loop runs at a time. A call made while the pool is busy (from another thread, or from
-//! inside a pool task) runs on rayon instead, so the pool never blocks or deadlocks.
+//! inside a pool task) or from a rayon task runs on rayon instead, so the pool never waits on
+//! itself.
 
 use std::cell::UnsafeCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -159,11 +160,14 @@ pub fn for_each_index(n: usize, f: impl Fn(usize) + Sync + Send) {
         (0..n).for_each(f);
         return;
     }
-    if p.busy
-        .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-        .is_err()
+    // inside a rayon task, or while another loop runs (another thread, or a task of this
+    // one): rayon instead. (A rayon worker that waited here for the pool could be the thread
+    // that a nested rayon loop of a pool task needs.)
+    if rayon::current_thread_index().is_some()
+        || p.busy
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
     {
-        // another loop is running (another thread, or a task of this one): rayon instead
         (0..n).into_par_iter().for_each(f);
         return;
     }
@@ -292,6 +296,17 @@ mod tests {
             }
         });
         assert_eq!(total.load(Ordering::Relaxed), 4 * 50 * 8 * 3);
+    }
+
+    #[test]
+    fn loops_inside_rayon_tasks_complete() {
+        let total = AtomicUsize::new(0);
+        (0..8).into_par_iter().for_each(|_| {
+            for_each_index(5, |_| {
+                total.fetch_add(1, Ordering::Relaxed);
+            });
+        });
+        assert_eq!(total.load(Ordering::Relaxed), 40);
     }
 
     #[test]
