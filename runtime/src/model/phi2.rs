@@ -655,28 +655,26 @@ impl Phi2Model {
         let group = cfg.n_head / cfg.n_head_kv;
         let cache_ref: &KvCache = cache;
         let heads: Vec<Vec<f32>> = crate::pool::map_collect(cfg.n_head, |hh| {
-            {
-                let kvh = hh / group;
-                let mut qh = vec![0.0; t * hd];
-                for (i, dst) in qh.chunks_exact_mut(hd).enumerate() {
-                    dst.copy_from_slice(&q[i * e + hh * hd..i * e + (hh + 1) * hd]);
-                }
-                let mut out = vec![0.0; t * hd];
-                // q is pre-scaled; causal: query i sees positions 0..=pos0+i
-                attend_head_rows(
-                    &qh,
-                    &cache_ref.head_keys(cache_layer, kvh),
-                    &cache_ref.head_values_t(cache_layer, kvh),
-                    t,
-                    n_kv,
-                    hd,
-                    hd,
-                    1.0,
-                    Some(pos0),
-                    &mut out,
-                );
-                out
+            let kvh = hh / group;
+            let mut qh = vec![0.0; t * hd];
+            for (i, dst) in qh.chunks_exact_mut(hd).enumerate() {
+                dst.copy_from_slice(&q[i * e + hh * hd..i * e + (hh + 1) * hd]);
             }
+            let mut out = vec![0.0; t * hd];
+            // q is pre-scaled; causal: query i sees positions 0..=pos0+i
+            attend_head_rows(
+                &qh,
+                &cache_ref.head_keys(cache_layer, kvh),
+                &cache_ref.head_values_t(cache_layer, kvh),
+                t,
+                n_kv,
+                hd,
+                hd,
+                1.0,
+                Some(pos0),
+                &mut out,
+            );
+            out
         });
         let mut attn = vec![0.0; t * e];
         for (hh, out) in heads.iter().enumerate() {
