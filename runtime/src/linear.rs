@@ -16,6 +16,7 @@ use kernels::simd::{self, TILE_ROWS};
 use kernels::GgmlType;
 
 pub use crate::ops::Activation;
+use crate::pool::SharedPtr;
 
 /// A weight matrix in a GGUF tensor: `rows` output features of `cols` input elements each.
 #[derive(Clone, Copy)]
@@ -53,10 +54,10 @@ impl Weight<'_> {
 /// (`kernels::repack`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RepackPolicy {
-    /// Repack Q4_0, Q4_K, Q5_K and Q6_K when this CPU has kernels for their layouts and the machine
-    /// has at least [`AUTO_REPACK_MIN_RAM`] of memory: smaller (8 GB) devices keep the weights
-    /// in the file map, where the OS can drop and re-read them under memory pressure. Q8_0
-    /// only with `On`: it gains nothing measurable.
+    /// Repack Q4_0, Q4_K, Q5_K and Q6_K when this CPU has kernels for their layouts and the
+    /// machine has at least [`AUTO_REPACK_MIN_RAM`] of memory: smaller (8 GB) devices keep the
+    /// weights in the file map, where the OS can drop and re-read them under memory pressure.
+    /// Q8_0 only with `On`: it gains nothing measurable.
     Auto,
     On,
     Off,
@@ -129,19 +130,6 @@ pub fn should_repack(ty: GgmlType) -> bool {
                     | RepackLayout::Q6_Kx16
             ) && installed_memory().is_some_and(|m| m >= AUTO_REPACK_MIN_RAM)
         }
-    }
-}
-
-/// Raw pointer that may be shared between rayon tasks writing disjoint elements.
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
-
-impl SharedOut {
-    /// The pointer (a method, so closures capture the whole `Sync` wrapper, not the field).
-    fn ptr(&self) -> *mut f32 {
-        self.0
     }
 }
 
@@ -234,9 +222,9 @@ pub fn matmul_many(parts: &mut [MatmulPart], x: &[f32], m: usize) {
         .enumerate()
         .flat_map(|(i, p)| row_blocks(&p.w, m).map(move |(r0, r1)| (i, r0, r1)))
         .collect();
-    let outs: Vec<(Weight, Option<&[f32]>, Activation, SharedOut)> = parts
+    let outs: Vec<_> = parts
         .iter_mut()
-        .map(|p| (p.w, p.bias, p.act, SharedOut(p.out.as_mut_ptr())))
+        .map(|p| (p.w, p.bias, p.act, SharedPtr(p.out.as_mut_ptr())))
         .collect();
     crate::pool::for_each_index(jobs.len(), |j| {
         let (i, r0, r1) = jobs[j];
@@ -311,7 +299,7 @@ unsafe fn row_block(
     m: usize,
     r0: usize,
     r1: usize,
-    out: SharedOut,
+    out: SharedPtr<f32>,
 ) {
     let kern = simd::kernels();
     let (n, k) = (w.rows, w.cols);
@@ -340,7 +328,7 @@ unsafe fn row_block(
         act.apply(vals);
         // SAFETY: t·n + r0 + rows ≤ m·n, and rows r0..r1 are this call's alone (the caller's
         // contract).
-        let dst = unsafe { std::slice::from_raw_parts_mut(out.ptr().add(t * n + r0), rows) };
+        let dst = unsafe { std::slice::from_raw_parts_mut(out.get().add(t * n + r0), rows) };
         dst.copy_from_slice(vals);
     }
 }

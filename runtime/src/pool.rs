@@ -233,14 +233,23 @@ pub fn map_collect<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync + Send) -> V
         .collect()
 }
 
-/// A pointer that tasks writing disjoint parts of one slice may share.
-struct SlicePtr<T>(*mut T);
-// SAFETY: only used by `for_each_chunk_mut`, whose tasks touch disjoint elements.
-unsafe impl<T: Send> Sync for SlicePtr<T> {}
-unsafe impl<T: Send> Send for SlicePtr<T> {}
+/// A pointer into one buffer that the tasks of a loop share, each writing only its own
+/// elements (the users' safety contract).
+pub(crate) struct SharedPtr<T>(pub(crate) *mut T);
+// SAFETY: the tasks sharing it write disjoint elements (every user's contract).
+unsafe impl<T: Send> Sync for SharedPtr<T> {}
+unsafe impl<T: Send> Send for SharedPtr<T> {}
 
-impl<T> SlicePtr<T> {
-    fn get(&self) -> *mut T {
+impl<T> Clone for SharedPtr<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for SharedPtr<T> {}
+
+impl<T> SharedPtr<T> {
+    /// The pointer (a method, so closures capture the whole `Sync` wrapper, not the field).
+    pub(crate) fn get(&self) -> *mut T {
         self.0
     }
 }
@@ -253,7 +262,7 @@ pub fn for_each_chunk_mut<T: Send>(
 ) {
     assert!(chunk > 0, "for_each_chunk_mut: chunk size 0");
     let len = x.len();
-    let base = SlicePtr(x.as_mut_ptr());
+    let base = SharedPtr(x.as_mut_ptr());
     for_each_index(len.div_ceil(chunk), |i| {
         let start = i * chunk;
         let end = (start + chunk).min(len);
