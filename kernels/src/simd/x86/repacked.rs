@@ -81,13 +81,12 @@ pub(crate) unsafe fn values<F: Repacked>(group: *const u8, nb: usize, b: usize) 
 unsafe fn direct<F: Repacked, const NC: usize>(
     t: &GemmArgs,
     group: *const u8,
-    asum: &[i32],
+    start: &[i32],
     ad: &[f32],
     c0: usize,
     r0: usize,
     nr: usize,
 ) {
-    let o = packed::offset::<F>();
     let nb = t.nb;
     let mut acc = [_mm512_setzero_ps(); NC];
     let mut a = [t.a; NC];
@@ -110,7 +109,7 @@ unsafe fn direct<F: Repacked, const NC: usize>(
         let w = F::groups(qs);
         let mut sumi = [_mm512_setzero_si512(); NC];
         for c in 0..NC {
-            sumi[c] = _mm512_set1_epi32(-o * asum[(c0 + c) * nb + b]);
+            sumi[c] = _mm512_set1_epi32(start[(c0 + c) * nb + b]);
         }
         let ab = b * F::A_BYTES;
         for (g, wg) in w.iter().enumerate() {
@@ -140,7 +139,7 @@ unsafe fn direct<F: Repacked, const NC: usize>(
 #[inline(always)]
 pub(crate) unsafe fn gemm<F: Repacked>(t: &GemmArgs) -> bool {
     let nb = t.nb;
-    let (asum, ad) = packed::activation_block_sums::<F>(t);
+    let (start, ad) = packed::activation_block_sums::<F>(t);
     let mut scratch = if t.m >= packed::COLS {
         (
             vec![_mm512_setzero_si512(); nb * 8],
@@ -159,19 +158,19 @@ pub(crate) unsafe fn gemm<F: Repacked>(t: &GemmArgs) -> bool {
                 wq[b * 8..b * 8 + 8].copy_from_slice(&g);
                 wd[b] = scales(group, b);
             }
-            packed::tile_all_cols::<F>(t, wq, wd, &asum, &ad, r0, nr);
+            packed::tile_all_cols::<F>(t, wq, wd, &start, &ad, r0, nr);
             continue;
         }
         let mut c0 = 0;
         while c0 + 4 <= t.m {
-            direct::<F, 4>(t, group, &asum, &ad, c0, r0, nr);
+            direct::<F, 4>(t, group, &start, &ad, c0, r0, nr);
             c0 += 4;
         }
         match t.m - c0 {
             0 => {}
-            1 => direct::<F, 1>(t, group, &asum, &ad, c0, r0, nr),
-            2 => direct::<F, 2>(t, group, &asum, &ad, c0, r0, nr),
-            _ => direct::<F, 3>(t, group, &asum, &ad, c0, r0, nr),
+            1 => direct::<F, 1>(t, group, &start, &ad, c0, r0, nr),
+            2 => direct::<F, 2>(t, group, &start, &ad, c0, r0, nr),
+            _ => direct::<F, 3>(t, group, &start, &ad, c0, r0, nr),
         }
     }
     true
