@@ -45,12 +45,19 @@ enum Command {
     Compare(cmd::compare::CompareArgs),
 }
 
-/// Sets up the thread pool, then runs `f` on one of its workers: every matmul is a fork-join,
-/// and a caller outside the pool sleeps through each one and is woken at its end (measured:
-/// about 9 % of decode time with 2 threads); a worker runs its share and waits by stealing.
+/// Sets up the threads, then runs `f`. The forward passes' parallel loops go to the worker
+/// pool (`runtime::pool`), which the calling thread joins, so `f` runs right here: on a rayon
+/// worker every loop would fall back to rayon. Without pool workers (one thread, or more
+/// threads than CPUs) the loops run on rayon, and `f` runs on one of its workers: a caller
+/// outside rayon sleeps through each fork-join and is woken at its end (measured: about 9 % of
+/// decode time with 2 threads), while a worker runs its share and waits by stealing.
 fn on_worker<R: Send>(threads: Option<usize>, f: impl FnOnce() -> R + Send) -> R {
     cmd::common::init_threads(threads);
-    rayon::scope(|_| f())
+    if runtime::pool::has_workers() {
+        f()
+    } else {
+        rayon::scope(|_| f())
+    }
 }
 
 /// glibc returns every freed block above its mmap threshold (at most 32 MiB) to the kernel,
@@ -97,5 +104,16 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn commands_run_off_rayon_when_the_pool_has_workers() {
+        // a command on a rayon worker would send every parallel loop of the forward passes
+        // to rayon instead of the pool (the pool declines calls from rayon tasks)
+        let off_rayon = super::on_worker(Some(2), || rayon::current_thread_index().is_none());
+        assert_eq!(off_rayon, runtime::pool::has_workers());
     }
 }

@@ -100,6 +100,12 @@ fn pool() -> &'static Pool {
     })
 }
 
+/// Whether loops run on the pool's workers (starts the pool). `false` with one thread, or with
+/// more threads than CPUs, where every loop runs on rayon.
+pub fn has_workers() -> bool {
+    pool().workers > 0
+}
+
 /// Takes indices of the current loop until none are left.
 ///
 /// # Safety
