@@ -122,24 +122,21 @@ pub fn exp_f32(x: f32) -> f32 {
     p * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
-/// `x[i] = f(x[i])`, compiled for AVX2 + FMA too and chosen at run time, so that an `f` made
-/// of plain arithmetic (like [`exp_f32`]) runs 8 lanes wide. (Rust never fuses `a·b + c` on its
-/// own, so both versions give the same bits.)
+/// Runs `f` compiled for AVX-512 (or AVX2 + FMA) when the CPU has it, chosen at run time, so
+/// that plain loops in `f` (and the `#[inline(always)]` helpers it calls, like [`exp_f32`] and
+/// [`sum_f64`]) run 16 or 8 lanes wide. Every level gives the same bits: Rust never fuses
+/// `a·b + c` on its own, and the loops' sums keep their lanes' order.
 #[inline(always)]
-pub fn map_f32(x: &mut [f32], f: impl Fn(f32) -> f32) {
+pub fn vectorized<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx2,fma,avx512f,avx512dq,avx512vl,avx512bw")]
-        unsafe fn map_avx512(x: &mut [f32], f: impl Fn(f32) -> f32) {
-            for v in x {
-                *v = f(*v);
-            }
+        unsafe fn avx512<R>(f: impl FnOnce() -> R) -> R {
+            f()
         }
         #[target_feature(enable = "avx2,fma")]
-        unsafe fn map_avx2(x: &mut [f32], f: impl Fn(f32) -> f32) {
-            for v in x {
-                *v = f(*v);
-            }
+        unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
+            f()
         }
         if std::arch::is_x86_feature_detected!("avx512f")
             && std::arch::is_x86_feature_detected!("avx512dq")
@@ -147,19 +144,26 @@ pub fn map_f32(x: &mut [f32], f: impl Fn(f32) -> f32) {
             && std::arch::is_x86_feature_detected!("avx512bw")
         {
             // SAFETY: the CPU has the features the function is compiled for.
-            unsafe { map_avx512(x, f) };
-            return;
+            return unsafe { avx512(f) };
         }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
             // SAFETY: the CPU has the features the function is compiled for.
-            unsafe { map_avx2(x, f) };
-            return;
+            return unsafe { avx2(f) };
         }
     }
-    for v in x {
-        *v = f(*v);
-    }
+    f()
+}
+
+/// `x[i] = f(x[i])`, [`vectorized`]: an `f` made of plain arithmetic (like [`exp_f32`]) runs
+/// 16 lanes wide.
+#[inline(always)]
+pub fn map_f32(x: &mut [f32], f: impl Fn(f32) -> f32) {
+    vectorized(|| {
+        for v in x {
+            *v = f(*v);
+        }
+    })
 }
 
 /// Exact GELU `x·Φ(x) = 0.5·x·erfc(−x/√2)` (ViT and Q-Former MLPs), parallel over chunks.
@@ -325,13 +329,37 @@ fn erfc_cf(x: f64) -> f64 {
 
 /// Softmax of one row in place (f32 with an f64 sum).
 pub fn softmax(row: &mut [f32]) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    map_f32(row, |v| exp_f32(v - max));
-    let sum = sum_f64(row, |v| v);
-    let inv = (1.0 / sum) as f32;
-    for v in row.iter_mut() {
-        *v *= inv;
+    // all three passes vectorized (the max, the sum and the scaling too: in the attention
+    // over 257–512 keys they cost as much as the exponentials)
+    vectorized(|| {
+        let max = max_f32(row);
+        for v in row.iter_mut() {
+            *v = exp_f32(*v - max);
+        }
+        let sum = sum_f64(row, |v| v);
+        let inv = (1.0 / sum) as f32;
+        for v in row.iter_mut() {
+            *v *= inv;
+        }
+    })
+}
+
+/// The largest value (NaN-ignoring, as `f32::max`), in 16 lanes so that it vectorizes.
+#[inline(always)]
+fn max_f32(x: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let chunks = x.chunks_exact(16);
+    let tail = chunks
+        .remainder()
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
+    for c in chunks {
+        for (m, &v) in lanes.iter_mut().zip(c) {
+            *m = m.max(v);
+        }
     }
+    lanes.iter().copied().fold(tail, f32::max)
 }
 
 /// Adds `bias` to every `bias.len()`-sized row of `x`.
@@ -488,6 +516,35 @@ mod tests {
         assert!((h[1] - -(0.01f32).sin()).abs() < 1e-6);
         assert!((h[3] - (0.01f32).cos()).abs() < 1e-6);
         assert_eq!(h[4], 7.0);
+    }
+
+    #[test]
+    fn softmax_matches_f64_and_max_covers_every_lane() {
+        for n in [1usize, 7, 16, 17, 257, 512] {
+            let x: Vec<f32> = (0..n)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.13)
+                .collect();
+            let want_max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            assert_eq!(max_f32(&x), want_max, "n={n}");
+            let mut y = x.clone();
+            softmax(&mut y);
+            let m = want_max as f64;
+            let z: f64 = x.iter().map(|&v| (v as f64 - m).exp()).sum();
+            for (i, (&got, &v)) in y.iter().zip(&x).enumerate() {
+                let want = (v as f64 - m).exp() / z;
+                assert!(
+                    (got as f64 - want).abs() <= 1e-6 * want + 1e-30,
+                    "n={n} i={i}: {got} vs {want}"
+                );
+            }
+        }
+        // the maximum in the tail, or the lanes, and NaN ignored as by f32::max
+        let mut x = vec![0.0f32; 35];
+        x[34] = 3.0;
+        assert_eq!(max_f32(&x), 3.0);
+        x[5] = 4.0;
+        x[6] = f32::NAN;
+        assert_eq!(max_f32(&x), 4.0);
     }
 
     #[test]
