@@ -191,90 +191,72 @@ unsafe fn k4_dots<const NC: usize>(w: *const __m512i, a: &[*const i32; NC]) -> [
     aux
 }
 
-impl KQuant for Q4K {
-    const W_BYTES: usize = 144;
-    const MINS: bool = true;
-    const ROW_VECS: usize = 4;
-    const W_VECS: usize = 69;
-    const A_VECS: usize = 4;
-    const KC: usize = 4;
-    const COLS: usize = 2;
-
-    #[inline(always)]
-    unsafe fn unpack(blk: *const u8, out: *mut __m512i) -> RowBlock {
-        let (sc, mins) = scales_mins_k4(blk.add(4));
-        for p in 0..4 {
-            let lo = k4_values(blk.add(16), None, 2 * p);
-            let hi = k4_values(blk.add(16), None, 2 * p + 1);
-            out.add(p)
-                .write(_mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi));
-        }
-        RowBlock {
-            d: (blk as *const u16).read_unaligned(),
-            dmin: (blk.add(2) as *const u16).read_unaligned(),
-            sc,
-            mins,
-        }
-    }
-
-    #[inline(always)]
-    unsafe fn scale_vectors(sc: &[[u8; 8]; ROWS], out: *mut __m512i) {
-        k4_scale_vectors(sc, out)
-    }
-
-    #[inline(always)]
-    unsafe fn activations(qs: *const u8, out: *mut __m512i) {
-        k4_activations(qs, out)
-    }
-
-    #[inline(always)]
-    unsafe fn dots<const NC: usize>(w: *const __m512i, a: &[*const i32; NC]) -> [[__m512i; 8]; NC] {
-        k4_dots::<NC>(w, a)
-    }
-}
-
-impl KQuant for Q5K {
-    const W_BYTES: usize = 176;
-    const MINS: bool = true;
-    const ROW_VECS: usize = 4;
-    const W_VECS: usize = 69;
-    const A_VECS: usize = 4;
-    const KC: usize = 4;
-    const COLS: usize = 2;
-
-    #[inline(always)]
-    unsafe fn unpack(blk: *const u8, out: *mut __m512i) -> RowBlock {
-        let (sc, mins) = scales_mins_k4(blk.add(4));
+/// A Q4_K (`FIVE = false`) or Q5_K super-block's 256 values, unsigned, as 4 vectors of
+/// sub-block pairs, and its scales.
+#[inline(always)]
+unsafe fn k4_unpack<const FIVE: bool>(blk: *const u8, out: *mut __m512i) -> RowBlock {
+    let (sc, mins) = scales_mins_k4(blk.add(4));
+    // Q5_K: 32 bytes of 5th bits come before the low nibbles
+    let (qh, qs) = if FIVE {
         let qh = mod8_order(_mm256_loadu_si256(blk.add(16) as *const __m256i));
-        for p in 0..4 {
-            let lo = k4_values(blk.add(48), Some(qh), 2 * p);
-            let hi = k4_values(blk.add(48), Some(qh), 2 * p + 1);
-            out.add(p)
-                .write(_mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi));
-        }
-        RowBlock {
-            d: (blk as *const u16).read_unaligned(),
-            dmin: (blk.add(2) as *const u16).read_unaligned(),
-            sc,
-            mins,
-        }
+        (Some(qh), blk.add(48))
+    } else {
+        (None, blk.add(16))
+    };
+    for p in 0..4 {
+        let lo = k4_values(qs, qh, 2 * p);
+        let hi = k4_values(qs, qh, 2 * p + 1);
+        out.add(p)
+            .write(_mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi));
     }
-
-    #[inline(always)]
-    unsafe fn scale_vectors(sc: &[[u8; 8]; ROWS], out: *mut __m512i) {
-        k4_scale_vectors(sc, out)
-    }
-
-    #[inline(always)]
-    unsafe fn activations(qs: *const u8, out: *mut __m512i) {
-        k4_activations(qs, out)
-    }
-
-    #[inline(always)]
-    unsafe fn dots<const NC: usize>(w: *const __m512i, a: &[*const i32; NC]) -> [[__m512i; 8]; NC] {
-        k4_dots::<NC>(w, a)
+    RowBlock {
+        d: (blk as *const u16).read_unaligned(),
+        dmin: (blk.add(2) as *const u16).read_unaligned(),
+        sc,
+        mins,
     }
 }
+
+/// Q4_K and Q5_K differ only in the block size and the 5th bits.
+macro_rules! k4_kquant {
+    ($format:ty, $bytes:expr, $five:expr) => {
+        impl KQuant for $format {
+            const W_BYTES: usize = $bytes;
+            const MINS: bool = true;
+            const ROW_VECS: usize = 4;
+            const W_VECS: usize = 69;
+            const A_VECS: usize = 4;
+            const KC: usize = 4;
+            const COLS: usize = 2;
+
+            #[inline(always)]
+            unsafe fn unpack(blk: *const u8, out: *mut __m512i) -> RowBlock {
+                k4_unpack::<$five>(blk, out)
+            }
+
+            #[inline(always)]
+            unsafe fn scale_vectors(sc: &[[u8; 8]; ROWS], out: *mut __m512i) {
+                k4_scale_vectors(sc, out)
+            }
+
+            #[inline(always)]
+            unsafe fn activations(qs: *const u8, out: *mut __m512i) {
+                k4_activations(qs, out)
+            }
+
+            #[inline(always)]
+            unsafe fn dots<const NC: usize>(
+                w: *const __m512i,
+                a: &[*const i32; NC],
+            ) -> [[__m512i; 8]; NC] {
+                k4_dots::<NC>(w, a)
+            }
+        }
+    };
+}
+
+k4_kquant!(Q4K, 144, false);
+k4_kquant!(Q5K, 176, true);
 
 /// Q6_K layout: the products `w = sc·(q − 32)` as i16, paired `(w(16s + l), w(16s + l + 8))`
 /// (two values of class `l` in 16-value sub-block `s`); packed vector `8s + l` holds row `r`'s
