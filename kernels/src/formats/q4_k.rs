@@ -238,7 +238,7 @@ pub fn vec_dot_q4_k_q8_k(w: &[Q4_KBlock], a: &[Q8_KBlock]) -> f32 {
 mod tests {
     use super::*;
     use crate::formats::q8_k::{dequantize_row_q8_k, quantize_row_q8_k_ref};
-    use crate::formats::test_util::{abs_dot_f64, dot_f64, test_data};
+    use crate::formats::test_util::{abs_dot_f64, assert_k_round_trip, dot_f64, test_data};
 
     pub(crate) fn quantize(x: &[f32]) -> Vec<Q4_KBlock> {
         let mut q = vec![Q4_KBlock::zeroed(); x.len() / QK_K];
@@ -275,36 +275,7 @@ mod tests {
     fn round_trip_error() {
         let x = test_data(QK_K * 16, 32, 51);
         let y = dequantize(&quantize(&x));
-        for (xb, yb) in x.chunks(QK_K).zip(y.chunks(QK_K)) {
-            let range = |xs: &[f32]| {
-                let (lo, hi) = xs
-                    .iter()
-                    .fold((0f32, 0f32), |(a, b), &v| (a.min(v), b.max(v)));
-                hi - lo
-            };
-            let sb_range = xb.chunks(32).map(range).fold(0f32, f32::max);
-            for (xs, ys) in xb.chunks(32).zip(yb.chunks(32)) {
-                let err = xs
-                    .iter()
-                    .zip(ys)
-                    .map(|(a, b)| (a - b).abs())
-                    .fold(0f32, f32::max);
-                // about half of one of the 15 steps over [min(0, lo), hi], plus the 6-bit
-                // quantization of the sub-block scale and min relative to the super-block's
-                assert!(
-                    err <= range(xs) / 15.0 + sb_range / 63.0,
-                    "err {err} {}",
-                    range(xs)
-                );
-            }
-        }
-        let rms_x = (dot_f64(&x, &x) / x.len() as f64).sqrt();
-        let diff: Vec<f32> = x.iter().zip(&y).map(|(a, b)| a - b).collect();
-        let rms_e = (dot_f64(&diff, &diff) / x.len() as f64).sqrt();
-        assert!(rms_e < 0.1 * rms_x, "rms error {rms_e} vs rms {rms_x}");
-        // all-zero super-block
-        let z = quantize(&[0.0; QK_K]);
-        assert_eq!(dequantize(&z), vec![0.0; QK_K]);
+        assert_k_round_trip(&x, &y, QK_K, 15.0);
     }
 
     #[test]

@@ -109,7 +109,7 @@ pub fn vec_dot_q5_k_q8_k(w: &[Q5_KBlock], a: &[Q8_KBlock]) -> f32 {
 mod tests {
     use super::*;
     use crate::formats::q8_k::{dequantize_row_q8_k, quantize_row_q8_k_ref};
-    use crate::formats::test_util::{abs_dot_f64, dot_f64, test_data};
+    use crate::formats::test_util::{abs_dot_f64, assert_k_round_trip, dot_f64, test_data};
 
     fn quantize(x: &[f32]) -> Vec<Q5_KBlock> {
         let mut q = vec![Q5_KBlock::zeroed(); x.len() / QK_K];
@@ -145,27 +145,7 @@ mod tests {
     fn round_trip_error() {
         let x = test_data(QK_K * 16, 32, 61);
         let y = dequantize(&quantize(&x));
-        for (xb, yb) in x.chunks(QK_K).zip(y.chunks(QK_K)) {
-            let range = |xs: &[f32]| {
-                let (lo, hi) = xs
-                    .iter()
-                    .fold((0f32, 0f32), |(a, b), &v| (a.min(v), b.max(v)));
-                hi - lo
-            };
-            let sb_range = xb.chunks(32).map(range).fold(0f32, f32::max);
-            for (xs, ys) in xb.chunks(32).zip(yb.chunks(32)) {
-                let err = xs
-                    .iter()
-                    .zip(ys)
-                    .map(|(a, b)| (a - b).abs())
-                    .fold(0f32, f32::max);
-                assert!(
-                    err <= range(xs) / 31.0 + sb_range / 63.0,
-                    "err {err} {}",
-                    range(xs)
-                );
-            }
-        }
+        assert_k_round_trip(&x, &y, QK_K, 31.0);
     }
 
     #[test]

@@ -58,3 +58,30 @@ pub(crate) fn abs_dot_f64(a: &[f32], b: &[f32]) -> f64 {
         .map(|(&x, &y)| (x as f64 * y as f64).abs())
         .sum()
 }
+
+/// The round-trip bound of the "scale and min" K-quants (Q4_K, Q5_K): per 32-value sub-block,
+/// about half of one of the `steps` steps over `[min(0, lo), hi]`, plus the 6-bit quantization
+/// of the sub-block's scale and min relative to the super-block's (`sb_range / 63`).
+pub(crate) fn assert_k_round_trip(x: &[f32], y: &[f32], super_block: usize, steps: f32) {
+    let range = |xs: &[f32]| {
+        let (lo, hi) = xs
+            .iter()
+            .fold((0f32, 0f32), |(a, b), &v| (a.min(v), b.max(v)));
+        hi - lo
+    };
+    for (xb, yb) in x.chunks(super_block).zip(y.chunks(super_block)) {
+        let sb_range = xb.chunks(32).map(range).fold(0f32, f32::max);
+        for (xs, ys) in xb.chunks(32).zip(yb.chunks(32)) {
+            let err = xs
+                .iter()
+                .zip(ys)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                err <= range(xs) / steps + sb_range / 63.0,
+                "err {err} {}",
+                range(xs)
+            );
+        }
+    }
+}
