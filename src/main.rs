@@ -51,7 +51,7 @@ enum Command {
 /// threads than CPUs) the loops run on rayon, and `f` runs on one of its workers: a caller
 /// outside rayon sleeps through each fork-join and is woken at its end (measured: about 9 % of
 /// decode time with 2 threads), while a worker runs its share and waits by stealing.
-fn on_worker<R: Send>(threads: Option<usize>, f: impl FnOnce() -> R + Send) -> R {
+fn with_threads<R: Send>(threads: Option<usize>, f: impl FnOnce() -> R + Send) -> R {
     cmd::common::init_threads(threads);
     if runtime::pool::has_workers() {
         f()
@@ -86,16 +86,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info(args) => cmd::info::run(args),
-        Command::Run(args) => on_worker(args.threads, || cmd::run::run(args)),
+        Command::Run(args) => with_threads(args.threads, || cmd::run::run(args)),
         Command::Tokenize(args) => cmd::tokenize::run(args),
-        Command::Logits(args) => on_worker(args.threads, || cmd::logits::run(args)),
-        Command::EmbedImage(args) => on_worker(args.threads, || cmd::embed_image::run(args)),
-        Command::Chat(args) => on_worker(args.threads, || cmd::chat::run(args)),
+        Command::Logits(args) => with_threads(args.threads, || cmd::logits::run(args)),
+        Command::EmbedImage(args) => with_threads(args.threads, || cmd::embed_image::run(args)),
+        Command::Chat(args) => with_threads(args.threads, || cmd::chat::run(args)),
         Command::Convert(args) => cmd::convert::run_convert(args),
         Command::Quantize(args) => cmd::convert::run_quantize(args),
         Command::Synth(args) => cmd::synth::run(args),
-        Command::Bench(args) => on_worker(args.threads, || cmd::bench::run(args)),
-        Command::Compare(args) => on_worker(args.threads, || cmd::compare::run(args)),
+        Command::Bench(args) => with_threads(args.threads, || cmd::bench::run(args)),
+        Command::Compare(args) => with_threads(args.threads, || cmd::compare::run(args)),
     };
     match result {
         Ok(code) => code,
@@ -113,7 +113,7 @@ mod tests {
     fn commands_run_off_rayon_when_the_pool_has_workers() {
         // a command on a rayon worker would send every parallel loop of the forward passes
         // to rayon instead of the pool (the pool declines calls from rayon tasks)
-        let off_rayon = super::on_worker(Some(2), || rayon::current_thread_index().is_none());
+        let off_rayon = super::with_threads(Some(2), || rayon::current_thread_index().is_none());
         assert_eq!(off_rayon, runtime::pool::has_workers());
     }
 }
