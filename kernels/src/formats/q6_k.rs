@@ -139,7 +139,7 @@ pub fn vec_dot_q6_k_q8_k(w: &[Q6_KBlock], a: &[Q8_KBlock]) -> f32 {
 mod tests {
     use super::*;
     use crate::formats::q8_k::{dequantize_row_q8_k, quantize_row_q8_k_ref};
-    use crate::formats::test_util::{abs_dot_f64, dot_f64, test_data};
+    use crate::formats::test_util::{abs_dot_f64, dot_f64, max_abs_diff, test_data};
 
     fn quantize(x: &[f32]) -> Vec<Q6_KBlock> {
         let mut q = vec![Q6_KBlock::zeroed(); x.len() / QK_K];
@@ -180,11 +180,7 @@ mod tests {
             let sb_amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
             for (xs, ys) in xb.chunks(16).zip(yb.chunks(16)) {
                 let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
-                let err = xs
-                    .iter()
-                    .zip(ys)
-                    .map(|(a, b)| (a - b).abs())
-                    .fold(0f32, f32::max);
+                let err = max_abs_diff(xs, ys);
                 // ~half a step of 32 over amax, plus the 8-bit sub-scale rounding (1/128 of the
                 // super-block's scale times up to 32 steps)
                 assert!(

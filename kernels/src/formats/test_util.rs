@@ -72,11 +72,7 @@ pub(crate) fn assert_k_round_trip(x: &[f32], y: &[f32], super_block: usize, step
     for (xb, yb) in x.chunks(super_block).zip(y.chunks(super_block)) {
         let sb_range = xb.chunks(32).map(range).fold(0f32, f32::max);
         for (xs, ys) in xb.chunks(32).zip(yb.chunks(32)) {
-            let err = xs
-                .iter()
-                .zip(ys)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
+            let err = max_abs_diff(xs, ys);
             assert!(
                 err <= range(xs) / steps + sb_range / 63.0,
                 "err {err} {}",
@@ -84,4 +80,12 @@ pub(crate) fn assert_k_round_trip(x: &[f32], y: &[f32], super_block: usize, step
             );
         }
     }
+}
+
+/// The largest `|a − b|` over two slices.
+pub(crate) fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
 }
