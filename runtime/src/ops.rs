@@ -329,8 +329,8 @@ fn erfc_cf(x: f64) -> f64 {
 
 /// Softmax of one row in place (f32 with an f64 sum).
 pub fn softmax(row: &mut [f32]) {
-    // all three passes vectorized (the max, the sum and the scaling too: in the attention
-    // over 257–512 keys they cost as much as the exponentials)
+    // all three passes vectorized: outside `vectorized` the max and the scaling would run as
+    // baseline x86-64 code
     vectorized(|| {
         let max = max_f32(row);
         for v in row.iter_mut() {
