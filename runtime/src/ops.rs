@@ -98,6 +98,25 @@ impl Activation {
             Activation::GeluErf => map_f32(x, gelu_erf_value),
         }
     }
+
+    /// `dst[i] = f(src[i] + bias[i])` (no bias: `f(src[i])`), vectorized: the same bits as
+    /// adding the bias, then [`Self::apply`], in one pass over the values.
+    #[inline]
+    pub fn apply_into(self, src: &[f32], bias: Option<&[f32]>, dst: &mut [f32]) {
+        assert_eq!(
+            src.len(),
+            dst.len(),
+            "activation: source and destination lengths"
+        );
+        if let Some(b) = bias {
+            assert_eq!(b.len(), dst.len(), "activation: bias length");
+        }
+        match self {
+            Activation::Identity => map_into(src, bias, dst, |v| v),
+            Activation::GeluTanh => map_into(src, bias, dst, gelu_tanh_value),
+            Activation::GeluErf => map_into(src, bias, dst, gelu_erf_value),
+        }
+    }
 }
 
 /// `e^x` in f32 from plain arithmetic, so loops over it vectorize: `x = n·ln2 + r` with
@@ -111,7 +130,11 @@ pub fn exp_f32(x: f32) -> f32 {
     const LN2_LO: f32 = 1.428_606_8e-6; // ln 2 − LN2_HI
     const ROUND: f32 = 12_582_912.0; // 1.5·2²³: adding and subtracting it rounds to an integer
     let x = x.clamp(-87.3, 88.3);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let t = x * LOG2E + ROUND;
+    let n = t - ROUND;
+    // t's low mantissa bits hold n in two's complement (|n| < 2²²): reading them avoids
+    // `n as i32`, whose saturating conversion does not vectorize
+    let k = t.to_bits().wrapping_sub(ROUND.to_bits());
     let r = (x - n * LN2_HI) - n * LN2_LO;
     let p = 1.0
         + r * (1.0
@@ -119,7 +142,7 @@ pub fn exp_f32(x: f32) -> f32 {
                 + r * (1.0 / 6.0
                     + r * (1.0 / 24.0
                         + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    p * f32::from_bits(k.wrapping_add(127) << 23)
 }
 
 /// Runs `f` compiled for AVX-512 (or AVX2 + FMA) when the CPU has it, chosen at run time, so
@@ -159,11 +182,34 @@ pub fn vectorized<R>(f: impl FnOnce() -> R) -> R {
 /// 16 lanes wide.
 #[inline(always)]
 pub fn map_f32(x: &mut [f32], f: impl Fn(f32) -> f32) {
-    vectorized(|| {
-        for v in x {
-            *v = f(*v);
-        }
-    })
+    vectorized(
+        #[inline(always)]
+        || {
+            for v in x {
+                *v = f(*v);
+            }
+        },
+    )
+}
+
+/// `dst[i] = f(src[i] + bias[i])`, [`vectorized`] (see [`map_f32`]).
+#[inline(always)]
+fn map_into(src: &[f32], bias: Option<&[f32]>, dst: &mut [f32], f: impl Fn(f32) -> f32) {
+    vectorized(
+        #[inline(always)]
+        || match bias {
+            Some(b) => {
+                for ((d, &s), &b) in dst.iter_mut().zip(src).zip(b) {
+                    *d = f(s + b);
+                }
+            }
+            None => {
+                for (d, &s) in dst.iter_mut().zip(src) {
+                    *d = f(s);
+                }
+            }
+        },
+    )
 }
 
 /// Exact GELU `x·Φ(x) = 0.5·x·erfc(−x/√2)` (ViT and Q-Former MLPs), parallel over chunks.
@@ -171,55 +217,67 @@ pub fn gelu_erf(x: &mut [f32]) {
     par_chunks(x, |xs| Activation::GeluErf.apply(xs));
 }
 
-/// One value of [`gelu_erf`], with [`erfc_fit`], so the relative error stays ~2e-7 in the
-/// negative tail too. Plain f64 arithmetic ([`exp_f64`]), so it vectorizes in [`map_f32`]
-/// (libm's scalar `exp` was most of its time).
+/// The coefficients of `P(t)` in the fit `erfc(u) ≈ t·exp(−u² + P(t))`, `t = 1/(1 + u/2)`,
+/// relative error below 1.2e-7 for u ≥ 0 (Numerical Recipes §6.2, Chebyshev-fitted).
+/// (The published digits, which f32 rounds.)
+#[allow(clippy::excessive_precision)]
+const ERFC_FIT: [f32; 10] = [
+    -1.265_512_23,
+    1.000_023_68,
+    0.374_091_96,
+    0.096_784_18,
+    -0.186_288_06,
+    0.278_868_07,
+    -1.135_203_98,
+    1.488_515_87,
+    -0.822_152_23,
+    0.170_872_77,
+];
+
+/// One value of [`gelu_erf`]: relative error about 3e-7, in the negative tail too. The fit
+/// [`ERFC_FIT`], `erfc(u) ≈ t·exp(−u² + P(t))`, evaluated mostly in f32 (16 lanes in
+/// [`map_f32`]); only the exponent `−z²/2 + P(t)` and its range reduction run in f64: there it
+/// reaches −87, where one f32 rounding would cost ~5e-6 of the result (`z²` is exact in f64).
 #[inline(always)]
-pub fn gelu_erf_value(v: f32) -> f32 {
-    // in f64: the tail erfc(u) is steep, so rounding u to f32 alone would cost ~1e-6
-    let z = v as f64;
-    let c = erfc_fit(z.abs() * std::f64::consts::FRAC_1_SQRT_2);
+pub fn gelu_erf_value(z: f32) -> f32 {
+    const C: [f32; 10] = ERFC_FIT;
+    let t = 1.0 / (1.0 + z.abs() * (0.5 * std::f32::consts::FRAC_1_SQRT_2));
+    // Estrin's scheme: a tree of depth 4 instead of Horner's chain of 9 multiply-adds
+    let t2 = t * t;
+    let t4 = t2 * t2;
+    let t8 = t4 * t4;
+    let pair = |i: usize| C[i] + t * C[i + 1];
+    let p = ((pair(0) + t2 * pair(2)) + t4 * (pair(4) + t2 * pair(6))) + t8 * pair(8);
+    let z64 = z as f64;
+    let erfc = t * exp_f64_to_f32(p as f64 - 0.5 * (z64 * z64));
     // Φ(z) = 1 − erfc(z/√2)/2 for z ≥ 0, erfc(|z|/√2)/2 for z < 0
-    let phi = if z >= 0.0 { 1.0 - 0.5 * c } else { 0.5 * c };
-    (z * phi) as f32
+    let phi = if z >= 0.0 {
+        1.0 - 0.5 * erfc
+    } else {
+        0.5 * erfc
+    };
+    z * phi
 }
 
-/// `e^x` in f64 from plain arithmetic, so loops over it vectorize (as [`exp_f32`]): `x = n·ln2
-/// + r`, `|r| ≤ ln2/2` (Cody–Waite split of ln2), `e^r` by its degree-11 Taylor polynomial
-/// (truncation < 1e-15), `2^n` through the exponent bits, `n` read from the bits of the
-/// rounding sum (no float → int conversion, which AVX2 lacks for f64). Relative error about
-/// 1e-15; inputs are clamped to `[−708, 709]` (results from about 3e-308), NaN stays NaN.
+/// `e^x` as f32 for an f64 `x`: the range reduction `x = n·ln2 + r` in f64 (so a large `|x|`
+/// loses nothing), `e^r` by the degree-7 Taylor polynomial of [`exp_f32`] in f32. Relative
+/// error about 2e-7; `x` is clamped to `[−87.3, 88.3]` as in [`exp_f32`], NaN stays NaN.
 #[inline(always)]
-pub fn exp_f64(x: f64) -> f64 {
-    const LOG2E: f64 = std::f64::consts::LOG2_E;
-    const LN2_HI: f64 = 0.693_147_180_369_123_8; // fdlibm's split of ln 2
-    const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
+fn exp_f64_to_f32(x: f64) -> f32 {
     const ROUND: f64 = 6_755_399_441_055_744.0; // 1.5·2⁵²: adding it rounds to an integer
-    let x = x.clamp(-708.0, 709.0);
-    let t = x * LOG2E + ROUND;
+    let x = x.clamp(-87.3, 88.3);
+    let t = x * std::f64::consts::LOG2_E + ROUND;
     let n = t - ROUND;
-    // t's low mantissa bits hold n in two's complement (|n| < 2⁵¹)
-    let k = t.to_bits().wrapping_sub(ROUND.to_bits());
-    let r = (x - n * LN2_HI) - n * LN2_LO;
-    const C: [f64; 12] = [
-        1.0,
-        1.0,
-        1.0 / 2.0,
-        1.0 / 6.0,
-        1.0 / 24.0,
-        1.0 / 120.0,
-        1.0 / 720.0,
-        1.0 / 5040.0,
-        1.0 / 40320.0,
-        1.0 / 362880.0,
-        1.0 / 3628800.0,
-        1.0 / 39916800.0,
-    ];
-    let mut p = C[11];
-    for &c in C[..11].iter().rev() {
-        p = c + r * p;
-    }
-    p * f64::from_bits(k.wrapping_add(1023) << 52)
+    // |n| ≤ 128, so one product with ln 2 in f64 leaves r exact to ~1e-14
+    let r = (x - n * std::f64::consts::LN_2) as f32;
+    // t's low mantissa bits hold n in two's complement (as in `exp_f32`)
+    let k = t.to_bits().wrapping_sub(ROUND.to_bits()) as u32;
+    let r2 = r * r;
+    let r4 = r2 * r2;
+    let pair = |a: f32, b: f32| a + r * b;
+    let p = (pair(1.0, 1.0) + r2 * pair(1.0 / 2.0, 1.0 / 6.0))
+        + r4 * (pair(1.0 / 24.0, 1.0 / 120.0) + r2 * pair(1.0 / 720.0, 1.0 / 5040.0));
+    p * f32::from_bits(k.wrapping_add(127) << 23)
 }
 
 /// Runs `f` over [`ACTIVATION_CHUNK`]-sized pieces of `x`, in parallel when there are several.
@@ -231,117 +289,24 @@ fn par_chunks(x: &mut [f32], f: impl Fn(&mut [f32]) + Sync + Send) {
     }
 }
 
-/// erfc(u) for u ≥ 0 as f32 with relative error about 1.2e-7: the Chebyshev-fitted form
-/// `t·exp(−u² + P(t))`, `t = 1/(1 + u/2)` (Press et al., Numerical Recipes §6.2). One
-/// exponential per value, where the f64 series [`erf`] needs ~50 terms.
-pub fn erfc_f32(u: f32) -> f32 {
-    erfc_fit(u as f64) as f32
-}
-
-/// The fit of [`erfc_f32`] in f64 (one [`exp_f64`]), so rounding adds nothing to the fit's
-/// error.
-#[inline(always)]
-fn erfc_fit(u: f64) -> f64 {
-    const C: [f64; 10] = [
-        -1.265_512_23,
-        1.000_023_68,
-        0.374_091_96,
-        0.096_784_18,
-        -0.186_288_06,
-        0.278_868_07,
-        -1.135_203_98,
-        1.488_515_87,
-        -0.822_152_23,
-        0.170_872_77,
-    ];
-    let t = 1.0 / (1.0 + 0.5 * u);
-    let mut p = C[9];
-    for &c in C[..9].iter().rev() {
-        p = c + t * p;
-    }
-    t * exp_f64(-u * u + p)
-}
-
-/// erf in f32 (absolute error about 1.2e-7), from [`erfc_f32`].
-pub fn erf_f32(x: f32) -> f32 {
-    (1.0 - erfc_f32(x.abs())).copysign(x)
-}
-
-/// erf with ~1e-15 accuracy (W. J. Cody's rational approximations, as in libm).
-pub fn erf(x: f64) -> f64 {
-    // Abramowitz-Stegun style series / continued fraction split at |x| = 2.
-    let ax = x.abs();
-    let r = if ax < 2.0 {
-        // Maclaurin series: erf(x) = 2/√π Σ (-1)^n x^(2n+1) / (n! (2n+1))
-        let x2 = ax * ax;
-        let mut term = ax;
-        let mut sum = ax;
-        // converges in < 60 terms for |x| < 2; the cap also ends x = 0 (sum stays 0)
-        for n in 1..100 {
-            let n = n as f64;
-            term *= -x2 / n;
-            let add = term / (2.0 * n + 1.0);
-            sum += add;
-            if add.abs() <= 1e-17 * sum.abs() {
-                break;
-            }
-        }
-        sum * std::f64::consts::FRAC_2_SQRT_PI
-    } else {
-        1.0 - erfc_cf(ax)
-    };
-    if x < 0.0 {
-        -r
-    } else {
-        r
-    }
-}
-
-/// erfc(x) for x ≥ 2 by its continued fraction (Lentz).
-fn erfc_cf(x: f64) -> f64 {
-    // erfc(x) = exp(-x²)/√π · 1/(x + 1/2/(x + 1/(x + 3/2/(x + 2/(x + …)))))
-    let tiny = 1e-300;
-    let mut f = x;
-    if f == 0.0 {
-        f = tiny;
-    }
-    let mut c = f;
-    let mut d = 0.0;
-    for i in 1..200 {
-        let a = i as f64 / 2.0;
-        d = x + a * d;
-        if d == 0.0 {
-            d = tiny;
-        }
-        c = x + a / c;
-        if c == 0.0 {
-            c = tiny;
-        }
-        d = 1.0 / d;
-        let delta = c * d;
-        f *= delta;
-        if (delta - 1.0).abs() < 1e-16 {
-            break;
-        }
-    }
-    (-x * x).exp() / (f * std::f64::consts::PI.sqrt())
-}
-
 /// Softmax of one row in place (f32 with an f64 sum).
 pub fn softmax(row: &mut [f32]) {
     // all three passes vectorized: outside `vectorized` the max and the scaling would run as
     // baseline x86-64 code
-    vectorized(|| {
-        let max = max_f32(row);
-        for v in row.iter_mut() {
-            *v = exp_f32(*v - max);
-        }
-        let sum = sum_f64(row, |v| v);
-        let inv = (1.0 / sum) as f32;
-        for v in row.iter_mut() {
-            *v *= inv;
-        }
-    })
+    vectorized(
+        #[inline(always)]
+        || {
+            let max = max_f32(row);
+            for v in row.iter_mut() {
+                *v = exp_f32(*v - max);
+            }
+            let sum = sum_f64(row, |v| v);
+            let inv = (1.0 / sum) as f32;
+            for v in row.iter_mut() {
+                *v *= inv;
+            }
+        },
+    )
 }
 
 /// The largest value (NaN-ignoring, as `f32::max`), in 16 lanes so that it vectorizes.
@@ -420,6 +385,66 @@ impl Rope {
 mod tests {
     use super::*;
 
+    /// erf with ~1e-15 accuracy (W. J. Cody's rational approximations, as in libm).
+    fn erf(x: f64) -> f64 {
+        // Abramowitz-Stegun style series / continued fraction split at |x| = 2.
+        let ax = x.abs();
+        let r = if ax < 2.0 {
+            // Maclaurin series: erf(x) = 2/√π Σ (-1)^n x^(2n+1) / (n! (2n+1))
+            let x2 = ax * ax;
+            let mut term = ax;
+            let mut sum = ax;
+            // converges in < 60 terms for |x| < 2; the cap also ends x = 0 (sum stays 0)
+            for n in 1..100 {
+                let n = n as f64;
+                term *= -x2 / n;
+                let add = term / (2.0 * n + 1.0);
+                sum += add;
+                if add.abs() <= 1e-17 * sum.abs() {
+                    break;
+                }
+            }
+            sum * std::f64::consts::FRAC_2_SQRT_PI
+        } else {
+            1.0 - erfc_cf(ax)
+        };
+        if x < 0.0 {
+            -r
+        } else {
+            r
+        }
+    }
+
+    /// erfc(x) for x ≥ 2 by its continued fraction (Lentz).
+    fn erfc_cf(x: f64) -> f64 {
+        // erfc(x) = exp(-x²)/√π · 1/(x + 1/2/(x + 1/(x + 3/2/(x + 2/(x + …)))))
+        let tiny = 1e-300;
+        let mut f = x;
+        if f == 0.0 {
+            f = tiny;
+        }
+        let mut c = f;
+        let mut d = 0.0;
+        for i in 1..200 {
+            let a = i as f64 / 2.0;
+            d = x + a * d;
+            if d == 0.0 {
+                d = tiny;
+            }
+            c = x + a / c;
+            if c == 0.0 {
+                c = tiny;
+            }
+            d = 1.0 / d;
+            let delta = c * d;
+            f *= delta;
+            if (delta - 1.0).abs() < 1e-16 {
+                break;
+            }
+        }
+        (-x * x).exp() / (f * std::f64::consts::PI.sqrt())
+    }
+
     #[test]
     fn erf_matches_known_values() {
         // Values from standard tables.
@@ -441,59 +466,59 @@ mod tests {
         }
     }
 
-    #[test]
-    fn erf_f32_tracks_the_f64_series() {
-        let mut worst = 0f64;
-        for i in -6000..=6000 {
-            let x = i as f32 * 1e-3;
-            let err = (erf_f32(x) as f64 - erf(x as f64)).abs();
-            worst = worst.max(err);
-            if x >= 0.0 {
-                // the continued fraction avoids 1 − erf's cancellation in the tail
-                let x64 = x as f64;
-                let want = if x64 < 2.0 {
-                    1.0 - erf(x64)
-                } else {
-                    erfc_cf(x64)
-                };
-                let rel = (erfc_f32(x) as f64 - want).abs() / want;
-                assert!(rel < 3e-7, "erfc_f32({x}): relative error {rel}");
-            }
-        }
-        assert!(worst < 3e-7, "max |erf_f32 - erf| = {worst}");
-        assert_eq!(erf_f32(0.0), 0.0);
-        assert_eq!(erf_f32(-10.0), -1.0);
-        // GELU over a large buffer (parallel path) equals the element-wise formula
-        let mut big: Vec<f32> = (0..100_000).map(|i| (i as f32 - 50_000.0) * 1e-4).collect();
-        let want: Vec<f32> = big
-            .iter()
-            .map(|&z| {
-                let u = -z as f64 / std::f64::consts::SQRT_2;
-                let erfc = if u < 2.0 { 1.0 - erf(u) } else { erfc_cf(u) };
-                (0.5 * z as f64 * erfc) as f32
-            })
-            .collect();
-        gelu_erf(&mut big);
-        for (a, b) in big.iter().zip(&want) {
-            assert!((a - b).abs() <= 5e-7 * b.abs() + 1e-30, "{a} vs {b}");
-        }
+    /// GELU(z) in f64 from the reference series / continued fraction.
+    fn gelu_erf_f64(z: f32) -> f64 {
+        // Φ(z) = erfc(−z/√2)/2; the continued fraction avoids 1 − erf's cancellation
+        let u = -z as f64 / std::f64::consts::SQRT_2;
+        let erfc = if u < 2.0 { 1.0 - erf(u) } else { erfc_cf(u) };
+        0.5 * z as f64 * erfc
     }
 
     #[test]
-    fn exp_f64_tracks_libm() {
-        let mut worst = 0f64;
-        let mut x = -708.0;
-        while x <= 709.0 {
-            let rel = (exp_f64(x) - x.exp()).abs() / x.exp();
-            worst = worst.max(rel);
-            x += 0.0137;
+    fn gelu_erf_tracks_the_f64_reference() {
+        // relative error, the negative tail included, down to where the result nears f32's
+        // smallest normal numbers (z ≈ −13)
+        let mut worst = (0f64, 0f32);
+        for i in -130_000..=130_000 {
+            let z = i as f32 * 1e-4;
+            let want = gelu_erf_f64(z);
+            let rel = (gelu_erf_value(z) as f64 - want).abs() / want.abs().max(1e-37);
+            if rel > worst.0 {
+                worst = (rel, z);
+            }
         }
-        assert!(worst < 1e-14, "max relative error {worst}");
-        assert_eq!(exp_f64(0.0), 1.0);
-        assert!(exp_f64(f64::NAN).is_nan());
-        // clamped: tiny (not zero) far below, finite far above
-        assert!(exp_f64(-1e6) > 0.0 && exp_f64(-1e6) < 1e-307);
-        assert!(exp_f64(1e6).is_finite());
+        assert!(
+            worst.0 < 6e-7,
+            "relative error {} at z = {}",
+            worst.0,
+            worst.1
+        );
+        assert_eq!(gelu_erf_value(0.0), 0.0);
+        assert_eq!(gelu_erf_value(20.0), 20.0);
+        assert!(gelu_erf_value(-20.0).abs() < 1e-36);
+        assert!(gelu_erf_value(f32::NAN).is_nan());
+        // over a large buffer (parallel path): the same bits as the element-wise function
+        let mut big: Vec<f32> = (0..100_000).map(|i| (i as f32 - 50_000.0) * 1e-4).collect();
+        let want: Vec<f32> = big.iter().map(|&z| gelu_erf_value(z)).collect();
+        gelu_erf(&mut big);
+        assert_eq!(big, want);
+    }
+
+    #[test]
+    fn exp_f64_to_f32_tracks_libm() {
+        let mut worst = 0f64;
+        let mut x = -87.3f64;
+        while x <= 88.3 {
+            let want = x.exp();
+            worst = worst.max((exp_f64_to_f32(x) as f64 - want).abs() / want);
+            x += 0.000_731;
+        }
+        assert!(worst < 2.5e-7, "max relative error {worst}");
+        assert_eq!(exp_f64_to_f32(0.0), 1.0);
+        assert!(exp_f64_to_f32(f64::NAN).is_nan());
+        // clamped like `exp_f32`: tiny (not zero) far below, finite far above
+        assert!(exp_f64_to_f32(-1e6) > 0.0 && exp_f64_to_f32(-1e6) < 1e-37);
+        assert!(exp_f64_to_f32(1e6).is_finite());
     }
 
     #[test]
@@ -545,6 +570,28 @@ mod tests {
         x[5] = 4.0;
         x[6] = f32::NAN;
         assert_eq!(max_f32(&x), 4.0);
+    }
+
+    #[test]
+    fn apply_into_equals_bias_then_apply() {
+        let src: Vec<f32> = (0..37).map(|i| (i as f32 - 18.0) * 0.37).collect();
+        let bias: Vec<f32> = (0..37).map(|i| (i % 5) as f32 * 0.25 - 0.5).collect();
+        for act in [
+            Activation::Identity,
+            Activation::GeluTanh,
+            Activation::GeluErf,
+        ] {
+            for b in [None, Some(&bias[..])] {
+                let mut want: Vec<f32> = match b {
+                    Some(b) => src.iter().zip(b).map(|(s, b)| s + b).collect(),
+                    None => src.clone(),
+                };
+                act.apply(&mut want);
+                let mut got = vec![f32::NAN; src.len()];
+                act.apply_into(&src, b, &mut got);
+                assert_eq!(got, want, "{act:?}, bias {}", b.is_some());
+            }
+        }
     }
 
     #[test]
