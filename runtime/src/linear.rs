@@ -301,36 +301,33 @@ unsafe fn row_block(
     r1: usize,
     out: SharedPtr<f32>,
 ) {
+    thread_local! {
+        // each thread's output tile, kept between calls: a fresh one would be zeroed (and at
+        // first touched) on every block only to be overwritten by the kernel
+        static TILE: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+    }
     let kern = simd::kernels();
     let (n, k) = (w.rows, w.cols);
     let rows = r1 - r0;
     let wrb = w.row_bytes();
-    let mut local = vec![0f32; m * rows];
+    let mut tile = TILE.take();
+    if tile.len() < m * rows {
+        tile.resize(m * rows, 0.0);
+    }
+    let local = &mut tile[..m * rows];
     match repacked_here(w) {
-        Some(rp) => kern.gemm_repacked(rp, r0, rows, qx, m, &mut local),
-        None => kern.gemm(
-            w.ty,
-            k,
-            &w.data[r0 * wrb..r1 * wrb],
-            rows,
-            qx,
-            m,
-            &mut local,
-        ),
+        Some(rp) => kern.gemm_repacked(rp, r0, rows, qx, m, local),
+        None => kern.gemm(w.ty, k, &w.data[r0 * wrb..r1 * wrb], rows, qx, m, local),
     }
     .expect("matmul: weight shape");
-    for (t, vals) in local.chunks_exact_mut(rows).enumerate() {
-        if let Some(b) = bias {
-            for (v, &bj) in vals.iter_mut().zip(&b[r0..r1]) {
-                *v += bj;
-            }
-        }
-        act.apply(vals);
+    let bias = bias.map(|b| &b[r0..r1]);
+    for (t, vals) in local.chunks_exact(rows).enumerate() {
         // SAFETY: t·n + r0 + rows ≤ m·n, and rows r0..r1 are this call's alone (the caller's
         // contract).
         let dst = unsafe { std::slice::from_raw_parts_mut(out.get().add(t * n + r0), rows) };
-        dst.copy_from_slice(vals);
+        act.apply_into(vals, bias, dst);
     }
+    TILE.set(tile);
 }
 
 #[cfg(test)]
