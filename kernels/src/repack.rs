@@ -144,9 +144,58 @@ pub struct RepackedMatrix {
     rows: usize,
     cols: usize,
     /// Anonymous memory (page aligned, so every 64-byte chunk is one cache line), in 2 MiB
-    /// pages where the kernel allows (`MADV_HUGEPAGE`): the decode kernels stream it once per
-    /// token, and with 4 KiB pages every 4 KiB costs a TLB miss.
-    data: memmap2::MmapMut,
+    /// pages where the kernel allows (see [`HugePageBuf`]): the decode kernels stream it once
+    /// per token, and with 4 KiB pages every 4 KiB costs a TLB miss.
+    data: HugePageBuf,
+}
+
+/// Anonymous memory that starts on a 2 MiB boundary and asks for transparent huge pages
+/// (`MADV_HUGEPAGE`) over its whole 2 MiB pages. The kernel backs a huge page only where the
+/// mapping covers all of it, and a plain mapping starts anywhere: one matrix per mapping left
+/// about a quarter of Phi-2's repacked weights in 4 KiB pages. The last partial 2 MiB stays in
+/// 4 KiB pages (`MADV_NOHUGEPAGE`), so the memory used stays the length asked for; the extra
+/// address space reserved for the alignment is never touched.
+struct HugePageBuf {
+    map: memmap2::MmapMut,
+    off: usize,
+    len: usize,
+}
+
+impl HugePageBuf {
+    const HUGE_PAGE: usize = 2 << 20;
+
+    fn new(len: usize) -> std::io::Result<Self> {
+        let len = len.max(1);
+        if len < Self::HUGE_PAGE {
+            let map = memmap2::MmapMut::map_anon(len)?;
+            return Ok(HugePageBuf { map, off: 0, len });
+        }
+        let map = memmap2::MmapMut::map_anon(len + Self::HUGE_PAGE)?;
+        let addr = map.as_ptr() as usize;
+        let off = addr.next_multiple_of(Self::HUGE_PAGE) - addr;
+        #[cfg(target_os = "linux")]
+        {
+            // hints: without transparent huge pages the mapping just stays in 4 KiB pages
+            let whole = len / Self::HUGE_PAGE * Self::HUGE_PAGE;
+            let _ = map.advise_range(memmap2::Advice::HugePage, off, whole);
+            let tail = off + whole;
+            let _ = map.advise_range(memmap2::Advice::NoHugePage, tail, map.len() - tail);
+        }
+        Ok(HugePageBuf { map, off, len })
+    }
+}
+
+impl std::ops::Deref for HugePageBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.map[self.off..self.off + self.len]
+    }
+}
+
+impl std::ops::DerefMut for HugePageBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.map[self.off..self.off + self.len]
+    }
 }
 
 impl RepackedMatrix {
@@ -175,15 +224,9 @@ impl RepackedMatrix {
         );
         let groups = rows.div_ceil(GROUP_ROWS);
         let total = groups * gb;
-        let mut data =
-            memmap2::MmapMut::map_anon(total.max(1)).map_err(|_| FormatError::Overflow {
-                what: "repacked weights (out of memory)",
-            })?;
-        #[cfg(target_os = "linux")]
-        {
-            // a hint: without transparent huge pages the mapping just stays in 4 KiB pages
-            let _ = data.advise(memmap2::Advice::HugePage);
-        }
+        let mut data = HugePageBuf::new(total).map_err(|_| FormatError::Overflow {
+            what: "repacked weights (out of memory)",
+        })?;
         let out = &mut data[..];
         if let Some((record, write)) = match layout {
             RepackLayout::Q4_Kx16 => {
@@ -489,6 +532,20 @@ fn q6k_row_from_record(rec: &[u8], r: usize, out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn huge_page_buf_is_aligned_and_exactly_as_long() {
+        let big = 5 * HugePageBuf::HUGE_PAGE + 123;
+        let mut b = HugePageBuf::new(big).unwrap();
+        assert_eq!(b.len(), big);
+        assert_eq!(b.as_ptr() as usize % HugePageBuf::HUGE_PAGE, 0);
+        b[0] = 1;
+        b[big - 1] = 2;
+        assert_eq!((b[0], b[big - 1], b[big / 2]), (1, 2, 0));
+        // small ones are a plain mapping; empty ones still map a byte
+        assert_eq!(HugePageBuf::new(4096).unwrap().len(), 4096);
+        assert_eq!(HugePageBuf::new(0).unwrap().len(), 1);
+    }
     use crate::formats::quantize_row;
 
     fn data(len: usize, seed: u32) -> Vec<f32> {
