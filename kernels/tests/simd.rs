@@ -204,6 +204,9 @@ fn simd_levels_have_kernels() {
                 assert!(kern.has_repacked_gemm(layout), "{layout:?}");
             }
         }
+        if kern.level() == Level::Avx2 {
+            assert!(kern.has_repacked_gemm(RepackLayout::Q4_0x16));
+        }
     }
 }
 

@@ -2,8 +2,8 @@
 
 use core::arch::x86_64::*;
 
-use super::{float, kquant, legacy, quant, Isa};
-use crate::simd::{CpuKernels, Level, TileArgs};
+use super::{float, kquant, legacy, quant, repacked_avx2, Isa};
+use crate::simd::{CpuKernels, GemmArgs, Level, TileArgs};
 
 /// `maddubs` (u8 × i8 → i16 pair sums) then `madd` with ones (→ i32).
 pub(crate) struct Avx2;
@@ -50,6 +50,11 @@ entry!(tile_f32, t, float::tile::<float::F32>(t));
 entry!(tile_f16, t, float::tile::<float::F16>(t));
 entry!(tile_bf16, t, float::tile::<float::BF16>(t));
 
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn repacked_q4_0(t: &GemmArgs) -> bool {
+    repacked_avx2::gemm_q4_0(t)
+}
+
 pub(super) fn table(level: Level) -> CpuKernels {
     let mut k = CpuKernels::scalar(level);
     k.quant_q8_0 = Some(quant_q8_0);
@@ -66,5 +71,6 @@ pub(super) fn table(level: Level) -> CpuKernels {
     k.tile_f32 = Some(tile_f32);
     k.tile_f16 = Some(tile_f16);
     k.tile_bf16 = Some(tile_bf16);
+    k.repacked_q4_0 = Some(repacked_q4_0);
     k
 }

@@ -26,6 +26,7 @@ mod packed_kquant;
 mod quant;
 #[clippy::msrv = "1.89"]
 mod repacked;
+mod repacked_avx2;
 
 pub(super) fn has_avx2() -> bool {
     is_x86_feature_detected!("avx2")
