@@ -206,6 +206,7 @@ fn simd_levels_have_kernels() {
         }
         if kern.level() == Level::Avx2 {
             assert!(kern.has_repacked_gemm(RepackLayout::Q4_0x16));
+            assert!(kern.has_repacked_gemm(RepackLayout::Q4_Kx16));
         }
     }
 }

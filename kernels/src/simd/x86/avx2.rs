@@ -55,6 +55,11 @@ unsafe fn repacked_q4_0(t: &GemmArgs) -> bool {
     repacked_avx2::gemm_q4_0(t)
 }
 
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn repacked_q4_k(t: &GemmArgs) -> bool {
+    repacked_avx2::gemm_q4_k(t)
+}
+
 pub(super) fn table(level: Level) -> CpuKernels {
     let mut k = CpuKernels::scalar(level);
     k.quant_q8_0 = Some(quant_q8_0);
@@ -72,5 +77,6 @@ pub(super) fn table(level: Level) -> CpuKernels {
     k.tile_f16 = Some(tile_f16);
     k.tile_bf16 = Some(tile_bf16);
     k.repacked_q4_0 = Some(repacked_q4_0);
+    k.repacked_q4_k = Some(repacked_q4_k);
     k
 }

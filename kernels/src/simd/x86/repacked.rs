@@ -188,10 +188,10 @@ const Q8K_BYTES: usize = 292;
 /// `B_j = bsums[2j] + bsums[2j+1]` (i32) and `d`.
 #[repr(C, align(64))]
 #[derive(Clone, Copy)]
-struct Q8KPrepared {
-    qs: [i32; 64],
-    bsum: [i32; 8],
-    d: f32,
+pub(crate) struct Q8KPrepared {
+    pub(crate) qs: [i32; 64],
+    pub(crate) bsum: [i32; 8],
+    pub(crate) d: f32,
 }
 
 /// The Q6_Kx16 decode kernel's activation super-block: [`Q8KPrepared`] plus, per dword
@@ -204,8 +204,9 @@ struct Q8KPrepared6 {
     neg32: [i32; 64],
 }
 
+/// Every activation row's super-blocks, prepared (uses AVX2 only).
 #[inline(always)]
-unsafe fn prepare_q8k(t: &GemmArgs) -> Vec<Q8KPrepared> {
+pub(crate) unsafe fn prepare_q8k(t: &GemmArgs) -> Vec<Q8KPrepared> {
     let empty = Q8KPrepared {
         qs: [0; 64],
         bsum: [0; 8],

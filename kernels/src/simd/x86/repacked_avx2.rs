@@ -1,5 +1,5 @@
-//! AVX2 products on the Q4_0x16 repacked layout of [`crate::repack`], for CPUs without
-//! AVX-512 (most laptops).
+//! AVX2 products on the Q4_0x16 and Q4_Kx16 repacked layouts of [`crate::repack`], for CPUs
+//! without AVX-512 (most laptops).
 //!
 //! In the layout, i32 lane `r` of a block's 64-byte chunk holds row `r`'s 4 values, so each
 //! 32-byte half of a chunk is 8 rows, one per i32 lane of a `ymm`. `maddubs` of a half with the
@@ -12,12 +12,19 @@
 //! The offset 8 is removed through the accumulator's start (`−8·Σa`, per activation block) and
 //! the scale update is the reference's (`sumi·d_w` then `·d_a`, no FMA), so every output is
 //! bit-identical to the scalar `vec_dot`.
+//!
+//! Q4_Kx16 ([`gemm_q4_k`]): a record chunk `(c, l)` holds, per row lane, the 4 class-`l`
+//! values of sub-blocks `2c` (low nibbles) and `2c + 1` (high nibbles). Each half's `maddubs`
+//! with the activation's matching 4 bytes, then `madd` with that sub-block's scale in both i16
+//! halves of the lane, gives `sc·dot` in i32: ggml's per-class integer sums `aux[l]`, exact in
+//! any order. The f32 steps follow the generic reference's order as `repacked::k4_direct` does.
 
 use core::arch::x86_64::*;
 
 use super::legacy::{self, Legacy};
+use super::repacked::{prepare_q8k, Q8KPrepared};
 use super::{packed, store_rows};
-use crate::repack::GROUP_ROWS;
+use crate::repack::{GROUP_ROWS, Q4K_RECORD};
 use crate::simd::GemmArgs;
 
 /// Activation rows per pass over a group's blocks (each block half is unpacked once per pass).
@@ -113,5 +120,138 @@ unsafe fn group_cols<const NC: usize>(
         for (c, acc_c) in acc_h.iter().enumerate() {
             store_rows(t.out.add((c0 + c) * t.ldo + r0 + 8 * h), *acc_c, nr - 8 * h);
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Q4_Kx16 × Q8_K
+// ---------------------------------------------------------------------------------------------
+
+/// The whole product on a Q4_Kx16 matrix (see [`GemmArgs`]; `t.w` is the first group).
+#[inline(always)]
+pub(crate) unsafe fn gemm_q4_k(t: &GemmArgs) -> bool {
+    let a = prepare_q8k(t);
+    for (gi, r0) in (0..t.n).step_by(GROUP_ROWS).enumerate() {
+        let nr = (t.n - r0).min(GROUP_ROWS);
+        let group = t.w.add(gi * t.w_stride);
+        for h in 0..nr.div_ceil(8) {
+            let mut c0 = 0;
+            while c0 + K4_COLS <= t.m {
+                k4_cols::<K4_COLS>(t, group, &a, c0, r0, nr, h);
+                c0 += K4_COLS;
+            }
+            match t.m - c0 {
+                0 => {}
+                1 => k4_cols::<1>(t, group, &a, c0, r0, nr, h),
+                _ => k4_cols::<2>(t, group, &a, c0, r0, nr, h),
+            }
+        }
+    }
+    true
+}
+
+/// Activation rows per pass of [`k4_cols`] (each record chunk is unpacked once per pass).
+const K4_COLS: usize = 3;
+
+/// Activation rows `c0..c0+NC` against rows `8h..8h+8` of one Q4_Kx16 group (rows
+/// `r0..r0+nr`): per row, eight f32 class sums `sums[l] += (d·d_a)·aux[l]` and
+/// `sumf −= (dmin·d_a)·Σ m·B`, then `sumf + sums[0] + … + sums[7]`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn k4_cols<const NC: usize>(
+    t: &GemmArgs,
+    group: *const u8,
+    a: &[Q8KPrepared],
+    c0: usize,
+    r0: usize,
+    nr: usize,
+    h: usize,
+) {
+    let nb = t.nb;
+    let mask = _mm256_set1_epi8(0x0f);
+    // per i32 lane (sc_lo, sc_hi) as i16 → (sc_lo, sc_lo) and (sc_hi, sc_hi)
+    let dup = |lo: i8| {
+        let (a, b) = (lo, lo + 1);
+        let t = _mm_setr_epi8(
+            a,
+            b,
+            a,
+            b,
+            a + 4,
+            b + 4,
+            a + 4,
+            b + 4,
+            a + 8,
+            b + 8,
+            a + 8,
+            b + 8,
+            a + 12,
+            b + 12,
+            a + 12,
+            b + 12,
+        );
+        _mm256_set_m128i(t, t)
+    };
+    let (dup_lo, dup_hi) = (dup(0), dup(2));
+    let mut sums = [[_mm256_setzero_ps(); 8]; NC];
+    let mut sumf = [_mm256_setzero_ps(); NC];
+    for b in 0..nb {
+        let rec = group.add(b * Q4K_RECORD);
+        // the record 16 KiB ahead, into L2 (see `repacked.rs`)
+        let ahead = rec.wrapping_add(PREFETCH_BYTES);
+        for line in 0..Q4K_RECORD / 64 {
+            _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(64 * line) as *const i8);
+        }
+        let ab: [&Q8KPrepared; NC] = core::array::from_fn(|c| &a[(c0 + c) * nb + b]);
+        let mut s_lo = [_mm256_setzero_si256(); 4];
+        let mut s_hi = [_mm256_setzero_si256(); 4];
+        for c in 0..4 {
+            let sc = _mm_loadu_si128(rec.add(64 + 32 * c + 16 * h) as *const __m128i);
+            let sc = _mm256_cvtepu8_epi16(sc);
+            s_lo[c] = _mm256_shuffle_epi8(sc, dup_lo);
+            s_hi[c] = _mm256_shuffle_epi8(sc, dup_hi);
+        }
+        let d = _mm256_cvtph_ps(_mm_loadu_si128(rec.add(16 * h) as *const __m128i));
+        let dmin = _mm256_cvtph_ps(_mm_loadu_si128(rec.add(32 + 16 * h) as *const __m128i));
+        let dd: [__m256; NC] = core::array::from_fn(|c| _mm256_mul_ps(d, _mm256_set1_ps(ab[c].d)));
+        for l in 0..8 {
+            let mut aux = [_mm256_setzero_si256(); NC];
+            for c in 0..4 {
+                let q = _mm256_loadu_si256(rec.add(320 + (c * 8 + l) * 64 + 32 * h) as *const _);
+                let lo = _mm256_and_si256(q, mask);
+                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), mask);
+                for (x, p) in aux.iter_mut().zip(&ab) {
+                    let dl = _mm256_maddubs_epi16(lo, _mm256_set1_epi32(p.qs[16 * c + l]));
+                    let dh = _mm256_maddubs_epi16(hi, _mm256_set1_epi32(p.qs[16 * c + 8 + l]));
+                    let both = _mm256_add_epi32(
+                        _mm256_madd_epi16(dl, s_lo[c]),
+                        _mm256_madd_epi16(dh, s_hi[c]),
+                    );
+                    *x = _mm256_add_epi32(*x, both);
+                }
+            }
+            for c in 0..NC {
+                let term = _mm256_mul_ps(dd[c], _mm256_cvtepi32_ps(aux[c]));
+                sums[c][l] = _mm256_add_ps(sums[c][l], term);
+            }
+        }
+        for c in 0..NC {
+            let mut summ = _mm256_setzero_si256();
+            for j in 0..8 {
+                let m = _mm_loadl_epi64(rec.add(192 + 16 * j + 8 * h) as *const __m128i);
+                let m =
+                    _mm256_mullo_epi32(_mm256_cvtepu8_epi32(m), _mm256_set1_epi32(ab[c].bsum[j]));
+                summ = _mm256_add_epi32(summ, m);
+            }
+            let dm = _mm256_mul_ps(dmin, _mm256_set1_ps(ab[c].d));
+            sumf[c] = _mm256_sub_ps(sumf[c], _mm256_mul_ps(dm, _mm256_cvtepi32_ps(summ)));
+        }
+    }
+    for c in 0..NC {
+        let mut v = sumf[c];
+        for s in &sums[c] {
+            v = _mm256_add_ps(v, *s);
+        }
+        store_rows(t.out.add((c0 + c) * t.ldo + r0 + 8 * h), v, nr - 8 * h);
     }
 }
