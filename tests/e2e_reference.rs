@@ -147,6 +147,20 @@ fn visual_tokens_quantized_cosine() {
                 c >= min_cos,
                 "stage {stage} {ty}: cosine {c:.6} < {min_cos}"
             );
+            if ty == "q4_0" {
+                // the repacked ViT (AVX2's default; forced here) gives the same bits
+                let mut repacked = runtime::vision::load_vision_tower(&out).unwrap();
+                repacked.repack_vit(true).unwrap();
+                assert!(
+                    repacked.repacked_bytes() > 0,
+                    "stage {stage}: nothing repacked"
+                );
+                assert_eq!(
+                    repacked.encode(&pixels).unwrap(),
+                    got,
+                    "stage {stage} repacked"
+                );
+            }
             if ty == "f32" {
                 let err = max_row_rel_err(&got, &want, want.len());
                 assert!(
