@@ -57,8 +57,10 @@ pub enum RepackPolicy {
     /// Repack Q4_0, Q4_K, Q5_K and Q6_K when this CPU has kernels for their layouts and the
     /// machine has at least [`AUTO_REPACK_MIN_RAM`] of memory: smaller (8 GB) devices keep the
     /// weights in the file map, where the OS can drop and re-read them under memory pressure.
-    /// Q8_0 only with `On`: it gains nothing measurable.
+    /// Q8_0 only with `On`: it gains nothing measurable. The vision tower repacks only where
+    /// the level has no packed GEMM for the type (`VisionTower::repack_vit`).
     Auto,
+    /// Repack every matrix whose layout has kernels on this CPU (the vision tower's too).
     On,
     Off,
 }
