@@ -60,7 +60,28 @@ impl Repacked for legacy::Q8_0 {
 /// How far ahead [`direct`] prefetches, into L2 (bytes of values). On the 2-core Zen 4 VM,
 /// decode with 2 threads: no prefetch 15.7 t/s, 4 KiB 18.0, 12–32 KiB 17.4–20.3 (run-to-run
 /// noise of ±1.5), 128 KiB 17.7; into L1 (T0) 16.1.
-const PREFETCH_BYTES: usize = 16 << 10;
+pub(crate) const PREFETCH_BYTES: usize = 16 << 10;
+
+/// Prefetches block `b + PREFETCH_BYTES / qs_bytes` of a 32-element group into L2: every line of
+/// its values (`qs`: block `b`'s values, `qs_bytes` per block) and, every other block, its
+/// scales. The hardware prefetchers alone keep too few lines in flight for one stream per core.
+#[inline(always)]
+pub(crate) unsafe fn prefetch_block_ahead(
+    group: *const u8,
+    b: usize,
+    qs: *const u8,
+    qs_bytes: usize,
+) {
+    let ahead_blocks = PREFETCH_BYTES / qs_bytes;
+    let ahead = qs.wrapping_add(ahead_blocks * qs_bytes);
+    for line in 0..qs_bytes / 64 {
+        _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(64 * line) as *const i8);
+    }
+    if b.is_multiple_of(2) {
+        let s_ahead = group.wrapping_add((b + ahead_blocks) * 32);
+        _mm_prefetch::<_MM_HINT_T1>(s_ahead as *const i8);
+    }
+}
 
 /// Block `b`'s scales of a group as f32.
 #[inline(always)]
@@ -95,17 +116,7 @@ unsafe fn direct<F: Repacked, const NC: usize>(
     }
     for b in 0..nb {
         let qs = values::<F>(group, nb, b);
-        // every line of a block 16 KiB ahead (values and scales), into L2: the hardware
-        // prefetchers alone keep too few lines in flight for one stream per core
-        let ahead_blocks = PREFETCH_BYTES / F::QS_BYTES;
-        let ahead = qs.wrapping_add(ahead_blocks * F::QS_BYTES);
-        for line in 0..F::QS_BYTES / 64 {
-            _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(64 * line) as *const i8);
-        }
-        if b % 2 == 0 {
-            let s_ahead = group.wrapping_add((b + ahead_blocks) * 32);
-            _mm_prefetch::<_MM_HINT_T1>(s_ahead as *const i8);
-        }
+        prefetch_block_ahead(group, b, qs, F::QS_BYTES);
         let w = F::groups(qs);
         let mut sumi = [_mm512_setzero_si512(); NC];
         for c in 0..NC {

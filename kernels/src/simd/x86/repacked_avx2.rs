@@ -22,19 +22,15 @@
 use core::arch::x86_64::*;
 
 use super::legacy::{self, Legacy};
-use super::repacked::{prepare_q8k, Q8KPrepared};
+use super::repacked::{
+    prefetch_block_ahead, prepare_q8k, values, Q8KPrepared, Repacked, PREFETCH_BYTES,
+};
 use super::{packed, store_rows};
 use crate::repack::{GROUP_ROWS, Q4K_RECORD};
 use crate::simd::GemmArgs;
 
 /// Activation rows per pass over a group's blocks (each block half is unpacked once per pass).
 const COLS: usize = 4;
-
-/// Bytes of a block's values for the 16 rows (4 chunks of 64).
-const QS_BYTES: usize = 256;
-
-/// How far ahead the weights are prefetched into L2, as in the AVX-512 kernel (`repacked.rs`).
-const PREFETCH_BYTES: usize = 16 << 10;
 
 /// The whole product on a Q4_0x16 matrix (see [`GemmArgs`]; `t.w` is the first group).
 #[inline(always)]
@@ -80,16 +76,8 @@ unsafe fn group_cols<const NC: usize>(
     let a: [*const u8; NC] =
         core::array::from_fn(|c| t.a.add((c0 + c) * t.a_stride + legacy::Q4_0::A_QS));
     for b in 0..nb {
-        let qs = group.add(nb * 32 + b * QS_BYTES);
-        // the same lines of the block 16 KiB ahead, into L2 (see `repacked.rs`)
-        let ahead = qs.wrapping_add(PREFETCH_BYTES);
-        for line in 0..QS_BYTES / 64 {
-            _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(64 * line) as *const i8);
-        }
-        if b % 2 == 0 {
-            let s_ahead = group.wrapping_add((b + PREFETCH_BYTES / QS_BYTES) * 32);
-            _mm_prefetch::<_MM_HINT_T1>(s_ahead as *const i8);
-        }
+        let qs = values::<legacy::Q4_0>(group, nb, b);
+        prefetch_block_ahead(group, b, qs, <legacy::Q4_0 as Repacked>::QS_BYTES);
         for (h, acc_h) in acc.iter_mut().enumerate().take(halves) {
             // group g = values 4g..4g+4 of the half's 8 rows: low nibbles of chunk g, then
             // the high ones
