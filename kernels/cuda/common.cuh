@@ -47,6 +47,13 @@ typedef long long i64;
 #define TY_Q5_K 13
 #define TY_Q6_K 14
 #define TY_BF16 30
+// Device-only "split" layouts of Q4_0 / Q8_0 (not ggml ids): upload_weight repacks a row of nb
+// blocks (nb a multiple of 8) as [qs of every block][d of every block], so the quants of block b
+// start at 16·b (Q4_0) or 32·b (Q8_0), 16-byte aligned, and d_b sits at qs_bytes·nb + 2·b. A
+// warp then reads a row with aligned 16-byte loads instead of 2-byte ones at an 18- or 34-byte
+// stride (the loads, not the DRAM, bounded the GGUF-layout GEMV). Row sizes are unchanged.
+#define TY_Q4_0S 102
+#define TY_Q8_0S 108
 
 #ifndef TINYGPTV_EMU
 __device__ __forceinline__ float f16_to_f32(u16 h) {
@@ -97,6 +104,20 @@ __device__ __forceinline__ int load_i32_a2(const u8* p) {
 __device__ __forceinline__ int load_i32_a4(const u8* p) {
     CHECK_ALIGN(p, 4);
     return *(const int*)p;
+}
+
+// 16 bytes at a 16-byte aligned address, as four 32-bit words (one vector load on the GPU).
+__device__ __forceinline__ void load_16(const u8* p, int q[4]) {
+    CHECK_ALIGN(p, 16);
+#ifdef TINYGPTV_EMU
+    memcpy(q, p, 16);
+#else
+    const int4 v = *(const int4*)p;
+    q[0] = v.x;
+    q[1] = v.y;
+    q[2] = v.z;
+    q[3] = v.w;
+#endif
 }
 
 // A 32-bit word of a u16 array (shared-memory tiles): `p` must be 4-byte aligned.
@@ -151,6 +172,33 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
 
 // Sum of the four signed bytes of `a` (as dp4a with ones).
 __device__ __forceinline__ int byte_sum(int a) { return __dp4a(a, 0x01010101, 0); }
+
+// On the device, quantized activations use a split Q8_1 layout: each row (activation vector) of
+// G = k/32 groups is [qs: G × 32 int8][ds: G × (d f16, s f16)], padded to a multiple of 16 bytes,
+// so a lane reads a group's 32 values as two aligned 16-byte loads. The values are those of
+// ggml's Q8_1 blocks (quantize_q8_1); only their places differ.
+__device__ __forceinline__ u64 q8_1_row_stride(int groups) { return ((u64)groups * Q8_1_BYTES + 15) & ~(u64)15; }
+
+// One group of Q8_1 activations: 32 int8 values, the scale, and the exact integer sums of the
+// first and second 16 values (the offset terms of the weight formats use them).
+struct ActQ8_1 {
+    int q[8];
+    float d;
+    int sum_lo, sum_hi;
+    __device__ __forceinline__ void load(const u8* xrow, int g, int groups) {
+        load_16(xrow + 32 * (u64)g, q);
+        load_16(xrow + 32 * (u64)g + 16, q + 4);
+        d = f16_to_f32(load_u16(xrow + 32 * (u64)groups + 4 * (u64)g));
+        sum_lo = 0;
+        sum_hi = 0;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            sum_lo += byte_sum(q[i]);
+            sum_hi += byte_sum(q[i + 4]);
+        }
+    }
+    __device__ __forceinline__ int sum() const { return sum_lo + sum_hi; }
+};
 
 // ---- f16 tensor cores ------------------------------------------------------------------------------
 // D = A·B + C for one warp, m16n8k16, f16 inputs, f32 accumulators (sm_80+). Fragment layout of

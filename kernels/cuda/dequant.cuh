@@ -89,6 +89,32 @@ __device__ __forceinline__ void dequant16<TY_Q8_0>(const u8* row, int chunk, int
     for (int j = 0; j < 16; ++j) out[j] = (float)qs[j] * d;
 }
 
+// The split layouts of Q4_0 / Q8_0 (common.cuh): the same values, quants and scales apart.
+template <>
+__device__ __forceinline__ void dequant16<TY_Q4_0S>(const u8* row, int chunk, int k, float out[16]) {
+    const int blk = chunk >> 1;
+    const int shift = 4 * (chunk & 1);
+    const float d = load_f16(row + 16 * (u64)(k / QK) + 2 * (u64)blk);
+    int q[4];
+    load_16(row + 16 * (u64)blk, q);
+#pragma unroll
+    for (int w = 0; w < 4; ++w)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) out[4 * w + i] = (float)(((q[w] >> (8 * i + shift)) & 15) - 8) * d;
+}
+
+template <>
+__device__ __forceinline__ void dequant16<TY_Q8_0S>(const u8* row, int chunk, int k, float out[16]) {
+    const int blk = chunk >> 1;
+    const float d = load_f16(row + 32 * (u64)(k / QK) + 2 * (u64)blk);
+    int q[4];
+    load_16(row + 32 * (u64)blk + 16 * (chunk & 1), q);
+#pragma unroll
+    for (int w = 0; w < 4; ++w)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) out[4 * w + i] = (float)(i8)(q[w] >> (8 * i)) * d;
+}
+
 // Q4_K / Q5_K sub-block j scale and min (ggml's get_scale_min_k4).
 __device__ __forceinline__ void k4_scale_min(const u8* scales, int j, int* sc, int* m) {
     if (j < 4) {
@@ -212,11 +238,13 @@ __device__ __forceinline__ u64 row_bytes(int k) {
         case TY_F32: return (u64)k * 4;
         case TY_F16:
         case TY_BF16: return (u64)k * 2;
-        case TY_Q4_0: return (u64)(k / QK) * Q4_0_BYTES;
+        case TY_Q4_0:
+        case TY_Q4_0S: return (u64)(k / QK) * Q4_0_BYTES;
         case TY_Q4_1: return (u64)(k / QK) * Q4_1_BYTES;
         case TY_Q5_0: return (u64)(k / QK) * Q5_0_BYTES;
         case TY_Q5_1: return (u64)(k / QK) * Q5_1_BYTES;
-        case TY_Q8_0: return (u64)(k / QK) * Q8_0_BYTES;
+        case TY_Q8_0:
+        case TY_Q8_0S: return (u64)(k / QK) * Q8_0_BYTES;
         case TY_Q4_K: return (u64)(k / QK_K) * Q4_K_BYTES;
         case TY_Q5_K: return (u64)(k / QK_K) * Q5_K_BYTES;
         case TY_Q6_K: return (u64)(k / QK_K) * Q6_K_BYTES;

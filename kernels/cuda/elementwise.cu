@@ -4,9 +4,10 @@
 #include "dequant.cuh"
 
 // ---- Q8_1 activation quantization ---------------------------------------------------------------
-// x: m rows of k floats (row stride ldx floats, k a multiple of 32); y: m rows of k/32 Q8_1
-// blocks, contiguous. Bit-identical to quantize_row_q8_1_ref: d = amax/127, q = roundf(x·(1/d)),
-// s = f16(Σq · d). Launch: block (32, 4), grid ceil(m·k/32 / 4); one warp per block of 32.
+// x: m rows of k floats (row stride ldx floats, k a multiple of 32); y: m rows of k/32 groups in
+// the split Q8_1 layout (common.cuh; row stride q8_1_row_stride). The values are bit-identical to
+// quantize_row_q8_1_ref's blocks: d = amax/127, q = roundf(x·(1/d)), s = f16(Σq · d).
+// Launch: block (32, 4), grid ceil(m·k/32 / 4); one warp per group of 32.
 extern "C" __global__ void __launch_bounds__(128)
     quantize_q8_1(const float* x, u8* y, int k, int m, int ldx) {
     const int groups = k / QK;
@@ -21,12 +22,29 @@ extern "C" __global__ void __launch_bounds__(128)
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
     const int q = (int)roundf(v * id);
     const int sum = warp_sum_int(q);
-    u8* b = y + (u64)g * Q8_1_BYTES;
-    b[4 + lane] = (u8)(i8)q;
+    u8* yrow = y + (u64)row * q8_1_row_stride(groups);
+    yrow[32 * (u64)gi + lane] = (u8)(i8)q;
     if (lane == 0) {
-        store_u16(b, f32_to_f16(d));
-        store_u16(b + 2, f32_to_f16((float)sum * d));
+        u8* ds = yrow + 32 * (u64)groups + 4 * (u64)gi;
+        store_u16(ds, f32_to_f16(d));
+        store_u16(ds + 2, f32_to_f16((float)sum * d));
     }
+}
+
+// ---- the split weight layouts (common.cuh) ------------------------------------------------------
+// dst row = [src blocks' bytes head..block_bytes-1][src blocks' bytes 0..head-1] for `rows` rows
+// of nb blocks of `block_bytes` bytes (Q4_0: 18 and head 2; Q8_0: 34 and 2). Launch: block 128,
+// grid (ceil(nb / 128), rows).
+extern "C" __global__ void split_blocks(const u8* src, u8* dst, int nb, int block_bytes, int head) {
+    const int b = blockIdx.x * blockDim.x + threadIdx.x;
+    if (b >= nb) return;
+    const u64 row = (u64)blockIdx.y * (u64)nb * (u64)block_bytes;
+    const u8* s = src + row + (u64)b * block_bytes;
+    const int qs_bytes = block_bytes - head;
+    u8* q = dst + row + (u64)b * qs_bytes;
+    u8* h = dst + row + (u64)nb * qs_bytes + (u64)b * head;
+    for (int i = 0; i < qs_bytes; ++i) q[i] = s[head + i];
+    for (int i = 0; i < head; ++i) h[i] = s[i];
 }
 
 // ---- conversions and copies ----------------------------------------------------------------------
@@ -142,9 +160,27 @@ GET_ROWS_KERNEL(get_rows_q4_1, TY_Q4_1)
 GET_ROWS_KERNEL(get_rows_q5_0, TY_Q5_0)
 GET_ROWS_KERNEL(get_rows_q5_1, TY_Q5_1)
 GET_ROWS_KERNEL(get_rows_q8_0, TY_Q8_0)
+GET_ROWS_KERNEL(get_rows_q4_0s, TY_Q4_0S)
+GET_ROWS_KERNEL(get_rows_q8_0s, TY_Q8_0S)
 GET_ROWS_KERNEL(get_rows_q4_k, TY_Q4_K)
 GET_ROWS_KERNEL(get_rows_q5_k, TY_Q5_K)
 GET_ROWS_KERNEL(get_rows_q6_k, TY_Q6_K)
+
+// ---- a busy wait (benchmarks) -----------------------------------------------------------------------
+// One thread spins for `ns` nanoseconds of the GPU's global timer, so that the host can queue a
+// whole sequence of launches behind it and the timed part runs without waiting for the host.
+// Launch: block 1, grid 1. The emulator returns at once.
+extern "C" __global__ void spin_ns(u64 ns) {
+#ifndef TINYGPTV_EMU
+    u64 t0, t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+    do {
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    } while (t - t0 < ns);
+#else
+    (void)ns;
+#endif
+}
 
 // ---- argmax (greedy sampling on the device) ----------------------------------------------------------
 // out[0] = the first index of the largest value of x[0..n), like the CPU sampler's argmax for

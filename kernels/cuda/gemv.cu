@@ -1,67 +1,71 @@
 // Quantized matrix × vector products for decode (and batches of at most GEMV_MAX_COLS rows):
 // y[c][r] = Σ_k W[r][k] · x[c][k] (+ bias[r]).
 //
-// Quantized weights pair with activations quantized to Q8_1 by quantize.cu (one Q8_1 block of
-// 36 bytes per 32 activations): the integer part of each 32-element dot runs on dp4a (4 int8
+// Quantized weights pair with activations quantized to Q8_1 by quantize_q8_1 (elementwise.cu;
+// the split layout of common.cuh): the integer part of each 32-element dot runs on dp4a (4 int8
 // products per instruction) and the scales are applied once per 32 elements in f32, like the
 // CPU kernels (which use Q8_0 / Q8_K partners instead; Q8_1's values equal Q8_0's). The offsets
 // (−8, −16, −32, mins) are folded in with the exact integer sum of the activation bytes, so no
 // rounding beyond the f32 scale arithmetic enters.
 //
-// Launch: block (32, GEMV_WARPS), grid (ceil(n / GEMV_WARPS)); one warp per weight row, lane l
-// takes 32-element groups l, l + 32, ... and the warp reduces with shuffles. Float weights
-// (F32 / F16 / BF16) take f32 activations instead (gemv_f32 / gemv_f16 / gemv_bf16).
+// Launch: block (32, GEMV_WARPS), grid (ceil(n / (GEMV_WARPS · ROWS))); one warp per ROWS
+// weight rows (1, or 2 for the _r2 variants; the host picks per type), lane l takes 32-element groups l, l + 32, ... and the warp reduces with
+// shuffles. Float weights (F32 / F16 / BF16) take f32 activations instead (gemv_f32 / gemv_f16 /
+// gemv_bf16: one warp per row, grid ceil(n / GEMV_WARPS)).
+//
+// Loads decide the speed: a warp's loads should be few and wide. The GGUF block layouts of
+// Q4_0 / Q8_0 (18 / 34 bytes) allow only 2-byte loads, so their weights are repacked into the
+// split layouts at upload (common.cuh; gemv_q4_0s / gemv_q8_0s) where a row allows it; the
+// K-quant super-blocks (144 / 176 bytes) are read with 16-byte loads as they are.
 #include "common.cuh"
 #include "dequant.cuh"
 
 #define GEMV_WARPS 4
 #define GEMV_MAX_COLS 8
 
-// Weights of one 32-element group unpacked to registers, and its dot with a Q8_1 block.
-// `qa` points at the block's 32 int8 values (4-byte aligned), `da` is its scale.
+// Weights of one 32-element group unpacked to registers (`load(row, g, groups)`: group g of a
+// row of `groups` groups), and its dot with one group of Q8_1 activations (common.cuh).
 
 struct GroupQ4_0 {
     int q[4];
     float d;
-    __device__ __forceinline__ void load(const u8* row, int g) {
+    __device__ __forceinline__ void load(const u8* row, int g, int) {
         const u8* b = row + g * Q4_0_BYTES;
         d = load_f16(b);
 #pragma unroll
         for (int i = 0; i < 4; ++i) q[i] = load_i32_a2(b + 2 + 4 * i);
     }
-    __device__ __forceinline__ float dot(const int* qa, float da) const {
-        int sumi = 0, suma = 0;
+    __device__ __forceinline__ float dot(const ActQ8_1& a) const {
+        int sumi = 0;
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-            sumi = __dp4a(q[i] & 0x0f0f0f0f, qa[i], sumi);
-            sumi = __dp4a((q[i] >> 4) & 0x0f0f0f0f, qa[i + 4], sumi);
+            sumi = __dp4a(q[i] & 0x0f0f0f0f, a.q[i], sumi);
+            sumi = __dp4a((q[i] >> 4) & 0x0f0f0f0f, a.q[i + 4], sumi);
         }
-#pragma unroll
-        for (int i = 0; i < 8; ++i) suma += byte_sum(qa[i]);
-        return d * da * (float)(sumi - 8 * suma);
+        const int suma = a.sum();
+        return d * a.d * (float)(sumi - 8 * suma);
     }
 };
 
 struct GroupQ4_1 {
     int q[4];
     float d, m;
-    __device__ __forceinline__ void load(const u8* row, int g) {
+    __device__ __forceinline__ void load(const u8* row, int g, int) {
         const u8* b = row + g * Q4_1_BYTES;
         d = load_f16(b);
         m = load_f16(b + 2);
 #pragma unroll
         for (int i = 0; i < 4; ++i) q[i] = load_i32_a4(b + 4 + 4 * i);
     }
-    __device__ __forceinline__ float dot(const int* qa, float da) const {
-        int sumi = 0, suma = 0;
+    __device__ __forceinline__ float dot(const ActQ8_1& a) const {
+        int sumi = 0;
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-            sumi = __dp4a(q[i] & 0x0f0f0f0f, qa[i], sumi);
-            sumi = __dp4a((q[i] >> 4) & 0x0f0f0f0f, qa[i + 4], sumi);
+            sumi = __dp4a(q[i] & 0x0f0f0f0f, a.q[i], sumi);
+            sumi = __dp4a((q[i] >> 4) & 0x0f0f0f0f, a.q[i + 4], sumi);
         }
-#pragma unroll
-        for (int i = 0; i < 8; ++i) suma += byte_sum(qa[i]);
-        return da * (d * (float)sumi + m * (float)suma);
+        const int suma = a.sum();
+        return a.d * (d * (float)sumi + m * (float)suma);
     }
 };
 
@@ -73,7 +77,7 @@ __device__ __forceinline__ int spread_bit4(u32 b) {
 struct GroupQ5_0 {
     int q[8];  // 5-bit values, elements 4i..4i+3
     float d;
-    __device__ __forceinline__ void load(const u8* row, int g) {
+    __device__ __forceinline__ void load(const u8* row, int g, int) {
         const u8* b = row + g * Q5_0_BYTES;
         d = load_f16(b);
         const u32 qh = (u32)load_i32_a2(b + 2);
@@ -84,21 +88,19 @@ struct GroupQ5_0 {
             q[i + 4] = ((w >> 4) & 0x0f0f0f0f) | spread_bit4(qh >> (16 + 4 * i));
         }
     }
-    __device__ __forceinline__ float dot(const int* qa, float da) const {
-        int sumi = 0, suma = 0;
+    __device__ __forceinline__ float dot(const ActQ8_1& a) const {
+        int sumi = 0;
 #pragma unroll
-        for (int i = 0; i < 8; ++i) {
-            sumi = __dp4a(q[i], qa[i], sumi);
-            suma += byte_sum(qa[i]);
-        }
-        return d * da * (float)(sumi - 16 * suma);
+        for (int i = 0; i < 8; ++i) sumi = __dp4a(q[i], a.q[i], sumi);
+        const int suma = a.sum();
+        return d * a.d * (float)(sumi - 16 * suma);
     }
 };
 
 struct GroupQ5_1 {
     int q[8];
     float d, m;
-    __device__ __forceinline__ void load(const u8* row, int g) {
+    __device__ __forceinline__ void load(const u8* row, int g, int) {
         const u8* b = row + g * Q5_1_BYTES;
         d = load_f16(b);
         m = load_f16(b + 2);
@@ -110,31 +112,45 @@ struct GroupQ5_1 {
             q[i + 4] = ((w >> 4) & 0x0f0f0f0f) | spread_bit4(qh >> (16 + 4 * i));
         }
     }
-    __device__ __forceinline__ float dot(const int* qa, float da) const {
-        int sumi = 0, suma = 0;
+    __device__ __forceinline__ float dot(const ActQ8_1& a) const {
+        int sumi = 0;
 #pragma unroll
-        for (int i = 0; i < 8; ++i) {
-            sumi = __dp4a(q[i], qa[i], sumi);
-            suma += byte_sum(qa[i]);
-        }
-        return da * (d * (float)sumi + m * (float)suma);
+        for (int i = 0; i < 8; ++i) sumi = __dp4a(q[i], a.q[i], sumi);
+        const int suma = a.sum();
+        return a.d * (d * (float)sumi + m * (float)suma);
     }
 };
 
 struct GroupQ8_0 {
     int q[8];
     float d;
-    __device__ __forceinline__ void load(const u8* row, int g) {
+    __device__ __forceinline__ void load(const u8* row, int g, int) {
         const u8* b = row + g * Q8_0_BYTES;
         d = load_f16(b);
 #pragma unroll
         for (int i = 0; i < 8; ++i) q[i] = load_i32_a2(b + 2 + 4 * i);
     }
-    __device__ __forceinline__ float dot(const int* qa, float da) const {
+    __device__ __forceinline__ float dot(const ActQ8_1& a) const {
         int sumi = 0;
 #pragma unroll
-        for (int i = 0; i < 8; ++i) sumi = __dp4a(q[i], qa[i], sumi);
-        return d * da * (float)sumi;
+        for (int i = 0; i < 8; ++i) sumi = __dp4a(q[i], a.q[i], sumi);
+        return d * a.d * (float)sumi;
+    }
+};
+
+// The split layouts (common.cuh): the same dots, quants read as aligned 16-byte vectors.
+struct GroupQ4_0S : GroupQ4_0 {
+    __device__ __forceinline__ void load(const u8* row, int g, int groups) {
+        load_16(row + 16 * (u64)g, q);
+        d = load_f16(row + 16 * (u64)groups + 2 * (u64)g);
+    }
+};
+
+struct GroupQ8_0S : GroupQ8_0 {
+    __device__ __forceinline__ void load(const u8* row, int g, int groups) {
+        load_16(row + 32 * (u64)g, q);
+        load_16(row + 32 * (u64)g + 16, q + 4);
+        d = load_f16(row + 32 * (u64)groups + 2 * (u64)g);
     }
 };
 
@@ -142,57 +158,56 @@ struct GroupQ8_0 {
 struct GroupQ4_K {
     int q[8];
     float d1, m1;
-    __device__ __forceinline__ void load(const u8* row, int g) {
+    __device__ __forceinline__ void load(const u8* row, int g, int) {
         const u8* b = row + (g >> 3) * Q4_K_BYTES;
         const int j = g & 7;
         int sc, m;
         k4_scale_min(b + 4, j, &sc, &m);
         d1 = load_f16(b) * (float)sc;
         m1 = load_f16(b + 2) * (float)m;
-        const u8* qs = b + 16 + 32 * (j >> 1);
+        const u8* qs = b + 16 + 32 * (j >> 1);  // 16-byte aligned: super-blocks are 144 bytes
         const int shift = 4 * (j & 1);
+        load_16(qs, q);
+        load_16(qs + 16, q + 4);
 #pragma unroll
-        for (int i = 0; i < 8; ++i) q[i] = (load_i32_a4(qs + 4 * i) >> shift) & 0x0f0f0f0f;
+        for (int i = 0; i < 8; ++i) q[i] = (q[i] >> shift) & 0x0f0f0f0f;
     }
-    __device__ __forceinline__ float dot(const int* qa, float da) const {
-        int sumi = 0, suma = 0;
+    __device__ __forceinline__ float dot(const ActQ8_1& a) const {
+        int sumi = 0;
 #pragma unroll
-        for (int i = 0; i < 8; ++i) {
-            sumi = __dp4a(q[i], qa[i], sumi);
-            suma += byte_sum(qa[i]);
-        }
-        return da * (d1 * (float)sumi - m1 * (float)suma);
+        for (int i = 0; i < 8; ++i) sumi = __dp4a(q[i], a.q[i], sumi);
+        const int suma = a.sum();
+        return a.d * (d1 * (float)sumi - m1 * (float)suma);
     }
 };
 
 struct GroupQ5_K {
     int q[8];
     float d1, m1;
-    __device__ __forceinline__ void load(const u8* row, int g) {
+    __device__ __forceinline__ void load(const u8* row, int g, int) {
         const u8* b = row + (g >> 3) * Q5_K_BYTES;
         const int j = g & 7;
         int sc, m;
         k4_scale_min(b + 4, j, &sc, &m);
         d1 = load_f16(b) * (float)sc;
         m1 = load_f16(b + 2) * (float)m;
-        const u8* qh = b + 16;
+        // 16-byte aligned: super-blocks are 176 bytes
+        int h[8];
+        load_16(b + 16, h);
+        load_16(b + 32, h + 4);
         const u8* qs = b + 48 + 32 * (j >> 1);
         const int shift = 4 * (j & 1);
+        load_16(qs, q);
+        load_16(qs + 16, q + 4);
 #pragma unroll
-        for (int i = 0; i < 8; ++i) {
-            const int lo = (load_i32_a4(qs + 4 * i) >> shift) & 0x0f0f0f0f;
-            const int hi = ((load_i32_a4(qh + 4 * i) >> j) & 0x01010101) << 4;
-            q[i] = lo | hi;
-        }
+        for (int i = 0; i < 8; ++i) q[i] = ((q[i] >> shift) & 0x0f0f0f0f) | (((h[i] >> j) & 0x01010101) << 4);
     }
-    __device__ __forceinline__ float dot(const int* qa, float da) const {
-        int sumi = 0, suma = 0;
+    __device__ __forceinline__ float dot(const ActQ8_1& a) const {
+        int sumi = 0;
 #pragma unroll
-        for (int i = 0; i < 8; ++i) {
-            sumi = __dp4a(q[i], qa[i], sumi);
-            suma += byte_sum(qa[i]);
-        }
-        return da * (d1 * (float)sumi - m1 * (float)suma);
+        for (int i = 0; i < 8; ++i) sumi = __dp4a(q[i], a.q[i], sumi);
+        const int suma = a.sum();
+        return a.d * (d1 * (float)sumi - m1 * (float)suma);
     }
 };
 
@@ -201,7 +216,7 @@ struct GroupQ5_K {
 struct GroupQ6_K {
     int q[8];  // unsigned 6-bit values (q − 32 is the signed value)
     float d0, d1;
-    __device__ __forceinline__ void load(const u8* row, int g) {
+    __device__ __forceinline__ void load(const u8* row, int g, int) {
         const u8* b = row + (g >> 3) * Q6_K_BYTES;
         const int a = g & 7;
         const int h = a >> 2;
@@ -221,76 +236,103 @@ struct GroupQ6_K {
             q[i] = lo | hi;
         }
     }
-    __device__ __forceinline__ float dot(const int* qa, float da) const {
-        int s0 = 0, s1 = 0, a0 = 0, a1 = 0;
+    __device__ __forceinline__ float dot(const ActQ8_1& a) const {
+        int s0 = 0, s1 = 0;
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-            s0 = __dp4a(q[i], qa[i], s0);
-            a0 += byte_sum(qa[i]);
-            s1 = __dp4a(q[i + 4], qa[i + 4], s1);
-            a1 += byte_sum(qa[i + 4]);
+            s0 = __dp4a(q[i], a.q[i], s0);
+            s1 = __dp4a(q[i + 4], a.q[i + 4], s1);
         }
-        return da * (d0 * (float)(s0 - 32 * a0) + d1 * (float)(s1 - 32 * a1));
+        return a.d * (d0 * (float)(s0 - 32 * a.sum_lo) + d1 * (float)(s1 - 32 * a.sum_hi));
     }
 };
 
 // y[c·n + r] for r < n, c < m <= GEMV_MAX_COLS; `w` rows of `w_row_bytes`; `xq` holds m rows of
-// k/32 Q8_1 blocks.
-template <class G>
+// k/32 groups of split Q8_1 activations (common.cuh). Each warp takes ROWS consecutive weight
+// rows, so every activation load serves ROWS rows (at the cost of fewer warps in flight).
+template <class G, int ROWS, int UNROLL>
 __device__ __forceinline__ void gemv_q8_1_impl(const u8* __restrict__ w, u64 w_row_bytes,
                                                const u8* __restrict__ xq, const float* __restrict__ bias,
                                                float* __restrict__ y, int n, int k, int m) {
-    const int r = blockIdx.x * GEMV_WARPS + threadIdx.y;
-    if (r >= n) return;  // whole warps leave together; no block-wide barrier below
+    const int r0 = (blockIdx.x * GEMV_WARPS + threadIdx.y) * ROWS;
+    if (r0 >= n) return;  // whole warps leave together; no block-wide barrier below
     const int lane = threadIdx.x;
     const int groups = k / QK;
-    const u64 x_row_bytes = (u64)groups * Q8_1_BYTES;
-    const u8* row = w + (u64)r * w_row_bytes;
-    float acc[GEMV_MAX_COLS];
+    const u64 x_stride = q8_1_row_stride(groups);
+    const u8* rows[ROWS];
 #pragma unroll
-    for (int c = 0; c < GEMV_MAX_COLS; ++c) acc[c] = 0.0f;
-    // two groups per lane and step, both loaded before either is used: twice the loads in
-    // flight per warp (decode is bound by memory latency × parallelism)
-    for (int g = lane; g < groups; g += 2 * WARP_SIZE) {
-        const int g2 = g + WARP_SIZE;
-        const bool two = g2 < groups;
-        G ga, gb;
-        ga.load(row, g);
-        if (two) gb.load(row, g2);
+    for (int i = 0; i < ROWS; ++i) rows[i] = w + (u64)imin(r0 + i, n - 1) * w_row_bytes;  // a past-the-end row repeats the last
+    float acc[ROWS][GEMV_MAX_COLS];
+#pragma unroll
+    for (int i = 0; i < ROWS; ++i)
+#pragma unroll
+        for (int c = 0; c < GEMV_MAX_COLS; ++c) acc[i][c] = 0.0f;
+    // UNROLL groups per lane and step, all weights loaded before any is used: with Phi-2's
+    // widths a lane has 2.5 (k = 2560) or 10 (k = 10240) groups, so most rows take one or three
+    // round trips to memory (small matrices are bound by that latency, not by bandwidth)
+    for (int g0 = lane; g0 < groups; g0 += UNROLL * WARP_SIZE) {
+        G gw[UNROLL][ROWS];
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u) {
+            const int g = g0 + u * WARP_SIZE;
+            if (g < groups) {
+#pragma unroll
+                for (int i = 0; i < ROWS; ++i) gw[u][i].load(rows[i], g, groups);
+            }
+        }
 #pragma unroll
         for (int c = 0; c < GEMV_MAX_COLS; ++c) {
             if (c < m) {
-                const u8* blk = xq + (u64)c * x_row_bytes + (u64)g * Q8_1_BYTES;
-                CHECK_ALIGN(blk + 4, 4);
-                acc[c] += ga.dot((const int*)(blk + 4), load_f16(blk));
-                if (two) {
-                    const u8* blk2 = blk + WARP_SIZE * Q8_1_BYTES;
-                    acc[c] += gb.dot((const int*)(blk2 + 4), load_f16(blk2));
+                const u8* xc = xq + (u64)c * x_stride;
+#pragma unroll
+                for (int u = 0; u < UNROLL; ++u) {
+                    const int g = g0 + u * WARP_SIZE;
+                    if (g < groups) {
+                        ActQ8_1 a;
+                        a.load(xc, g, groups);
+#pragma unroll
+                        for (int i = 0; i < ROWS; ++i) acc[i][c] += gw[u][i].dot(a);
+                    }
                 }
             }
         }
     }
-    const float b = bias ? bias[r] : 0.0f;
 #pragma unroll
-    for (int c = 0; c < GEMV_MAX_COLS; ++c) {
-        if (c < m) {
-            const float s = warp_sum(acc[c]);
-            if (lane == 0) y[(u64)c * n + r] = s + b;
+    for (int i = 0; i < ROWS; ++i) {
+        const int r = r0 + i;
+        const float b = bias && r < n ? bias[r] : 0.0f;
+#pragma unroll
+        for (int c = 0; c < GEMV_MAX_COLS; ++c) {
+            if (c < m) {
+                const float s = warp_sum(acc[i][c]);
+                if (lane == 0 && r < n) y[(u64)c * n + r] = s + b;
+            }
         }
     }
 }
 
-#define GEMV_Q8_1_KERNEL(NAME, GROUP, GROUP_ELEMS, BLOCK_BYTES)                                     \
+#define GEMV_Q8_1_VARIANT(NAME, GROUP, GROUP_ELEMS, BLOCK_BYTES, ROWS, UNROLL)                       \
     extern "C" __global__ void __launch_bounds__(32 * GEMV_WARPS)                                    \
         NAME(const u8* w, const u8* xq, const float* bias, float* y, int n, int k, int m) {         \
-        gemv_q8_1_impl<GROUP>(w, (u64)(k / GROUP_ELEMS) * BLOCK_BYTES, xq, bias, y, n, k, m);       \
+        gemv_q8_1_impl<GROUP, ROWS, UNROLL>(w, (u64)(k / GROUP_ELEMS) * BLOCK_BYTES, xq, bias, y,   \
+                                            n, k, m);                                               \
     }
+
+// Four variants per type: 1 or 2 weight rows per warp (_r2), 4 or 2 groups per lane and step
+// (_u2); the host picks one per type (ops.rs, gemv_variant), the benchmark times them all.
+#define GEMV_Q8_1_KERNEL(NAME, GROUP, GROUP_ELEMS, BLOCK_BYTES)                      \
+    GEMV_Q8_1_VARIANT(NAME, GROUP, GROUP_ELEMS, BLOCK_BYTES, 1, 4)                   \
+    GEMV_Q8_1_VARIANT(NAME##_r2, GROUP, GROUP_ELEMS, BLOCK_BYTES, 2, 4)              \
+    GEMV_Q8_1_VARIANT(NAME##_u2, GROUP, GROUP_ELEMS, BLOCK_BYTES, 1, 2)              \
+    GEMV_Q8_1_VARIANT(NAME##_r2_u2, GROUP, GROUP_ELEMS, BLOCK_BYTES, 2, 2)
 
 GEMV_Q8_1_KERNEL(gemv_q4_0_q8_1, GroupQ4_0, QK, Q4_0_BYTES)
 GEMV_Q8_1_KERNEL(gemv_q4_1_q8_1, GroupQ4_1, QK, Q4_1_BYTES)
 GEMV_Q8_1_KERNEL(gemv_q5_0_q8_1, GroupQ5_0, QK, Q5_0_BYTES)
 GEMV_Q8_1_KERNEL(gemv_q5_1_q8_1, GroupQ5_1, QK, Q5_1_BYTES)
 GEMV_Q8_1_KERNEL(gemv_q8_0_q8_1, GroupQ8_0, QK, Q8_0_BYTES)
+GEMV_Q8_1_KERNEL(gemv_q4_0s_q8_1, GroupQ4_0S, QK, Q4_0_BYTES)
+GEMV_Q8_1_KERNEL(gemv_q8_0s_q8_1, GroupQ8_0S, QK, Q8_0_BYTES)
 GEMV_Q8_1_KERNEL(gemv_q4_k_q8_1, GroupQ4_K, QK_K, Q4_K_BYTES)
 GEMV_Q8_1_KERNEL(gemv_q5_k_q8_1, GroupQ5_K, QK_K, Q5_K_BYTES)
 GEMV_Q8_1_KERNEL(gemv_q6_k_q8_1, GroupQ6_K, QK_K, Q6_K_BYTES)

@@ -38,16 +38,16 @@ struct Entry {
 
 const Entry kKernels[] = {
     K(attention_f16kv) K(attention_f32kv) K(attention_combine)
-    K(quantize_q8_1) K(convert_f32_f16_pad) K(copy_f32_f16_2d) K(copy_f32_2d)
+    K(quantize_q8_1) K(split_blocks) K(convert_f32_f16_pad) K(copy_f32_f16_2d) K(copy_f32_2d)
     K(gelu_tanh_f32) K(gelu_erf_f32) K(add_f32) K(add3_f32) K(scale_f32) K(add_bias_f32)
     K(get_rows_f32) K(get_rows_f16) K(get_rows_bf16) K(get_rows_q4_0) K(get_rows_q4_1)
-    K(get_rows_q5_0) K(get_rows_q5_1) K(get_rows_q8_0) K(get_rows_q4_k) K(get_rows_q5_k)
-    K(get_rows_q6_k) K(argmax_f32)
+    K(get_rows_q5_0) K(get_rows_q5_1) K(get_rows_q8_0) K(get_rows_q4_0s) K(get_rows_q8_0s) K(get_rows_q4_k) K(get_rows_q5_k)
+    K(get_rows_q6_k) K(argmax_f32) K(spin_ns)
     K(gemm_f32_f16) K(gemm_f16_f16) K(gemm_bf16_f16) K(gemm_q4_0_f16) K(gemm_q4_1_f16)
-    K(gemm_q5_0_f16) K(gemm_q5_1_f16) K(gemm_q8_0_f16) K(gemm_q4_k_f16) K(gemm_q5_k_f16)
+    K(gemm_q5_0_f16) K(gemm_q5_1_f16) K(gemm_q8_0_f16) K(gemm_q4_0s_f16) K(gemm_q8_0s_f16) K(gemm_q4_k_f16) K(gemm_q5_k_f16)
     K(gemm_q6_k_f16)
-    K(gemv_q4_0_q8_1) K(gemv_q4_1_q8_1) K(gemv_q5_0_q8_1) K(gemv_q5_1_q8_1) K(gemv_q8_0_q8_1)
-    K(gemv_q4_k_q8_1) K(gemv_q5_k_q8_1) K(gemv_q6_k_q8_1) K(gemv_f32) K(gemv_f16) K(gemv_bf16)
+    K(gemv_q4_0_q8_1) K(gemv_q4_0_q8_1_r2) K(gemv_q4_0_q8_1_u2) K(gemv_q4_0_q8_1_r2_u2) K(gemv_q4_1_q8_1) K(gemv_q4_1_q8_1_r2) K(gemv_q4_1_q8_1_u2) K(gemv_q4_1_q8_1_r2_u2) K(gemv_q5_0_q8_1) K(gemv_q5_0_q8_1_r2) K(gemv_q5_0_q8_1_u2) K(gemv_q5_0_q8_1_r2_u2) K(gemv_q5_1_q8_1) K(gemv_q5_1_q8_1_r2) K(gemv_q5_1_q8_1_u2) K(gemv_q5_1_q8_1_r2_u2) K(gemv_q8_0_q8_1) K(gemv_q8_0_q8_1_r2) K(gemv_q8_0_q8_1_u2) K(gemv_q8_0_q8_1_r2_u2) K(gemv_q4_0s_q8_1) K(gemv_q4_0s_q8_1_r2) K(gemv_q4_0s_q8_1_u2) K(gemv_q4_0s_q8_1_r2_u2) K(gemv_q8_0s_q8_1) K(gemv_q8_0s_q8_1_r2) K(gemv_q8_0s_q8_1_u2) K(gemv_q8_0s_q8_1_r2_u2)
+    K(gemv_q4_k_q8_1) K(gemv_q4_k_q8_1_r2) K(gemv_q4_k_q8_1_u2) K(gemv_q4_k_q8_1_r2_u2) K(gemv_q5_k_q8_1) K(gemv_q5_k_q8_1_r2) K(gemv_q5_k_q8_1_u2) K(gemv_q5_k_q8_1_r2_u2) K(gemv_q6_k_q8_1) K(gemv_q6_k_q8_1_r2) K(gemv_q6_k_q8_1_u2) K(gemv_q6_k_q8_1_r2_u2) K(gemv_f32) K(gemv_f16) K(gemv_bf16)
     K(layer_norm_f32) K(rms_norm_f32)
     K(rope_neox_f32)
 };

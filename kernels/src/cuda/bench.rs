@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
+use super::ops::gemv_variant;
 use super::*;
 use crate::formats::test_util::test_data;
 use crate::formats::{quantize_row, row_bytes};
@@ -34,6 +35,8 @@ struct Sizes {
     vit_tokens: [usize; 2],
     decode_ctx: [usize; 2],
     copy_bytes: usize,
+    /// Bytes of distinct matrix copies per timing of the per-shape GEMV table.
+    shape_bytes: usize,
     reps: usize,
     weight_types: &'static [GgmlType],
     vit_types: &'static [GgmlType],
@@ -54,6 +57,7 @@ const FULL: Sizes = Sizes {
     vit_tokens: [257, 1025],
     decode_ctx: [512, 2048],
     copy_bytes: 1 << 30,
+    shape_bytes: 256 << 20,
     reps: 10,
     weight_types: &[
         GgmlType::Q4_0,
@@ -66,9 +70,11 @@ const FULL: Sizes = Sizes {
 
 /// Random weights: for each (type, row length) one host-quantized tile of 64 random rows,
 /// repeated on the device (quantizing billions of weights on the host would dominate the run).
+/// The tile is uploaded as a weight itself, so its rows are in the device layout
+/// (`DeviceWeight::split`) and copy as whole rows.
 #[derive(Default)]
 struct RandomWeights {
-    tiles: HashMap<(GgmlType, usize), Vec<u8>>,
+    tiles: HashMap<(GgmlType, usize), DeviceWeight>,
 }
 
 impl RandomWeights {
@@ -79,19 +85,19 @@ impl RandomWeights {
             let x = test_data(TILE_ROWS * cols, 32, cols as u64);
             let mut t = vec![0u8; rb * TILE_ROWS];
             quantize_row(ty, &x, &mut t).unwrap();
-            t
+            dev.upload_weight(ty, TILE_ROWS, cols, &t).unwrap()
         });
         let w = dev
             .upload_weight(ty, rows, cols, &vec![0u8; rb * rows])
             .unwrap();
-        let tile_dev = dev.upload(tile.as_slice()).unwrap();
+        assert_eq!(w.split, tile.split, "tile and matrix layouts");
         let dst = w.bytes_slice();
         let mut r = 0;
         while r < rows {
             let n = TILE_ROWS.min(rows - r);
             dev.copy(
                 dst.range(r * rb, n * rb),
-                tile_dev.slice::<u8>().range(0, n * rb),
+                tile.bytes_slice().range(0, n * rb),
             )
             .unwrap();
             r += n;
@@ -164,6 +170,25 @@ impl Phi2Weights {
     }
 }
 
+/// Like [`time_ms`], with every launch of `f` queued behind a `spin_ns`-long busy kernel, so the
+/// timing excludes the host's launch rate.
+fn time_ms_queued(
+    dev: &Device,
+    reps: usize,
+    spin_ns: u64,
+    mut f: impl FnMut() -> Result<(), CudaError>,
+) -> f32 {
+    f().unwrap();
+    dev.synchronize().unwrap();
+    let times = (0..reps)
+        .map(|_| {
+            dev.spin(spin_ns).unwrap();
+            dev.time(&mut f).unwrap().1
+        })
+        .collect();
+    median(times)
+}
+
 fn median(mut v: Vec<f32>) -> f32 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -224,6 +249,7 @@ fn bench_runs_at_toy_sizes() {
         vit_tokens: [5, 17],
         decode_ctx: [3, 7],
         copy_bytes: 4096,
+        shape_bytes: 1,
         reps: 1,
         weight_types: &[GgmlType::Q4_0, GgmlType::Q4_K],
         vit_types: &[GgmlType::F16],
@@ -275,8 +301,14 @@ fn run_bench(dev: &Device, sz: &Sizes) -> String {
         "\n## Phi-2 matmuls, random weights ({} matrices per token)\n",
         4 * sz.layers + 1
     );
-    let _ = writeln!(md, "| weights | size | decode ms/token | decode GB/s | % of bandwidth | tokens/s (matmuls only) | pp{p} ms | pp{p} TFLOP/s |");
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        md,
+        "Decode is timed twice: as launched one by one from the host (what a token costs today), \
+         and with every launch queued behind a busy kernel first (`Device::spin`), which times \
+         the device alone: the GEMV kernels and the gaps between them.\n"
+    );
+    let _ = writeln!(md, "| weights | size | decode ms/token | decode GB/s | % of bandwidth | queued: ms | queued: GB/s | queued: % of bandwidth | tokens/s (matmuls only) | pp{p} ms | pp{p} TFLOP/s |");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|");
     let x = dev
         .upload(&test_data(p * sz.ff.max(sz.embd), 64, 1))
         .unwrap();
@@ -293,16 +325,22 @@ fn run_bench(dev: &Device, sz: &Sizes) -> String {
             w.run(dev, &x, &y, p, &mut scratch)
         })
         .max(1e-6);
+        // the host queues the 2 × 129 launches (~1.5 ms) while the device spins for 5
+        let queued =
+            time_ms_queued(dev, reps, 5_000_000, || w.run(dev, &x, &y, 1, &mut scratch)).max(1e-6);
         let gbs = gb / (tg as f64 * 1e-3);
+        let qgbs = gb / (queued as f64 * 1e-3);
         let _ = writeln!(
             md,
-            "| {ty} | {gb:.2} GB | {tg:.2} | {gbs:.0} | {:.0} % | {:.0} | {pp:.1} | {:.0} |",
+            "| {ty} | {gb:.2} GB | {tg:.2} | {gbs:.0} | {:.0} % | {queued:.2} | {qgbs:.0} | {:.0} % | {:.0} | {pp:.1} | {:.0} |",
             100.0 * gbs / bw_ref,
+            100.0 * qgbs / bw_ref,
             1e3 / tg as f64,
             w.flops(p) / (pp as f64 * 1e-3) / 1e12
         );
     }
     drop((x, y));
+    gemv_shapes(dev, sz, &mut rw, bw_ref, &mut md);
 
     // ---- attention ----
     let _ = writeln!(md, "\n## Attention\n");
@@ -402,6 +440,76 @@ fn run_bench(dev: &Device, sz: &Sizes) -> String {
         t0.elapsed().as_secs_f64()
     );
     md
+}
+
+/// The decode GEMV per Phi-2 matrix shape: enough distinct copies of the matrix to exceed the
+/// L2 cache, run back to back over one quantized activation vector with the launches queued
+/// ahead, for one and two weight rows per warp. Shows the kernel's bandwidth apart from the
+/// per-token sequence's small matrices.
+fn gemv_shapes(dev: &Device, sz: &Sizes, rw: &mut RandomWeights, bw_ref: f64, md: &mut String) {
+    let (e, ff) = (sz.embd, sz.ff);
+    let shapes = [
+        ("QKV", 3 * e, e),
+        ("attention output", e, e),
+        ("MLP up", ff, e),
+        ("MLP down", e, ff),
+        ("LM head", sz.vocab, e),
+    ];
+    let _ = writeln!(
+        md,
+        "\n## Decode GEMV per matrix shape (launches queued, ≥ {} MiB of distinct copies per timing)\n",
+        sz.shape_bytes >> 20
+    );
+    let _ = writeln!(
+        md,
+        "Time and GB/s of each kernel variant (weight rows per warp × groups per lane and \
+         step); the last column names the variant the type runs with.\n"
+    );
+    let mut head = "| matrix | type |".to_string();
+    for v in GemvVariant::ALL {
+        let _ = write!(head, " {}×{} µs | GB/s |", v.rows, v.unroll);
+    }
+    let _ = writeln!(md, "{head} best % of bandwidth | default |");
+    let _ = writeln!(
+        md,
+        "|---|---|{}---|---|",
+        "---|---|".repeat(GemvVariant::ALL.len())
+    );
+    for &ty in sz.weight_types {
+        for &(label, n, k) in &shapes {
+            let one = n * row_bytes(ty, k).unwrap();
+            let copies = sz.shape_bytes.div_ceil(one).clamp(2, 64);
+            let mats: Vec<DeviceWeight> = (0..copies).map(|_| rw.make(dev, ty, n, k)).collect();
+            let x = dev.upload(&test_data(k, 64, 2)).unwrap();
+            let xq = dev.alloc(q8_1_bytes(k, 1)).unwrap();
+            dev.quantize_q8_1(x.slice(), k, k, 1, xq.slice()).unwrap();
+            let y = dev.alloc(n * 4).unwrap();
+            let mut cells = String::new();
+            let mut best = 0f64;
+            for v in GemvVariant::ALL {
+                dev.force_gemv_variant(Some(v));
+                let ms = time_ms_queued(dev, sz.reps.div_ceil(2), 5_000_000, || {
+                    for w in &mats {
+                        dev.gemv_q8_1(w, xq.slice(), 1, None, y.slice())?;
+                    }
+                    Ok(())
+                });
+                let us = (ms as f64 * 1e3 / copies as f64).max(1e-6);
+                let gbs = one as f64 / (us * 1e-6) / 1e9;
+                best = best.max(gbs);
+                let _ = write!(cells, " {us:.1} | {gbs:.0} |");
+            }
+            dev.force_gemv_variant(None);
+            let d = gemv_variant(&mats[0]);
+            let _ = writeln!(
+                md,
+                "| {label} ({n} × {k}) | {ty} |{cells} {:.0} % | {}×{} |",
+                100.0 * best / bw_ref,
+                d.rows,
+                d.unroll
+            );
+        }
+    }
 }
 
 fn vit_attention(sz: &Sizes, n: usize) -> AttentionShape {

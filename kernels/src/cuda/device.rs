@@ -33,6 +33,9 @@ struct Inner {
     functions: Mutex<HashMap<&'static str, Func>>,
     /// One line per module compiled or loaded from the disk cache (for `--verbose` output).
     build_log: Mutex<Vec<String>>,
+    /// The quantized GEMV variant when forced: 1 + index into `GemvVariant::ALL` (0: chosen
+    /// per type).
+    gemv_variant: std::sync::atomic::AtomicUsize,
 }
 
 /// A CUDA device (or the CPU emulator of the same kernels). Cheap to clone (shared handle).
@@ -54,6 +57,7 @@ pub(crate) enum Arg {
     Ptr(u64),
     I32(i32),
     F32(f32),
+    U64(u64),
 }
 
 impl Device {
@@ -78,7 +82,28 @@ impl Device {
                 backend,
                 functions: Mutex::new(HashMap::new()),
                 build_log: Mutex::new(Vec::new()),
+                gemv_variant: std::sync::atomic::AtomicUsize::new(0),
             }),
+        }
+    }
+
+    /// Forces the quantized GEMV variant for every type, or with `None` goes back to the
+    /// per-type choice (the benchmark and the tests compare the variants).
+    pub fn force_gemv_variant(&self, v: Option<super::GemvVariant>) {
+        let code = v.map_or(0, |v| 1 + v.index());
+        self.inner
+            .gemv_variant
+            .store(code, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn forced_gemv_variant(&self) -> Option<super::GemvVariant> {
+        match self
+            .inner
+            .gemv_variant
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            0 => None,
+            c => Some(super::GemvVariant::ALL[c - 1]),
         }
     }
 
@@ -339,6 +364,7 @@ impl Device {
                 Arg::Ptr(p) => p,
                 Arg::I32(v) => v as u32 as u64,
                 Arg::F32(v) => v.to_bits() as u64,
+                Arg::U64(v) => v,
             })
             .collect();
         let mut params: Vec<*mut c_void> =

@@ -30,8 +30,8 @@ pub use device::{cache_dir, DevSlice, Device, DeviceBuffer};
 pub use driver::{device_count, driver_present};
 pub use nvrtc::{Compiled, Nvrtc, Target};
 pub use ops::{
-    is_supported_weight, AttentionShape, DeviceWeight, KvSlices, Rows, Scratch,
-    ATTENTION_MAX_HEAD_DIM, GEMV_MAX_COLS,
+    is_supported_weight, q8_1_bytes, q8_1_row_stride, AttentionShape, DeviceWeight, GemvVariant,
+    KvSlices, Rows, Scratch, ATTENTION_MAX_HEAD_DIM, GEMV_MAX_COLS,
 };
 
 /// Errors of the CUDA backend.

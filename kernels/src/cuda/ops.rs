@@ -21,6 +21,17 @@ pub const ATTENTION_MAX_HEAD_DIM: usize = 128;
 pub const Q8_1_BLOCK_BYTES: usize = 36;
 
 const GEMV_WARPS: u32 = 4;
+
+/// Bytes of one row of `k` activations in the device's split Q8_1 layout (common.cuh): `k/32`
+/// groups of 36 bytes, the 32 quants of every group first, then the (d, s) pairs, padded to 16.
+pub fn q8_1_row_stride(k: usize) -> usize {
+    (k / 32 * Q8_1_BLOCK_BYTES).div_ceil(16) * 16
+}
+
+/// Bytes of `m` rows of `k` activations quantized by [`Device::quantize_q8_1`].
+pub fn q8_1_bytes(k: usize, m: usize) -> usize {
+    m * q8_1_row_stride(k)
+}
 const GEMM_TILE: usize = 64;
 
 fn shape(msg: String) -> CudaError {
@@ -69,9 +80,17 @@ fn is_float(ty: GgmlType) -> bool {
     matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16)
 }
 
-fn gemv_kernel(ty: GgmlType) -> &'static str {
+/// Bytes at the start of each GGUF block that the split layout moves after the quants (common.cuh),
+/// for the types that have one.
+fn split_head(ty: GgmlType) -> Option<usize> {
+    matches!(ty, GgmlType::Q4_0 | GgmlType::Q8_0).then_some(2)
+}
+
+fn gemv_kernel(w: &DeviceWeight) -> &'static str {
     use GgmlType::*;
-    match ty {
+    match w.ty {
+        Q4_0 if w.split => "gemv_q4_0s_q8_1",
+        Q8_0 if w.split => "gemv_q8_0s_q8_1",
         F32 => "gemv_f32",
         F16 => "gemv_f16",
         BF16 => "gemv_bf16",
@@ -87,9 +106,144 @@ fn gemv_kernel(ty: GgmlType) -> &'static str {
     }
 }
 
-fn gemm_kernel(ty: GgmlType) -> &'static str {
+/// The variants of each quantized GEMV kernel (gemv.cu), indexed like [`GemvVariant::ALL`].
+const GEMV_VARIANTS: [(&str, [&str; 4]); 10] = [
+    (
+        "gemv_q4_0_q8_1",
+        [
+            "gemv_q4_0_q8_1",
+            "gemv_q4_0_q8_1_r2",
+            "gemv_q4_0_q8_1_u2",
+            "gemv_q4_0_q8_1_r2_u2",
+        ],
+    ),
+    (
+        "gemv_q4_1_q8_1",
+        [
+            "gemv_q4_1_q8_1",
+            "gemv_q4_1_q8_1_r2",
+            "gemv_q4_1_q8_1_u2",
+            "gemv_q4_1_q8_1_r2_u2",
+        ],
+    ),
+    (
+        "gemv_q5_0_q8_1",
+        [
+            "gemv_q5_0_q8_1",
+            "gemv_q5_0_q8_1_r2",
+            "gemv_q5_0_q8_1_u2",
+            "gemv_q5_0_q8_1_r2_u2",
+        ],
+    ),
+    (
+        "gemv_q5_1_q8_1",
+        [
+            "gemv_q5_1_q8_1",
+            "gemv_q5_1_q8_1_r2",
+            "gemv_q5_1_q8_1_u2",
+            "gemv_q5_1_q8_1_r2_u2",
+        ],
+    ),
+    (
+        "gemv_q8_0_q8_1",
+        [
+            "gemv_q8_0_q8_1",
+            "gemv_q8_0_q8_1_r2",
+            "gemv_q8_0_q8_1_u2",
+            "gemv_q8_0_q8_1_r2_u2",
+        ],
+    ),
+    (
+        "gemv_q4_0s_q8_1",
+        [
+            "gemv_q4_0s_q8_1",
+            "gemv_q4_0s_q8_1_r2",
+            "gemv_q4_0s_q8_1_u2",
+            "gemv_q4_0s_q8_1_r2_u2",
+        ],
+    ),
+    (
+        "gemv_q8_0s_q8_1",
+        [
+            "gemv_q8_0s_q8_1",
+            "gemv_q8_0s_q8_1_r2",
+            "gemv_q8_0s_q8_1_u2",
+            "gemv_q8_0s_q8_1_r2_u2",
+        ],
+    ),
+    (
+        "gemv_q4_k_q8_1",
+        [
+            "gemv_q4_k_q8_1",
+            "gemv_q4_k_q8_1_r2",
+            "gemv_q4_k_q8_1_u2",
+            "gemv_q4_k_q8_1_r2_u2",
+        ],
+    ),
+    (
+        "gemv_q5_k_q8_1",
+        [
+            "gemv_q5_k_q8_1",
+            "gemv_q5_k_q8_1_r2",
+            "gemv_q5_k_q8_1_u2",
+            "gemv_q5_k_q8_1_r2_u2",
+        ],
+    ),
+    (
+        "gemv_q6_k_q8_1",
+        [
+            "gemv_q6_k_q8_1",
+            "gemv_q6_k_q8_1_r2",
+            "gemv_q6_k_q8_1_u2",
+            "gemv_q6_k_q8_1_r2_u2",
+        ],
+    ),
+];
+
+/// How a quantized GEMV kernel walks its matrix: weight rows per warp (1 or 2: each activation
+/// load serves that many rows, at the cost of fewer warps in flight) and 32-element groups per
+/// lane loaded before any is used (4 or 2: loads in flight against registers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GemvVariant {
+    pub rows: usize,
+    pub unroll: usize,
+}
+
+impl GemvVariant {
+    /// Every variant, in the order of the kernel names.
+    pub const ALL: [GemvVariant; 4] = [
+        GemvVariant { rows: 1, unroll: 4 },
+        GemvVariant { rows: 2, unroll: 4 },
+        GemvVariant { rows: 1, unroll: 2 },
+        GemvVariant { rows: 2, unroll: 2 },
+    ];
+
+    pub(crate) fn index(self) -> usize {
+        Self::ALL
+            .iter()
+            .position(|&v| v == self)
+            .expect("a listed variant")
+    }
+}
+
+/// The variant each weight type runs with unless forced ([`Device::force_gemv_variant`]), from
+/// the per-shape table of bench/CUDA.md (H200): the split layouts take two rows per warp and four
+/// groups per step (their 16-byte weight loads leave the activation loads as the larger share);
+/// the K-quants run fastest with one row and two groups (more warps, fewer registers), which is
+/// also what the other GGUF layouts ran with before there were variants.
+pub(crate) fn gemv_variant(w: &DeviceWeight) -> GemvVariant {
+    if w.split {
+        GemvVariant { rows: 2, unroll: 4 }
+    } else {
+        GemvVariant { rows: 1, unroll: 2 }
+    }
+}
+
+fn gemm_kernel(w: &DeviceWeight) -> &'static str {
     use GgmlType::*;
-    match ty {
+    match w.ty {
+        Q4_0 if w.split => "gemm_q4_0s_f16",
+        Q8_0 if w.split => "gemm_q8_0s_f16",
         F32 => "gemm_f32_f16",
         F16 => "gemm_f16_f16",
         BF16 => "gemm_bf16_f16",
@@ -105,9 +259,11 @@ fn gemm_kernel(ty: GgmlType) -> &'static str {
     }
 }
 
-fn get_rows_kernel(ty: GgmlType) -> &'static str {
+fn get_rows_kernel(w: &DeviceWeight) -> &'static str {
     use GgmlType::*;
-    match ty {
+    match w.ty {
+        Q4_0 if w.split => "get_rows_q4_0s",
+        Q8_0 if w.split => "get_rows_q8_0s",
         F32 => "get_rows_f32",
         F16 => "get_rows_f16",
         BF16 => "get_rows_bf16",
@@ -123,13 +279,16 @@ fn get_rows_kernel(ty: GgmlType) -> &'static str {
     }
 }
 
-/// A weight matrix in device memory: `rows` outputs × `cols` inputs of type `ty`, bytes as in
-/// the GGUF file.
+/// A weight matrix in device memory: `rows` outputs × `cols` inputs of type `ty`, each row as in
+/// the GGUF file, or for Q4_0 / Q8_0 rows of a multiple of 8 blocks in the split layout
+/// (`split`; common.cuh): quants first, then the scales, so that the kernels read them with
+/// aligned 16-byte loads. Rows keep their size and place either way.
 #[derive(Debug)]
 pub struct DeviceWeight {
     pub ty: GgmlType,
     pub rows: usize,
     pub cols: usize,
+    pub split: bool,
     buf: DeviceBuffer,
 }
 
@@ -290,17 +449,47 @@ impl Device {
                 data.len()
             )));
         }
+        let nb = cols / 32;
+        let head = split_head(ty).filter(|_| nb.is_multiple_of(8) && rows > 0);
+        let Some(head) = head else {
+            return Ok(DeviceWeight {
+                ty,
+                rows,
+                cols,
+                split: false,
+                buf: self.upload(data)?,
+            });
+        };
+        // GGUF bytes to a staging buffer, then split on the device (one pass at copy speed)
+        let staged = self.upload(data)?;
+        let buf = self.alloc(data.len())?;
+        self.launch(
+            "split_blocks",
+            (blocks(nb, 128)?, to_grid_y(rows)?, 1),
+            (128, 1, 1),
+            &[
+                staged.slice::<u8>().arg(),
+                buf.slice::<u8>().arg(),
+                Arg::I32(to_i32(nb, "blocks")?),
+                Arg::I32(to_i32(rb / nb, "block bytes")?),
+                Arg::I32(head as i32),
+            ],
+        )?;
+        // the staging buffer is freed when it drops: make sure the kernel has read it
+        self.synchronize()?;
         Ok(DeviceWeight {
             ty,
             rows,
             cols,
-            buf: self.upload(data)?,
+            split: true,
+            buf,
         })
     }
 
-    /// Quantizes `m` rows of `k` activations (row stride `ldx`) to Q8_1 blocks in `y`
-    /// (`m·k/32` blocks of 36 bytes, rows contiguous), bit-identical to
-    /// [`crate::formats::quantize_row_q8_1_ref`].
+    /// Quantizes `m` rows of `k` activations (row stride `ldx`) to Q8_1 in `y`: the values of
+    /// [`crate::formats::quantize_row_q8_1_ref`]'s blocks, bit for bit, in the device's split
+    /// layout ([`q8_1_row_stride`] bytes per row: the 32 quants of every group, then each
+    /// group's (d, s) as two f16).
     pub fn quantize_q8_1(
         &self,
         x: DevSlice<'_, f32>,
@@ -316,7 +505,7 @@ impl Device {
         }
         need(&x, span(m, ldx, k)?, "quantize_q8_1: x")?;
         let groups = m * (k / 32);
-        need(&y, groups * Q8_1_BLOCK_BYTES, "quantize_q8_1: y")?;
+        need(&y, q8_1_bytes(k, m), "quantize_q8_1: y")?;
         self.launch(
             "quantize_q8_1",
             (blocks(groups, 4)?, 1, 1),
@@ -383,11 +572,7 @@ impl Device {
             )));
         }
         self.check_gemv(w, m, bias, y)?;
-        need(
-            &xq,
-            m * (w.cols / 32) * Q8_1_BLOCK_BYTES,
-            "gemv: quantized activations",
-        )?;
+        need(&xq, q8_1_bytes(w.cols, m), "gemv: quantized activations")?;
         self.launch_gemv(w, xq.arg(), m, bias, y)
     }
 
@@ -440,9 +625,23 @@ impl Device {
         if m == 0 {
             return Ok(());
         }
+        let (kernel, rows) = if is_float(w.ty) {
+            (gemv_kernel(w), 1)
+        } else {
+            let v = self
+                .forced_gemv_variant()
+                .unwrap_or_else(|| gemv_variant(w));
+            let base = gemv_kernel(w);
+            let names = GEMV_VARIANTS
+                .iter()
+                .find(|(b, _)| *b == base)
+                .expect("every quantized GEMV has its variants")
+                .1;
+            (names[v.index()], v.rows)
+        };
         self.launch(
-            gemv_kernel(w.ty),
-            (blocks(w.rows, GEMV_WARPS as usize)?, 1, 1),
+            kernel,
+            (blocks(w.rows, GEMV_WARPS as usize * rows)?, 1, 1),
             (32, GEMV_WARPS, 1),
             &[
                 w.data().arg(),
@@ -480,7 +679,7 @@ impl Device {
         }
         need(&y, m * w.rows, "gemm: y")?;
         self.launch(
-            gemm_kernel(w.ty),
+            gemm_kernel(w),
             (
                 blocks(w.rows, GEMM_TILE)?,
                 to_grid_y(m.div_ceil(GEMM_TILE))?,
@@ -518,7 +717,7 @@ impl Device {
             if is_float(w.ty) {
                 return self.gemv_f32_act(w, x, m, bias, y);
             }
-            let bytes = m * (k / 32) * Q8_1_BLOCK_BYTES;
+            let bytes = q8_1_bytes(k, m);
             let xq = scratch.get(self, bytes)?.slice::<u8>().range(0, bytes);
             self.quantize_q8_1(x, k, k, m, xq)?;
             return self.gemv_q8_1(w, xq, m, bias, y);
@@ -530,6 +729,39 @@ impl Device {
         let x16 = scratch.get(self, n16 * 2)?.slice::<u16>().range(0, n16);
         self.convert_f32_f16_pad(x, k, k, m, x16, ldx)?;
         self.gemm(w, x16, ldx, m, bias, y)
+    }
+
+    /// [`Device::matmul`] of several weights over the same activations `x` (`m` rows of `k`):
+    /// `outs` holds (weights, bias, y) triples. For decode the activations are quantized once
+    /// for every quantized matrix with `k` columns, which saves a launch per extra matrix.
+    #[allow(clippy::type_complexity)]
+    pub fn matmul_shared(
+        &self,
+        x: DevSlice<'_, f32>,
+        m: usize,
+        outs: &[(&DeviceWeight, Option<DevSlice<'_, f32>>, DevSlice<'_, f32>)],
+        scratch: &mut Scratch,
+    ) -> Result<(), CudaError> {
+        let Some(&(first, _, _)) = outs.first() else {
+            return Ok(());
+        };
+        let k = first.cols;
+        let shared =
+            m <= GEMV_MAX_COLS && outs.iter().all(|(w, _, _)| w.cols == k && !is_float(w.ty));
+        if !shared {
+            for &(w, bias, y) in outs {
+                self.matmul(w, x, m, bias, y, scratch)?;
+            }
+            return Ok(());
+        }
+        need(&x, m * k, "matmul: x")?;
+        let bytes = q8_1_bytes(k, m);
+        let xq = scratch.get(self, bytes)?.slice::<u8>().range(0, bytes);
+        self.quantize_q8_1(x, k, k, m, xq)?;
+        for &(w, bias, y) in outs {
+            self.gemv_q8_1(w, xq, m, bias, y)?;
+        }
+        Ok(())
     }
 
     /// LayerNorm of every row (see [`Rows`]): `y = (x − mean)/√(var + eps)·w + b`. `y` uses the
@@ -977,7 +1209,7 @@ impl Device {
         let n = ids.len();
         need(&out, n * w.cols, "get_rows: out")?;
         self.launch(
-            get_rows_kernel(w.ty),
+            get_rows_kernel(w),
             (to_grid_x(n)?, 1, 1),
             (128, 1, 1),
             &[
@@ -1007,6 +1239,13 @@ impl Device {
         let buf = self.upload(&ids)?;
         self.get_rows(w, buf.slice::<i32>(), out)
         // `buf` is freed here; cuMemFree waits for the device, so the kernel has read it
+    }
+
+    /// Keeps the device busy for `ns` nanoseconds (one thread on the GPU's timer; nothing on
+    /// the emulator): launches made right after it queue up behind it, so a timing of them
+    /// ([`Device::time`]) measures the device alone, not how fast the host can launch.
+    pub fn spin(&self, ns: u64) -> Result<(), CudaError> {
+        self.launch("spin_ns", (1, 1, 1), (1, 1, 1), &[Arg::U64(ns)])
     }
 
     /// `out[0]` = index of the first maximum of `x` (greedy sampling on the device).

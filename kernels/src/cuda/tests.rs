@@ -180,7 +180,9 @@ fn every_kernel_belongs_to_one_file() {
     for f in &sources::FILES {
         for k in f.kernels {
             assert!(seen.insert(*k), "{k} listed twice");
-            assert!(f.source.contains(k), "{k} not in {}", f.name);
+            // the GEMV variants come from one macro (NAME##_r2 ...): their base name is there
+            let base = k.trim_end_matches("_u2").trim_end_matches("_r2");
+            assert!(f.source.contains(base), "{k} not in {}", f.name);
         }
     }
 }
@@ -210,31 +212,50 @@ fn emulator_or_gpu_has_every_kernel() {
 
 // ---- activation quantization and conversions ------------------------------------------------
 
+/// ggml Q8_1 blocks (36 bytes: d, s, 32 quants) of one row → the device's split layout: the
+/// quants of every block, then every (d, s), zero padded to `q8_1_row_stride`.
+fn split_q8_1_row(blocks: &[u8], k: usize) -> Vec<u8> {
+    let mut out: Vec<u8> = blocks.chunks(36).flat_map(|b| b[4..].to_vec()).collect();
+    out.extend(blocks.chunks(36).flat_map(|b| b[..4].to_vec()));
+    out.resize(super::q8_1_row_stride(k), 0);
+    out
+}
+
 #[test]
 fn quantize_q8_1_is_bit_identical_to_the_reference() {
-    let (k, m, ldx) = (256, 3, 300);
-    let mut x = test_data(m * ldx, 32, 1);
-    // ties of x·(1/d) at .5 and a zero block
-    x[5] = 0.5;
-    x[6] = 127.0;
-    for v in &mut x[ldx + 64..ldx + 96] {
-        *v = 0.0;
+    // k = 96: three groups, 108 bytes padded to 112
+    for (k, m, ldx) in [(256, 3, 300), (96, 2, 100)] {
+        let mut x = test_data(m * ldx, 32, 1);
+        // ties of x·(1/d) at .5 and a zero block
+        x[5] = 0.5;
+        x[6] = 127.0;
+        for v in &mut x[ldx + 64..ldx + 96] {
+            *v = 0.0;
+        }
+        let mut want = Vec::new();
+        for r in 0..m {
+            let blocks = quantize(GgmlType::Q8_1, &x[r * ldx..r * ldx + k]);
+            want.extend(split_q8_1_row(&blocks, k));
+        }
+        assert_eq!(want.len(), super::q8_1_bytes(k, m));
+        on_backends(|name, dev| {
+            let xd = dev.upload(&x).unwrap();
+            let yd = dev.alloc_zeroed(want.len()).unwrap();
+            dev.quantize_q8_1(xd.slice(), ldx, k, m, yd.slice())
+                .unwrap();
+            let got = dev.to_vec(yd.slice::<u8>()).unwrap();
+            assert!(
+                got == want,
+                "{name}: k = {k}: Q8_1 values or places differ from quantize_row_q8_1_ref"
+            );
+        });
     }
-    let mut want = Vec::new();
-    for r in 0..m {
-        want.extend(quantize(GgmlType::Q8_1, &x[r * ldx..r * ldx + k]));
-    }
-    on_backends(|name, dev| {
-        let xd = dev.upload(&x).unwrap();
-        let yd = dev.alloc_zeroed(want.len()).unwrap();
-        dev.quantize_q8_1(xd.slice(), ldx, k, m, yd.slice())
-            .unwrap();
-        let got = dev.to_vec(yd.slice::<u8>()).unwrap();
-        assert!(
-            got == want,
-            "{name}: Q8_1 bytes differ from quantize_row_q8_1_ref"
-        );
-    });
+}
+
+/// Whether `upload_weight` stores `ty` rows of `k` in the split layout (Q4_0 / Q8_0 rows of a
+/// multiple of 8 blocks).
+fn splits(ty: GgmlType, k: usize) -> bool {
+    matches!(ty, GgmlType::Q4_0 | GgmlType::Q8_0) && (k / 32).is_multiple_of(8)
 }
 
 #[test]
@@ -324,13 +345,17 @@ fn reference_matmul(
 
 #[test]
 fn gemv_quantized_matches_the_dequantized_reference() {
-    // 37 rows: a partial block of 4 warps; k = 512 leaves lanes idle, k = 2560 (Phi-2's width,
-    // 80 groups of 32) gives lanes two groups per step and then one
+    // 37 rows: a partial block of 4 warps × 2 rows and a warp with one row; k = 512 leaves lanes
+    // idle, k = 2560 (Phi-2's width, 80 groups of 32) gives lanes two groups per step and then
+    // one; k = 320 (10 blocks) keeps Q4_0 / Q8_0 in the GGUF layout
     let n = 37;
     let bias = test_data(n, 4, 4);
-    for (k, m) in [(512, 1), (512, 8), (2560, 1), (2560, 3)] {
+    for (k, m) in [(512, 1), (512, 8), (2560, 1), (2560, 3), (320, 2)] {
         let w32 = test_data(n * k, 32, 3);
         for ty in QUANT_TYPES {
+            if k % ty.block_size() != 0 {
+                continue;
+            }
             let wq = quantize(ty, &w32);
             let wd = dequantize(ty, &wq, n * k);
             let x = test_data(m * k, 16, 5 + m as u64);
@@ -349,17 +374,23 @@ fn gemv_quantized_matches_the_dequantized_reference() {
             matmul_ref(ty, &wq, n, k, &x, m, &mut cpu);
             on_backends(|name, dev| {
                 let w = dev.upload_weight(ty, n, k, &wq).unwrap();
+                assert_eq!(w.split, splits(ty, k), "{name}: {ty} k = {k} layout");
                 let xb = dev.upload(&x).unwrap();
-                let xq = dev.alloc(m * k / 32 * 36).unwrap();
+                let xq = dev.alloc(super::q8_1_bytes(k, m)).unwrap();
                 let bd = dev.upload(&bias).unwrap();
                 let y = dev.alloc(m * n * 4).unwrap();
                 dev.quantize_q8_1(xb.slice(), k, k, m, xq.slice()).unwrap();
-                dev.gemv_q8_1(&w, xq.slice(), m, Some(bd.slice()), y.slice())
-                    .unwrap();
-                let got = dev.to_vec(y.slice::<f32>()).unwrap();
-                assert_close(&format!("{name} gemv {ty} m={m}"), &got, &want, |i| {
-                    2e-5 * scale[i]
-                });
+                // every kernel variant, then the default
+                let mut got = Vec::new();
+                let variants = super::GemvVariant::ALL.map(Some);
+                for v in variants.into_iter().chain([None]) {
+                    dev.force_gemv_variant(v);
+                    dev.gemv_q8_1(&w, xq.slice(), m, Some(bd.slice()), y.slice())
+                        .unwrap();
+                    got = dev.to_vec(y.slice::<f32>()).unwrap();
+                    let what = format!("{name} gemv {ty} m={m} variant {v:?}");
+                    assert_close(&what, &got, &want, |i| 2e-5 * scale[i]);
+                }
                 if let Some(tol) = cpu_tol {
                     let cpu_b: Vec<f64> = cpu
                         .iter()
@@ -408,10 +439,11 @@ fn round_f16(v: &[f32]) -> Vec<f32> {
 
 #[test]
 fn gemm_every_weight_type() {
-    // n, m not multiples of the 64 × 64 tile; k = 80 checks the zero padding of float weights
+    // n, m not multiples of the 64 × 64 tile; k = 80 checks the zero padding of float weights;
+    // Q4_0 / Q8_0 rows of k = 512 are split (common.cuh), of k = 96 not
     let (n, m) = (72, 70);
     for ty in QUANT_TYPES.iter().chain(&FLOAT_TYPES).copied() {
-        for k in [512usize, 80] {
+        for k in [512usize, 80, 96] {
             if ty.block_size() > 1 && k % ty.block_size() != 0 {
                 continue;
             }
@@ -423,6 +455,7 @@ fn gemm_every_weight_type() {
             let (want, scale) = reference_matmul(&wd, &round_f16(&x), n, k, m, &bias);
             on_backends(|name, dev| {
                 let w = dev.upload_weight(ty, n, k, &wq).unwrap();
+                assert_eq!(w.split, splits(ty, k), "{name}: {ty} k = {k} layout");
                 let xb = dev.upload(&x).unwrap();
                 let bd = dev.upload(&bias).unwrap();
                 let y = dev.alloc(m * n * 4).unwrap();
@@ -479,6 +512,50 @@ fn matmul_agrees_with_the_cpu_matmul_on_both_paths() {
 }
 
 #[test]
+fn matmul_shared_equals_separate_matmuls() {
+    // decode (one quantization of x for both), a batch on the GEMM path, and float weights
+    let k = 256;
+    for (ty, m) in [
+        (GgmlType::Q4_0, 1),
+        (GgmlType::Q4_K, 3),
+        (GgmlType::Q8_0, 12),
+        (GgmlType::F16, 2),
+    ] {
+        let (n1, n2) = (40, 24);
+        let w1 = quantize(ty, &test_data(n1 * k, 32, 21));
+        let w2 = quantize(ty, &test_data(n2 * k, 32, 22));
+        let x = test_data(m * k, 16, 23);
+        let bias = test_data(n2, 4, 24);
+        on_backends(|name, dev| {
+            let a = dev.upload_weight(ty, n1, k, &w1).unwrap();
+            let b = dev.upload_weight(ty, n2, k, &w2).unwrap();
+            let xb = dev.upload(&x).unwrap();
+            let bd = dev.upload(&bias).unwrap();
+            let (y1, y2) = (
+                dev.alloc(m * n1 * 4).unwrap(),
+                dev.alloc(m * n2 * 4).unwrap(),
+            );
+            let mut scratch = Scratch::new();
+            let (xs, bs) = (xb.slice::<f32>(), Some(bd.slice::<f32>()));
+            dev.matmul(&a, xs, m, None, y1.slice(), &mut scratch)
+                .unwrap();
+            dev.matmul(&b, xs, m, bs, y2.slice(), &mut scratch).unwrap();
+            let want = (
+                dev.to_vec(y1.slice::<f32>()).unwrap(),
+                dev.to_vec(y2.slice::<f32>()).unwrap(),
+            );
+            let outs = [(&a, None, y1.slice()), (&b, bs, y2.slice())];
+            dev.matmul_shared(xs, m, &outs, &mut scratch).unwrap();
+            let got = (
+                dev.to_vec(y1.slice::<f32>()).unwrap(),
+                dev.to_vec(y2.slice::<f32>()).unwrap(),
+            );
+            assert!(got == want, "{name}: matmul_shared {ty} m = {m}");
+        });
+    }
+}
+
+#[test]
 fn shape_errors_are_reported() {
     on_backends(|name, dev| {
         let bad = dev
@@ -524,9 +601,17 @@ fn shape_errors_are_reported() {
 
 #[test]
 fn get_rows_every_weight_type() {
-    let (rows, k) = (6, 512);
+    let rows = 6;
     let ids = [3u32, 0, 5, 3];
-    for ty in QUANT_TYPES.iter().chain(&FLOAT_TYPES).copied() {
+    // Q4_0 / Q8_0 rows of k = 512 are split (common.cuh), of k = 96 not
+    for (ty, k) in QUANT_TYPES
+        .iter()
+        .chain(&FLOAT_TYPES)
+        .flat_map(|&ty| [(ty, 512), (ty, 96)])
+    {
+        if k % ty.block_size() != 0 {
+            continue;
+        }
         let w32 = test_data(rows * k, 32, 13);
         let wq = quantize(ty, &w32);
         let wd = dequantize(ty, &wq, rows * k);
@@ -540,11 +625,12 @@ fn get_rows_every_weight_type() {
             .collect();
         on_backends(|name, dev| {
             let w = dev.upload_weight(ty, rows, k, &wq).unwrap();
+            assert_eq!(w.split, splits(ty, k), "{name}: {ty} k = {k} layout");
             let out = dev.alloc(ids.len() * k * 4).unwrap();
             dev.get_rows_host_ids(&w, &ids, out.slice()).unwrap();
             let got = dev.to_vec(out.slice::<f32>()).unwrap();
             // exact up to the device's fused multiply-adds in d·q − m
-            assert_close(&format!("{name} get_rows {ty}"), &got, &want, |i| {
+            assert_close(&format!("{name} get_rows {ty} k = {k}"), &got, &want, |i| {
                 1e-6 * want[i].abs() + 1e-7
             });
         });

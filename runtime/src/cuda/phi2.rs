@@ -511,8 +511,17 @@ impl CudaPhi2 {
             cfg.norm_eps,
         )?;
 
-        // 2. attention branch: fused QKV projection, rows [q | k | v]
-        dev.matmul(&layer.qkv, h, t, opt_slice(&layer.qkv_b), qkv, scratch)?;
+        // 2. attention branch: fused QKV projection, rows [q | k | v]; the MLP's up projection
+        // reads the same normalized input, so both run here (decode quantizes `h` once)
+        dev.matmul_shared(
+            h,
+            t,
+            &[
+                (&layer.qkv, opt_slice(&layer.qkv_b), qkv),
+                (&layer.ffn_up, opt_slice(&layer.ffn_up_b), up),
+            ],
+            scratch,
+        )?;
         let q_part = qkv;
         let k_part = qkv.tail(e);
         let v_part = qkv.tail(e + kvw);
@@ -592,8 +601,7 @@ impl CudaPhi2 {
             )?;
         }
 
-        // 3. MLP branch on the same normalized input (parallel residual)
-        dev.matmul(&layer.ffn_up, h, t, opt_slice(&layer.ffn_up_b), up, scratch)?;
+        // 3. MLP branch on the same normalized input (parallel residual; `up` came with QKV)
         dev.gelu_tanh(up, up, t * ff)?;
         dev.matmul(
             &layer.ffn_down,
