@@ -179,6 +179,23 @@ __device__ __forceinline__ int byte_sum(int a) { return __dp4a(a, 0x01010101, 0)
 // ggml's Q8_1 blocks (quantize_q8_1); only their places differ.
 __device__ __forceinline__ u64 q8_1_row_stride(int groups) { return ((u64)groups * Q8_1_BYTES + 15) & ~(u64)15; }
 
+// Quantizes the warp's 32 values (lane l holds element l of group g) into group g of a split
+// Q8_1 row of `groups` groups: d = amax/127, q = roundf(v·(1/d)), s = f16(Σq·d), bit-identical
+// to quantize_row_q8_1_ref. Every lane of the warp must call it.
+__device__ __forceinline__ void quantize_group_q8_1(float v, u8* yrow, int groups, int g) {
+    const float amax = warp_max(fabsf(v));
+    const float d = amax / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    const int q = (int)roundf(v * id);
+    const int sum = warp_sum_int(q);
+    yrow[32 * (u64)g + (threadIdx.x & 31)] = (u8)(i8)q;
+    if ((threadIdx.x & 31) == 0) {
+        u8* ds = yrow + 32 * (u64)groups + 4 * (u64)g;
+        store_u16(ds, f32_to_f16(d));
+        store_u16(ds + 2, f32_to_f16((float)sum * d));
+    }
+}
+
 // One group of Q8_1 activations: 32 int8 values, the scale, and the exact integer sums of the
 // first and second 16 values (the offset terms of the weight formats use them).
 struct ActQ8_1 {

@@ -3,32 +3,29 @@
 #include "common.cuh"
 #include "dequant.cuh"
 
+// gelu_new / ggml_gelu: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))) (Phi-2's MLP).
+__device__ __forceinline__ float gelu_tanh(float z) {
+    return 0.5f * z * (1.0f + tanhf(0.7978845608f * (z + 0.044715f * z * z * z)));
+}
+
 // ---- Q8_1 activation quantization ---------------------------------------------------------------
 // x: m rows of k floats (row stride ldx floats, k a multiple of 32); y: m rows of k/32 groups in
 // the split Q8_1 layout (common.cuh; row stride q8_1_row_stride). The values are bit-identical to
 // quantize_row_q8_1_ref's blocks: d = amax/127, q = roundf(x·(1/d)), s = f16(Σq · d).
-// Launch: block (32, 4), grid ceil(m·k/32 / 4); one warp per group of 32.
+// With act = 1 the values are GELU (tanh) of x first: the MLP's activation and the quantization
+// of the down projection's input in one pass (decode). Launch: block (32, 4), grid
+// ceil(m·k/32 / 4); one warp per group of 32.
 extern "C" __global__ void __launch_bounds__(128)
-    quantize_q8_1(const float* x, u8* y, int k, int m, int ldx) {
+    quantize_q8_1(const float* x, u8* y, int k, int m, int ldx, int act) {
     const int groups = k / QK;
     const i64 g = (i64)blockIdx.x * 4 + threadIdx.y;
     if (g >= (i64)groups * m) return;  // whole warps
     const int lane = threadIdx.x;
     const i64 row = g / groups;
     const int gi = (int)(g - row * groups);
-    const float v = x[row * ldx + (i64)gi * QK + lane];
-    const float amax = warp_max(fabsf(v));
-    const float d = amax / 127.0f;
-    const float id = d != 0.0f ? 1.0f / d : 0.0f;
-    const int q = (int)roundf(v * id);
-    const int sum = warp_sum_int(q);
-    u8* yrow = y + (u64)row * q8_1_row_stride(groups);
-    yrow[32 * (u64)gi + lane] = (u8)(i8)q;
-    if (lane == 0) {
-        u8* ds = yrow + 32 * (u64)groups + 4 * (u64)gi;
-        store_u16(ds, f32_to_f16(d));
-        store_u16(ds + 2, f32_to_f16((float)sum * d));
-    }
+    float v = x[row * ldx + (i64)gi * QK + lane];
+    if (act == 1) v = gelu_tanh(v);
+    quantize_group_q8_1(v, y + (u64)row * q8_1_row_stride(groups), groups, gi);
 }
 
 // ---- the split weight layouts (common.cuh) ------------------------------------------------------
@@ -84,8 +81,7 @@ extern "C" __global__ void copy_f32_2d(const float* src, int ld_src, float* dst,
 extern "C" __global__ void gelu_tanh_f32(const float* x, float* y, int n) {
     const i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
-    const float z = x[i];
-    y[i] = 0.5f * z * (1.0f + tanhf(0.7978845608f * (z + 0.044715f * z * z * z)));
+    y[i] = gelu_tanh(x[i]);
 }
 
 // Exact GELU 0.5·x·(1 + erf(x/√2)) (EVA ViT, Q-Former).

@@ -249,11 +249,14 @@ struct GroupQ6_K {
 
 // y[c·n + r] for r < n, c < m <= GEMV_MAX_COLS; `w` rows of `w_row_bytes`; `xq` holds m rows of
 // k/32 groups of split Q8_1 activations (common.cuh). Each warp takes ROWS consecutive weight
-// rows, so every activation load serves ROWS rows (at the cost of fewer warps in flight).
+// rows, so every activation load serves ROWS rows (at the cost of fewer warps in flight). With
+// add0 / add1 non-null (both or neither; laid out like y) the output is add0 + (add1 + (Σ + bias)),
+// the residual update add3_f32 would make afterwards, in the same order; y may then be add0.
 template <class G, int ROWS, int UNROLL>
 __device__ __forceinline__ void gemv_q8_1_impl(const u8* __restrict__ w, u64 w_row_bytes,
                                                const u8* __restrict__ xq, const float* __restrict__ bias,
-                                               float* __restrict__ y, int n, int k, int m) {
+                                               const float* add0, const float* add1, float* y, int n, int k,
+                                               int m) {
     const int r0 = (blockIdx.x * GEMV_WARPS + threadIdx.y) * ROWS;
     if (r0 >= n) return;  // whole warps leave together; no block-wide barrier below
     const int lane = threadIdx.x;
@@ -305,7 +308,10 @@ __device__ __forceinline__ void gemv_q8_1_impl(const u8* __restrict__ w, u64 w_r
         for (int c = 0; c < GEMV_MAX_COLS; ++c) {
             if (c < m) {
                 const float s = warp_sum(acc[i][c]);
-                if (lane == 0 && r < n) y[(u64)c * n + r] = s + b;
+                if (lane == 0 && r < n) {
+                    const u64 o = (u64)c * n + r;
+                    y[o] = add0 ? add0[o] + (add1[o] + (s + b)) : s + b;
+                }
             }
         }
     }
@@ -313,9 +319,10 @@ __device__ __forceinline__ void gemv_q8_1_impl(const u8* __restrict__ w, u64 w_r
 
 #define GEMV_Q8_1_VARIANT(NAME, GROUP, GROUP_ELEMS, BLOCK_BYTES, ROWS, UNROLL)                       \
     extern "C" __global__ void __launch_bounds__(32 * GEMV_WARPS)                                    \
-        NAME(const u8* w, const u8* xq, const float* bias, float* y, int n, int k, int m) {         \
-        gemv_q8_1_impl<GROUP, ROWS, UNROLL>(w, (u64)(k / GROUP_ELEMS) * BLOCK_BYTES, xq, bias, y,   \
-                                            n, k, m);                                               \
+        NAME(const u8* w, const u8* xq, const float* bias, const float* add0, const float* add1,     \
+             float* y, int n, int k, int m) {                                                       \
+        gemv_q8_1_impl<GROUP, ROWS, UNROLL>(w, (u64)(k / GROUP_ELEMS) * BLOCK_BYTES, xq, bias, add0, \
+                                            add1, y, n, k, m);                                      \
     }
 
 // Four variants per type: 1 or 2 weight rows per warp (_r2), 4 or 2 groups per lane and step

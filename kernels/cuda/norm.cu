@@ -6,10 +6,13 @@
 // per-head QK LayerNorm. y uses the same strides and may be x itself. Launch: block 128.
 #include "common.cuh"
 
-// y = (x − mean)/√(var + eps)·w + b; w or b may be null (1 / 0).
+// y = (x − mean)/√(var + eps)·w + b; w or b may be null (1 / 0). With yq non-null (plain rows,
+// dim a multiple of 32) the output is also quantized to split Q8_1 (common.cuh) for the decode
+// GEMVs, bit for bit as quantize_q8_1 would do it from y: in the last pass warp w of iteration j
+// holds elements 128j + 32w .. +31, which is one Q8_1 group.
 extern "C" __global__ void __launch_bounds__(128)
     layer_norm_f32(const float* x, float* y, const float* w, const float* b, int dim, int ld_tok, int ld_grp,
-                   float eps) {
+                   float eps, u8* yq) {
     __shared__ float scratch[32];
     const i64 off = (i64)blockIdx.y * ld_tok + (i64)blockIdx.x * ld_grp;
     const float* xr = x + off;
@@ -29,6 +32,7 @@ extern "C" __global__ void __launch_bounds__(128)
         if (w) o *= w[i];
         if (b) o += b[i];
         yr[i] = o;
+        if (yq) quantize_group_q8_1(o, yq + (u64)blockIdx.y * q8_1_row_stride(dim / QK), dim / QK, i / QK);
     }
 }
 

@@ -37,7 +37,7 @@ struct Entry {
 #define K(name) {#name, [](dim3 g, dim3 b, void** a) { return run(name, g, b, a); }},
 
 const Entry kKernels[] = {
-    K(attention_f16kv) K(attention_f32kv) K(attention_combine)
+    K(attention_f16kv) K(attention_f32kv) K(attention_decode_f16kv) K(attention_decode_f32kv) K(attention_combine)
     K(quantize_q8_1) K(split_blocks) K(convert_f32_f16_pad) K(copy_f32_f16_2d) K(copy_f32_2d)
     K(gelu_tanh_f32) K(gelu_erf_f32) K(add_f32) K(add3_f32) K(scale_f32) K(add_bias_f32)
     K(get_rows_f32) K(get_rows_f16) K(get_rows_bf16) K(get_rows_q4_0) K(get_rows_q4_1)

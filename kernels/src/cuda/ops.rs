@@ -311,6 +311,12 @@ impl DeviceWeight {
     fn data(&self) -> DevSlice<'_, u8> {
         self.buf.slice::<u8>()
     }
+
+    /// Whether the GEMV takes Q8_1 activations ([`Device::gemv_q8_1`]) for these weights
+    /// (every block format; F32 / F16 / BF16 take f32 activations).
+    pub fn is_quantized(&self) -> bool {
+        !is_float(self.ty)
+    }
 }
 
 /// Where one row of a normalization starts: row (group g, token t) is at
@@ -394,6 +400,11 @@ pub struct AttentionShape {
 /// least 64 keys per split.
 fn auto_split_len(s: &AttentionShape) -> usize {
     const TARGET_BLOCKS: usize = 256;
+    if s.n_q == 1 {
+        // the decode kernel: 128 keys per round of its four warps; splits up to ~256 blocks
+        let per_block = s.n_kv.div_ceil((TARGET_BLOCKS / s.n_head.max(1)).max(1));
+        return per_block.max(1).div_ceil(128) * 128;
+    }
     let blocks = s.n_q.div_ceil(16) * s.n_head;
     if blocks >= TARGET_BLOCKS / 2 || s.n_kv < 128 {
         return s.n_kv.max(1);
@@ -486,17 +497,16 @@ impl Device {
         })
     }
 
-    /// Quantizes `m` rows of `k` activations (row stride `ldx`) to Q8_1 in `y`: the values of
-    /// [`crate::formats::quantize_row_q8_1_ref`]'s blocks, bit for bit, in the device's split
-    /// layout ([`q8_1_row_stride`] bytes per row: the 32 quants of every group, then each
-    /// group's (d, s) as two f16).
-    pub fn quantize_q8_1(
+    /// The quantizer behind [`Device::quantize_q8_1`] (`act` 0) and
+    /// [`Device::gelu_tanh_quantize_q8_1`] (`act` 1).
+    fn quantize_act_q8_1(
         &self,
         x: DevSlice<'_, f32>,
         ldx: usize,
         k: usize,
         m: usize,
         y: DevSlice<'_, u8>,
+        act: i32,
     ) -> Result<(), CudaError> {
         if !k.is_multiple_of(32) || ldx < k {
             return Err(shape(format!(
@@ -516,8 +526,37 @@ impl Device {
                 Arg::I32(to_i32(k, "k")?),
                 Arg::I32(to_i32(m, "m")?),
                 Arg::I32(to_i32(ldx, "ldx")?),
+                Arg::I32(act),
             ],
         )
+    }
+
+    /// Quantizes `m` rows of `k` activations (row stride `ldx`) to Q8_1 in `y`: the values of
+    /// [`crate::formats::quantize_row_q8_1_ref`]'s blocks, bit for bit, in the device's split
+    /// layout ([`q8_1_row_stride`] bytes per row: the 32 quants of every group, then each
+    /// group's (d, s) as two f16).
+    pub fn quantize_q8_1(
+        &self,
+        x: DevSlice<'_, f32>,
+        ldx: usize,
+        k: usize,
+        m: usize,
+        y: DevSlice<'_, u8>,
+    ) -> Result<(), CudaError> {
+        self.quantize_act_q8_1(x, ldx, k, m, y, 0)
+    }
+
+    /// GELU (tanh) of `m` contiguous rows of `k` activations, quantized to Q8_1 in `y` as
+    /// [`Device::quantize_q8_1`] would quantize [`Device::gelu_tanh`]'s output, in one pass
+    /// (the input of Phi-2's MLP down projection in decode).
+    pub fn gelu_tanh_quantize_q8_1(
+        &self,
+        x: DevSlice<'_, f32>,
+        k: usize,
+        m: usize,
+        y: DevSlice<'_, u8>,
+    ) -> Result<(), CudaError> {
+        self.quantize_act_q8_1(x, k, k, m, y, 1)
     }
 
     /// `y[r][c] = f16(x[r][c])` for `c < k`, zero for `k <= c < ldy` (`m` rows, strides `ldx`,
@@ -573,7 +612,35 @@ impl Device {
         }
         self.check_gemv(w, m, bias, y)?;
         need(&xq, q8_1_bytes(w.cols, m), "gemv: quantized activations")?;
-        self.launch_gemv(w, xq.arg(), m, bias, y)
+        self.launch_gemv(w, xq.arg(), m, bias, None, y)
+    }
+
+    /// [`Device::gemv_q8_1`] followed by the residual update: `y = add0 + (add1 + (x·Wᵀ + bias))`
+    /// (`add0`, `add1` laid out like `y`; `y` may be `add0`), the same bits as
+    /// [`Device::add3`]`(add0, add1, gemv)` without the extra launch (Phi-2's MLP down
+    /// projection closing a layer). Quantized weights only.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemv_q8_1_residual(
+        &self,
+        w: &DeviceWeight,
+        xq: DevSlice<'_, u8>,
+        m: usize,
+        bias: Option<DevSlice<'_, f32>>,
+        add0: DevSlice<'_, f32>,
+        add1: DevSlice<'_, f32>,
+        y: DevSlice<'_, f32>,
+    ) -> Result<(), CudaError> {
+        if is_float(w.ty) {
+            return Err(shape(format!(
+                "gemv_q8_1_residual: {} weights take f32 activations",
+                w.ty
+            )));
+        }
+        self.check_gemv(w, m, bias, y)?;
+        need(&xq, q8_1_bytes(w.cols, m), "gemv: quantized activations")?;
+        need(&add0, m * w.rows, "gemv: residual add0")?;
+        need(&add1, m * w.rows, "gemv: residual add1")?;
+        self.launch_gemv(w, xq.arg(), m, bias, Some((add0, add1)), y)
     }
 
     /// [`Device::gemv_q8_1`] for F32 / F16 / BF16 weights with f32 activations `x` (`m × k`).
@@ -593,7 +660,7 @@ impl Device {
         }
         self.check_gemv(w, m, bias, y)?;
         need(&x, m * w.cols, "gemv: activations")?;
-        self.launch_gemv(w, x.arg(), m, bias, y)
+        self.launch_gemv(w, x.arg(), m, bias, None, y)
     }
 
     fn check_gemv(
@@ -620,14 +687,31 @@ impl Device {
         x: Arg,
         m: usize,
         bias: Option<DevSlice<'_, f32>>,
+        residual: Option<(DevSlice<'_, f32>, DevSlice<'_, f32>)>,
         y: DevSlice<'_, f32>,
     ) -> Result<(), CudaError> {
         if m == 0 {
             return Ok(());
         }
-        let (kernel, rows) = if is_float(w.ty) {
-            (gemv_kernel(w), 1)
-        } else {
+        let bias = bias.map_or(Arg::Ptr(0), |b| b.arg());
+        if is_float(w.ty) {
+            assert!(residual.is_none(), "checked by gemv_q8_1_residual");
+            return self.launch(
+                gemv_kernel(w),
+                (blocks(w.rows, GEMV_WARPS as usize)?, 1, 1),
+                (32, GEMV_WARPS, 1),
+                &[
+                    w.data().arg(),
+                    x,
+                    bias,
+                    y.arg(),
+                    Arg::I32(w.rows as i32),
+                    Arg::I32(w.cols as i32),
+                    Arg::I32(m as i32),
+                ],
+            );
+        }
+        let (kernel, rows) = {
             let v = self
                 .forced_gemv_variant()
                 .unwrap_or_else(|| gemv_variant(w));
@@ -639,6 +723,7 @@ impl Device {
                 .1;
             (names[v.index()], v.rows)
         };
+        let (add0, add1) = residual.map_or((Arg::Ptr(0), Arg::Ptr(0)), |(a, b)| (a.arg(), b.arg()));
         self.launch(
             kernel,
             (blocks(w.rows, GEMV_WARPS as usize * rows)?, 1, 1),
@@ -646,7 +731,9 @@ impl Device {
             &[
                 w.data().arg(),
                 x,
-                bias.map_or(Arg::Ptr(0), |b| b.arg()),
+                bias,
+                add0,
+                add1,
                 y.arg(),
                 Arg::I32(w.rows as i32),
                 Arg::I32(w.cols as i32),
@@ -777,6 +864,21 @@ impl Device {
         rows: Rows,
         eps: f32,
     ) -> Result<(), CudaError> {
+        self.layer_norm_impl(x, y, w, b, dim, rows, eps, None)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn layer_norm_impl(
+        &self,
+        x: DevSlice<'_, f32>,
+        y: DevSlice<'_, f32>,
+        w: Option<DevSlice<'_, f32>>,
+        b: Option<DevSlice<'_, f32>>,
+        dim: usize,
+        rows: Rows,
+        eps: f32,
+        yq: Option<DevSlice<'_, u8>>,
+    ) -> Result<(), CudaError> {
         self.check_norm("layer_norm", x, y, w, dim, rows)?;
         if let Some(b) = b {
             need(&b, dim, "layer_norm: bias")?;
@@ -794,7 +896,41 @@ impl Device {
                 Arg::I32(to_i32(rows.ld_tok, "ld_tok")?),
                 Arg::I32(to_i32(rows.ld_grp, "ld_grp")?),
                 Arg::F32(eps),
+                yq.map_or(Arg::Ptr(0), |s| s.arg()),
             ],
+        )
+    }
+
+    /// [`Device::layer_norm`] of `tokens` contiguous rows of `dim` (a multiple of 32) that also
+    /// writes the output quantized to Q8_1 in `yq` (as [`Device::quantize_q8_1`] would from `y`)
+    /// for the decode GEMVs, in the same launch.
+    #[allow(clippy::too_many_arguments)]
+    pub fn layer_norm_q8_1(
+        &self,
+        x: DevSlice<'_, f32>,
+        y: DevSlice<'_, f32>,
+        yq: DevSlice<'_, u8>,
+        w: Option<DevSlice<'_, f32>>,
+        b: Option<DevSlice<'_, f32>>,
+        dim: usize,
+        tokens: usize,
+        eps: f32,
+    ) -> Result<(), CudaError> {
+        if !dim.is_multiple_of(32) {
+            return Err(shape(format!(
+                "layer_norm_q8_1: dim = {dim} must be a multiple of 32"
+            )));
+        }
+        need(&yq, q8_1_bytes(dim, tokens), "layer_norm_q8_1: yq")?;
+        self.layer_norm_impl(
+            x,
+            y,
+            w,
+            b,
+            dim,
+            Rows::contiguous(tokens, dim),
+            eps,
+            Some(yq),
         )
     }
 
@@ -960,9 +1096,13 @@ impl Device {
         } else {
             None
         };
-        let (kernel, k, v) = match kv {
-            KvSlices::F16 { k, v } => ("attention_f16kv", k.arg(), v.arg()),
-            KvSlices::F32 { k, v } => ("attention_f32kv", k.arg(), v.arg()),
+        // one query per head (decode): the kernel whose warps all take keys
+        let decode = s.n_q == 1;
+        let (kernel, k, v) = match (kv, decode) {
+            (KvSlices::F16 { k, v }, false) => ("attention_f16kv", k.arg(), v.arg()),
+            (KvSlices::F32 { k, v }, false) => ("attention_f32kv", k.arg(), v.arg()),
+            (KvSlices::F16 { k, v }, true) => ("attention_decode_f16kv", k.arg(), v.arg()),
+            (KvSlices::F32 { k, v }, true) => ("attention_decode_f32kv", k.arg(), v.arg()),
         };
         self.launch(
             kernel,

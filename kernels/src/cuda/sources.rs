@@ -132,7 +132,13 @@ pub const FILES: [SourceFile; 6] = [
     SourceFile {
         name: "attention.cu",
         source: include_str!("../../cuda/attention.cu"),
-        kernels: &["attention_f16kv", "attention_f32kv", "attention_combine"],
+        kernels: &[
+            "attention_f16kv",
+            "attention_f32kv",
+            "attention_decode_f16kv",
+            "attention_decode_f32kv",
+            "attention_combine",
+        ],
     },
 ];
 

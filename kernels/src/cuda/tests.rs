@@ -556,6 +556,63 @@ fn matmul_shared_equals_separate_matmuls() {
 }
 
 #[test]
+fn fused_decode_ops_equal_their_separate_launches() {
+    // LayerNorm + quantization, GELU + quantization, GEMV + residual update: the same bits as
+    // the separate kernels they replace in decode (runtime/src/cuda/phi2.rs)
+    let (k, n, m) = (256, 40, 3);
+    let x = test_data(m * k, 8, 31);
+    let (lw, lb) = (test_data(k, 2, 32), test_data(k, 2, 33));
+    let w = quantize(GgmlType::Q4_0, &test_data(n * k, 32, 34));
+    let (res0, res1) = (test_data(m * n, 4, 35), test_data(m * n, 4, 36));
+    let bias = test_data(n, 4, 37);
+    on_backends(|name, dev| {
+        let xb = dev.upload(&x).unwrap();
+        let (wb, bb) = (dev.upload(&lw).unwrap(), dev.upload(&lb).unwrap());
+        let qb = super::q8_1_bytes(k, m);
+        let (y1, y2) = (dev.alloc(m * k * 4).unwrap(), dev.alloc(m * k * 4).unwrap());
+        let (q1, q2) = (dev.alloc_zeroed(qb).unwrap(), dev.alloc_zeroed(qb).unwrap());
+        let (ws, bs) = (Some(wb.slice::<f32>()), Some(bb.slice::<f32>()));
+        let rows = Rows::contiguous(m, k);
+        dev.layer_norm(xb.slice(), y1.slice(), ws, bs, k, rows, 1e-5)
+            .unwrap();
+        dev.quantize_q8_1(y1.slice(), k, k, m, q1.slice()).unwrap();
+        dev.layer_norm_q8_1(xb.slice(), y2.slice(), q2.slice(), ws, bs, k, m, 1e-5)
+            .unwrap();
+        let f32s = |b: &DeviceBuffer| dev.to_vec(b.slice::<f32>()).unwrap();
+        let bytes = |b: &DeviceBuffer| dev.to_vec(b.slice::<u8>()).unwrap();
+        assert!(f32s(&y1) == f32s(&y2), "{name}: layer_norm_q8_1 y");
+        assert!(bytes(&q1) == bytes(&q2), "{name}: layer_norm_q8_1 yq");
+
+        dev.gelu_tanh(xb.slice(), y1.slice(), m * k).unwrap();
+        dev.quantize_q8_1(y1.slice(), k, k, m, q1.slice()).unwrap();
+        dev.gelu_tanh_quantize_q8_1(xb.slice(), k, m, q2.slice())
+            .unwrap();
+        assert!(bytes(&q1) == bytes(&q2), "{name}: gelu_tanh_quantize_q8_1");
+
+        let wd = dev.upload_weight(GgmlType::Q4_0, n, k, &w).unwrap();
+        let (r0, r1) = (dev.upload(&res0).unwrap(), dev.upload(&res1).unwrap());
+        let bd = dev.upload(&bias).unwrap();
+        let (g, out) = (dev.alloc(m * n * 4).unwrap(), dev.alloc(m * n * 4).unwrap());
+        dev.gemv_q8_1(&wd, q1.slice(), m, Some(bd.slice()), g.slice())
+            .unwrap();
+        dev.add3(r0.slice(), r1.slice(), g.slice(), out.slice(), m * n)
+            .unwrap();
+        // in place, as the model uses it: y is add0
+        dev.gemv_q8_1_residual(
+            &wd,
+            q1.slice(),
+            m,
+            Some(bd.slice()),
+            r0.slice(),
+            r1.slice(),
+            r0.slice(),
+        )
+        .unwrap();
+        assert!(f32s(&out) == f32s(&r0), "{name}: gemv_q8_1_residual");
+    });
+}
+
+#[test]
 fn shape_errors_are_reported() {
     on_backends(|name, dev| {
         let bad = dev
@@ -920,6 +977,37 @@ fn attention_decode_step() {
         causal: Some(64),
     };
     check_attention(s, true, 40, Some(32));
+    // Phi-2's heads (80 dims) grouped over KV heads, 300 keys: several key rounds per warp
+    // with one split, a split per 128 keys (auto), and splits that leave some warps keyless
+    let s = AttentionShape {
+        n_q: 1,
+        n_kv: 300,
+        n_head: 4,
+        n_head_kv: 2,
+        head_dim: 80,
+        ld_q: 4 * 80,
+        ld_kv: 2 * 80 + 8,
+        ld_out: 4 * 80 + 4,
+        scale: 1.0 / 80f32.sqrt(),
+        causal: Some(299),
+    };
+    check_attention(s, true, 41, Some(300));
+    check_attention(s, true, 42, Some(40));
+    // a query that sees only part of the keys (causal position 30 of 42), f32 keys and values
+    let s = AttentionShape {
+        n_q: 1,
+        n_kv: 42,
+        n_head: 2,
+        n_head_kv: 1,
+        head_dim: 40,
+        ld_q: 80,
+        ld_kv: 40,
+        ld_out: 80,
+        scale: 0.2,
+        causal: Some(30),
+    };
+    check_attention(s, false, 43, Some(16));
+    check_attention(AttentionShape { causal: None, ..s }, false, 44, Some(16));
 }
 
 #[test]

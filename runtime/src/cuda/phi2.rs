@@ -6,7 +6,9 @@
 //! → NeoX RoPE (q pre-scaled by 1/√head_dim) → f16 K/V stored into the cache → causal attention
 //! → output matmul → (TinyGPT-V) RMSNorm; in parallel up matmul → GELU (tanh) → down matmul;
 //! then `x += attn + mlp`. Then the final LayerNorm and the LM head on the rows that need
-//! logits. Separate q/k/v weights are concatenated into one fused matrix at load time.
+//! logits. Decode steps with quantized weights fuse launches: the LayerNorm also quantizes its
+//! output for the QKV and up GEMVs, GELU and the quantization of the down projection's input
+//! are one pass, and the down GEMV adds the residual itself. Separate q/k/v weights are concatenated into one fused matrix at load time.
 //!
 //! Partial offload ([`CudaPhi2::load_layers`]): only the first layers are uploaded (no
 //! embedding table, final norm or LM head) and [`CudaPhi2::forward_hidden`] returns the hidden
@@ -14,7 +16,8 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use kernels::cuda::{
-    AttentionShape, DevSlice, Device, DeviceBuffer, DeviceWeight, KvSlices, Rows, Scratch,
+    q8_1_bytes, AttentionShape, DevSlice, Device, DeviceBuffer, DeviceWeight, KvSlices, Rows,
+    Scratch, GEMV_MAX_COLS,
 };
 use kernels::gguf::{GgufFile, TensorInfo};
 
@@ -58,6 +61,8 @@ struct Work {
     a: DeviceBuffer,
     up: DeviceBuffer,
     m: DeviceBuffer,
+    /// Q8_1 activations of the fused decode steps (normalized input, then the GELU output).
+    xq: DeviceBuffer,
     /// Absent without the head.
     logits: Option<DeviceBuffer>,
 }
@@ -384,6 +389,7 @@ impl CudaPhi2 {
             a: d.alloc(f32_bytes(t * c.n_embd))?,
             up: d.alloc(f32_bytes(t * c.n_ff))?,
             m: d.alloc(f32_bytes(t * c.n_embd))?,
+            xq: d.alloc(q8_1_bytes(c.n_embd.max(c.n_ff), t.min(GEMV_MAX_COLS)))?,
             logits,
         });
         Ok(())
@@ -500,28 +506,43 @@ impl CudaPhi2 {
         let up = w.up.slice::<f32>().range(0, t * ff);
         let m = w.m.slice::<f32>().range(0, t * e);
 
+        // decode with quantized weights: fewer launches (module documentation)
+        let fused = t <= GEMV_MAX_COLS
+            && [&layer.qkv, &layer.ffn_up, &layer.ffn_down]
+                .iter()
+                .all(|w| w.is_quantized())
+            && e % 32 == 0
+            && ff % 32 == 0;
+        let xq = w.xq.slice::<u8>();
+
         // 1. shared input LayerNorm
-        dev.layer_norm(
-            x,
-            h,
+        let (norm_w, norm_b) = (
             Some(layer.attn_norm_w.slice()),
             Some(layer.attn_norm_b.slice()),
-            e,
-            Rows::contiguous(t, e),
-            cfg.norm_eps,
-        )?;
+        );
+        if fused {
+            dev.layer_norm_q8_1(x, h, xq, norm_w, norm_b, e, t, cfg.norm_eps)?;
+        } else {
+            let rows = Rows::contiguous(t, e);
+            dev.layer_norm(x, h, norm_w, norm_b, e, rows, cfg.norm_eps)?;
+        }
 
         // 2. attention branch: fused QKV projection, rows [q | k | v]; the MLP's up projection
         // reads the same normalized input, so both run here (decode quantizes `h` once)
-        dev.matmul_shared(
-            h,
-            t,
-            &[
-                (&layer.qkv, opt_slice(&layer.qkv_b), qkv),
-                (&layer.ffn_up, opt_slice(&layer.ffn_up_b), up),
-            ],
-            scratch,
-        )?;
+        if fused {
+            dev.gemv_q8_1(&layer.qkv, xq, t, opt_slice(&layer.qkv_b), qkv)?;
+            dev.gemv_q8_1(&layer.ffn_up, xq, t, opt_slice(&layer.ffn_up_b), up)?;
+        } else {
+            dev.matmul_shared(
+                h,
+                t,
+                &[
+                    (&layer.qkv, opt_slice(&layer.qkv_b), qkv),
+                    (&layer.ffn_up, opt_slice(&layer.ffn_up_b), up),
+                ],
+                scratch,
+            )?;
+        }
         let q_part = qkv;
         let k_part = qkv.tail(e);
         let v_part = qkv.tail(e + kvw);
@@ -601,19 +622,17 @@ impl CudaPhi2 {
             )?;
         }
 
-        // 3. MLP branch on the same normalized input (parallel residual; `up` came with QKV)
-        dev.gelu_tanh(up, up, t * ff)?;
-        dev.matmul(
-            &layer.ffn_down,
-            up,
-            t,
-            opt_slice(&layer.ffn_down_b),
-            m,
-            scratch,
-        )?;
-
+        // 3. MLP branch on the same normalized input (parallel residual; `up` came with QKV),
         // 4. x ← x + (attn + mlp)
-        dev.add3(x, a, m, x, t * e)?;
+        let down_b = opt_slice(&layer.ffn_down_b);
+        if fused {
+            dev.gelu_tanh_quantize_q8_1(up, ff, t, xq)?;
+            dev.gemv_q8_1_residual(&layer.ffn_down, xq, t, down_b, x, a, x)?;
+        } else {
+            dev.gelu_tanh(up, up, t * ff)?;
+            dev.matmul(&layer.ffn_down, up, t, down_b, m, scratch)?;
+            dev.add3(x, a, m, x, t * e)?;
+        }
         Ok(())
     }
 
