@@ -558,25 +558,30 @@ fn hand_made_q8_k_bytes_match_reference_exactly() {
                 let blk = 4 * a_rb + 292;
                 act[blk + 260 + 4..blk + 260 + 8].copy_from_slice(&[0x30, 0x75, 0x30, 0x75]);
             }
+            let mut want = vec![0f32; m * n];
+            for c in 0..m {
+                for r in 0..n {
+                    want[c * n + r] = formats::vec_dot(
+                        ty,
+                        k,
+                        &w[r * w_rb..(r + 1) * w_rb],
+                        &act[c * a_rb..(c + 1) * a_rb],
+                    );
+                }
+            }
             for kern in levels() {
                 let mut got = vec![f32::NAN; m * n];
                 kern.gemm(ty, k, &w, n, &act, m, &mut got).unwrap();
-                for c in 0..m {
-                    for r in 0..n {
-                        let want = formats::vec_dot(
-                            ty,
-                            k,
-                            &w[r * w_rb..(r + 1) * w_rb],
-                            &act[c * a_rb..(c + 1) * a_rb],
-                        );
-                        let g = got[c * n + r];
-                        assert!(
-                            same_f32(g, want),
-                            "{} {ty} ({variant}) [{c}][{r}]: {g} vs {want}",
-                            kern.level()
-                        );
-                    }
+                for (i, (&g, &e)) in got.iter().zip(&want).enumerate() {
+                    let (c, r) = (i / n, i % n);
+                    assert!(
+                        same_f32(g, e),
+                        "{} {ty} ({variant}) [{c}][{r}]: {g} vs {e}",
+                        kern.level()
+                    );
                 }
+                // the ×16 layouts too
+                check_repacked(kern, ty, &w, n, k, &act, m, &want, variant);
             }
         }
     }
