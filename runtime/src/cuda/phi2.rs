@@ -6,9 +6,11 @@
 //! → NeoX RoPE (q pre-scaled by 1/√head_dim) → f16 K/V stored into the cache → causal attention
 //! → output matmul → (TinyGPT-V) RMSNorm; in parallel up matmul → GELU (tanh) → down matmul;
 //! then `x += attn + mlp`. Then the final LayerNorm and the LM head on the rows that need
-//! logits. Decode steps with quantized weights fuse launches: the LayerNorm also quantizes its
-//! output for the QKV and up GEMVs, GELU and the quantization of the down projection's input
-//! are one pass, and the down GEMV adds the residual itself. Separate q/k/v weights are concatenated into one fused matrix at load time.
+//! logits. Separate q/k/v weights are concatenated into one fused matrix at load time.
+//!
+//! Decode steps with quantized weights fuse launches: the LayerNorm also quantizes its output
+//! for the QKV and up GEMVs, GELU and the quantization of the down projection's input are one
+//! pass, and the down GEMV adds the residual itself.
 //!
 //! Partial offload ([`CudaPhi2::load_layers`]): only the first layers are uploaded (no
 //! embedding table, final norm or LM head) and [`CudaPhi2::forward_hidden`] returns the hidden
