@@ -71,14 +71,18 @@ build() {
     [ -f "$bin" ] || { echo "cuda-check: $bin not built" >&2; exit 1; }
     strip -o "$PREP/tinygptv" "$bin" 2>/dev/null || cp "$bin" "$PREP/tinygptv"
     echo "== CLI: $PREP/tinygptv ($(du -h "$PREP/tinygptv" | cut -f1))"
-    # compressed, so the folder fits beside the working tree when it is carried to a GPU machine
+}
+
+# Compresses what build() left, so the folder fits beside the working tree when it is carried
+# to a GPU machine (--prepare).
+pack() {
     rm -f "$PREP"/*.xz
     xz -T0 -6 "$PREP/kernels-tests" "$PREP/cuda-backend-tests" "$PREP/tinygptv"
     if [ -f "$PREP/runtime-tests" ]; then xz -T0 -6 "$PREP/runtime-tests"; fi
     echo "== $PREP: $(du -ch "$PREP"/*.xz | tail -1 | cut -f1) compressed"
 }
 
-# Unpacks what --prepare left (xz, or Python's lzma where xz is missing).
+# Unpacks what --prepare left (xz, or Python's lzma where xz is missing), for --prebuilt.
 unpack() {
     local f
     for f in "$PREP"/*.xz; do
@@ -295,7 +299,10 @@ run() {
 }
 
 case $mode in
-    --prepare) build ;;
+    --prepare)
+        build
+        pack
+        ;;
     --prebuilt)
         unpack
         [ -x "$PREP/kernels-tests" ] || { echo "cuda-check: run scripts/cuda-check.sh --prepare first" >&2; exit 1; }
@@ -303,7 +310,6 @@ case $mode in
         ;;
     build)
         build
-        unpack
         run "$PREP/kernels-tests"
         ;;
     *)
