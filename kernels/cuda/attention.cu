@@ -252,26 +252,19 @@ __device__ __forceinline__ void attention_decode_impl(const float* q, const void
         f[w] = Ms[w] == neg_inf ? 0.0f : expf(Ms[w] - mx);  // a warp with no keys adds nothing
         ls += Ls[w] * f[w];
     }
-    if (partial) {
-        float* pp = partial + ((i64)blockIdx.z * n_head + h) * (hd + 2);
-        if (lane == 0) {
-            pp[0] = mx;
-            pp[1] = ls;
-        }
-        for (int d = lane; d < hd; d += WARP_SIZE) {
-            float a = 0.0f;
-#pragma unroll
-            for (int w = 0; w < ATT_WARPS; ++w) a += As[w][d] * f[w];
-            pp[2 + d] = a;
-        }
-        return;
+    // the block's state: unnormalized into the split states, or the final output
+    float* pp = partial ? partial + ((i64)blockIdx.z * n_head + h) * (hd + 2) : nullptr;
+    if (pp && lane == 0) {
+        pp[0] = mx;
+        pp[1] = ls;
     }
-    const float inv = ls > 0.0f ? 1.0f / ls : 0.0f;
+    const float inv = pp ? 1.0f : (ls > 0.0f ? 1.0f / ls : 0.0f);
+    float* dst = pp ? pp + 2 : out + (i64)h * hd;
     for (int d = lane; d < hd; d += WARP_SIZE) {
         float a = 0.0f;
 #pragma unroll
         for (int w = 0; w < ATT_WARPS; ++w) a += As[w][d] * f[w];
-        out[(i64)h * hd + d] = a * inv;
+        dst[d] = a * inv;
     }
 }
 

@@ -356,17 +356,7 @@ fn check_gemm(ty: GgmlType, w: &[u8], n: usize, k: usize, x: &[f32], m: usize, w
     for (xr, ar) in x.chunks(k).zip(act.chunks_mut(a_rb)) {
         formats::quantize_row(at, xr, ar).unwrap();
     }
-    let mut want = vec![0f32; m * n];
-    for c in 0..m {
-        for r in 0..n {
-            want[c * n + r] = formats::vec_dot(
-                ty,
-                k,
-                &w[r * w_rb..(r + 1) * w_rb],
-                &act[c * a_rb..(c + 1) * a_rb],
-            );
-        }
-    }
+    let want = reference_products(ty, k, w, n, &act, m);
     // unaligned copies
     let mut w_odd = vec![0u8; w.len() + 1];
     w_odd[1..].copy_from_slice(w);
@@ -405,6 +395,32 @@ fn check_gemm(ty: GgmlType, w: &[u8], n: usize, k: usize, x: &[f32], m: usize, w
         }
         check_repacked(kern, ty, w, n, k, &act, m, &want, what);
     }
+}
+
+/// `want[c·n + r]`: the scalar `vec_dot` of weight row `r` and activation row `c` (the
+/// reference every kernel must equal bit for bit).
+fn reference_products(
+    ty: GgmlType,
+    k: usize,
+    w: &[u8],
+    n: usize,
+    act: &[u8],
+    m: usize,
+) -> Vec<f32> {
+    let w_rb = row_bytes(ty, k).unwrap();
+    let a_rb = row_bytes(ty.vec_dot_type(), k).unwrap();
+    let mut want = vec![0f32; m * n];
+    for c in 0..m {
+        for r in 0..n {
+            want[c * n + r] = formats::vec_dot(
+                ty,
+                k,
+                &w[r * w_rb..(r + 1) * w_rb],
+                &act[c * a_rb..(c + 1) * a_rb],
+            );
+        }
+    }
+    want
 }
 
 /// The same product on the ×16 repacked layout (Q4_0, Q8_0): all rows, and the rows from the
@@ -543,7 +559,6 @@ fn hand_made_q8_k_bytes_match_reference_exactly() {
     for ty in [GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K] {
         let (n, k, m) = (18, 512, 9);
         let w = random_weights(&mut rng, ty, n, k);
-        let w_rb = row_bytes(ty, k).unwrap();
         let a_rb = row_bytes(GgmlType::Q8_K, k).unwrap();
         let mut act = vec![0u8; m * a_rb];
         let x = noise(&mut rng, m * k, 32);
@@ -558,17 +573,7 @@ fn hand_made_q8_k_bytes_match_reference_exactly() {
                 let blk = 4 * a_rb + 292;
                 act[blk + 260 + 4..blk + 260 + 8].copy_from_slice(&[0x30, 0x75, 0x30, 0x75]);
             }
-            let mut want = vec![0f32; m * n];
-            for c in 0..m {
-                for r in 0..n {
-                    want[c * n + r] = formats::vec_dot(
-                        ty,
-                        k,
-                        &w[r * w_rb..(r + 1) * w_rb],
-                        &act[c * a_rb..(c + 1) * a_rb],
-                    );
-                }
-            }
+            let want = reference_products(ty, k, &w, n, &act, m);
             for kern in levels() {
                 let mut got = vec![f32::NAN; m * n];
                 kern.gemm(ty, k, &w, n, &act, m, &mut got).unwrap();

@@ -86,119 +86,45 @@ fn split_head(ty: GgmlType) -> Option<usize> {
     matches!(ty, GgmlType::Q4_0 | GgmlType::Q8_0).then_some(2)
 }
 
-fn gemv_kernel(w: &DeviceWeight) -> &'static str {
+/// The GEMV kernel for F32 / F16 / BF16 weights (f32 activations).
+fn gemv_float_kernel(ty: GgmlType) -> &'static str {
     use GgmlType::*;
-    match w.ty {
-        Q4_0 if w.split => "gemv_q4_0s_q8_1",
-        Q8_0 if w.split => "gemv_q8_0s_q8_1",
+    match ty {
         F32 => "gemv_f32",
         F16 => "gemv_f16",
         BF16 => "gemv_bf16",
-        Q4_0 => "gemv_q4_0_q8_1",
-        Q4_1 => "gemv_q4_1_q8_1",
-        Q5_0 => "gemv_q5_0_q8_1",
-        Q5_1 => "gemv_q5_1_q8_1",
-        Q8_0 => "gemv_q8_0_q8_1",
-        Q4_K => "gemv_q4_k_q8_1",
-        Q5_K => "gemv_q5_k_q8_1",
-        Q6_K => "gemv_q6_k_q8_1",
-        _ => unreachable!("checked by is_supported_weight"),
+        _ => unreachable!("float weights only"),
     }
 }
 
-/// The variants of each quantized GEMV kernel (gemv.cu), indexed like [`GemvVariant::ALL`].
-const GEMV_VARIANTS: [(&str, [&str; 4]); 10] = [
-    (
-        "gemv_q4_0_q8_1",
-        [
-            "gemv_q4_0_q8_1",
-            "gemv_q4_0_q8_1_r2",
-            "gemv_q4_0_q8_1_u2",
-            "gemv_q4_0_q8_1_r2_u2",
-        ],
-    ),
-    (
-        "gemv_q4_1_q8_1",
-        [
-            "gemv_q4_1_q8_1",
-            "gemv_q4_1_q8_1_r2",
-            "gemv_q4_1_q8_1_u2",
-            "gemv_q4_1_q8_1_r2_u2",
-        ],
-    ),
-    (
-        "gemv_q5_0_q8_1",
-        [
-            "gemv_q5_0_q8_1",
-            "gemv_q5_0_q8_1_r2",
-            "gemv_q5_0_q8_1_u2",
-            "gemv_q5_0_q8_1_r2_u2",
-        ],
-    ),
-    (
-        "gemv_q5_1_q8_1",
-        [
-            "gemv_q5_1_q8_1",
-            "gemv_q5_1_q8_1_r2",
-            "gemv_q5_1_q8_1_u2",
-            "gemv_q5_1_q8_1_r2_u2",
-        ],
-    ),
-    (
-        "gemv_q8_0_q8_1",
-        [
-            "gemv_q8_0_q8_1",
-            "gemv_q8_0_q8_1_r2",
-            "gemv_q8_0_q8_1_u2",
-            "gemv_q8_0_q8_1_r2_u2",
-        ],
-    ),
-    (
-        "gemv_q4_0s_q8_1",
-        [
-            "gemv_q4_0s_q8_1",
-            "gemv_q4_0s_q8_1_r2",
-            "gemv_q4_0s_q8_1_u2",
-            "gemv_q4_0s_q8_1_r2_u2",
-        ],
-    ),
-    (
-        "gemv_q8_0s_q8_1",
-        [
-            "gemv_q8_0s_q8_1",
-            "gemv_q8_0s_q8_1_r2",
-            "gemv_q8_0s_q8_1_u2",
-            "gemv_q8_0s_q8_1_r2_u2",
-        ],
-    ),
-    (
-        "gemv_q4_k_q8_1",
-        [
-            "gemv_q4_k_q8_1",
-            "gemv_q4_k_q8_1_r2",
-            "gemv_q4_k_q8_1_u2",
-            "gemv_q4_k_q8_1_r2_u2",
-        ],
-    ),
-    (
-        "gemv_q5_k_q8_1",
-        [
-            "gemv_q5_k_q8_1",
-            "gemv_q5_k_q8_1_r2",
-            "gemv_q5_k_q8_1_u2",
-            "gemv_q5_k_q8_1_r2_u2",
-        ],
-    ),
-    (
-        "gemv_q6_k_q8_1",
-        [
-            "gemv_q6_k_q8_1",
-            "gemv_q6_k_q8_1_r2",
-            "gemv_q6_k_q8_1_u2",
-            "gemv_q6_k_q8_1_r2_u2",
-        ],
-    ),
-];
+/// The quantized GEMV kernels of `w` (gemv.cu), one per variant, in the order of
+/// [`GemvVariant::ALL`].
+fn gemv_quantized_kernels(w: &DeviceWeight) -> [&'static str; 4] {
+    macro_rules! variants {
+        ($base:literal) => {
+            [
+                $base,
+                concat!($base, "_r2"),
+                concat!($base, "_u2"),
+                concat!($base, "_r2_u2"),
+            ]
+        };
+    }
+    use GgmlType::*;
+    match w.ty {
+        Q4_0 if w.split => variants!("gemv_q4_0s_q8_1"),
+        Q8_0 if w.split => variants!("gemv_q8_0s_q8_1"),
+        Q4_0 => variants!("gemv_q4_0_q8_1"),
+        Q4_1 => variants!("gemv_q4_1_q8_1"),
+        Q5_0 => variants!("gemv_q5_0_q8_1"),
+        Q5_1 => variants!("gemv_q5_1_q8_1"),
+        Q8_0 => variants!("gemv_q8_0_q8_1"),
+        Q4_K => variants!("gemv_q4_k_q8_1"),
+        Q5_K => variants!("gemv_q5_k_q8_1"),
+        Q6_K => variants!("gemv_q6_k_q8_1"),
+        _ => unreachable!("quantized weights checked by is_supported_weight"),
+    }
+}
 
 /// How a quantized GEMV kernel walks its matrix: weight rows per warp (1 or 2: each activation
 /// load serves that many rows, at the cost of fewer warps in flight) and 32-element groups per
@@ -697,7 +623,7 @@ impl Device {
         if is_float(w.ty) {
             assert!(residual.is_none(), "checked by gemv_q8_1_residual");
             return self.launch(
-                gemv_kernel(w),
+                gemv_float_kernel(w.ty),
                 (blocks(w.rows, GEMV_WARPS as usize)?, 1, 1),
                 (32, GEMV_WARPS, 1),
                 &[
@@ -711,18 +637,10 @@ impl Device {
                 ],
             );
         }
-        let (kernel, rows) = {
-            let v = self
-                .forced_gemv_variant()
-                .unwrap_or_else(|| gemv_variant(w));
-            let base = gemv_kernel(w);
-            let names = GEMV_VARIANTS
-                .iter()
-                .find(|(b, _)| *b == base)
-                .expect("every quantized GEMV has its variants")
-                .1;
-            (names[v.index()], v.rows)
-        };
+        let v = self
+            .forced_gemv_variant()
+            .unwrap_or_else(|| gemv_variant(w));
+        let (kernel, rows) = (gemv_quantized_kernels(w)[v.index()], v.rows);
         let (add0, add1) = residual.map_or((Arg::Ptr(0), Arg::Ptr(0)), |(a, b)| (a.arg(), b.arg()));
         self.launch(
             kernel,
@@ -816,39 +734,6 @@ impl Device {
         let x16 = scratch.get(self, n16 * 2)?.slice::<u16>().range(0, n16);
         self.convert_f32_f16_pad(x, k, k, m, x16, ldx)?;
         self.gemm(w, x16, ldx, m, bias, y)
-    }
-
-    /// [`Device::matmul`] of several weights over the same activations `x` (`m` rows of `k`):
-    /// `outs` holds (weights, bias, y) triples. For decode the activations are quantized once
-    /// for every quantized matrix with `k` columns, which saves a launch per extra matrix.
-    #[allow(clippy::type_complexity)]
-    pub fn matmul_shared(
-        &self,
-        x: DevSlice<'_, f32>,
-        m: usize,
-        outs: &[(&DeviceWeight, Option<DevSlice<'_, f32>>, DevSlice<'_, f32>)],
-        scratch: &mut Scratch,
-    ) -> Result<(), CudaError> {
-        let Some(&(first, _, _)) = outs.first() else {
-            return Ok(());
-        };
-        let k = first.cols;
-        let shared =
-            m <= GEMV_MAX_COLS && outs.iter().all(|(w, _, _)| w.cols == k && !is_float(w.ty));
-        if !shared {
-            for &(w, bias, y) in outs {
-                self.matmul(w, x, m, bias, y, scratch)?;
-            }
-            return Ok(());
-        }
-        need(&x, m * k, "matmul: x")?;
-        let bytes = q8_1_bytes(k, m);
-        let xq = scratch.get(self, bytes)?.slice::<u8>().range(0, bytes);
-        self.quantize_q8_1(x, k, k, m, xq)?;
-        for &(w, bias, y) in outs {
-            self.gemv_q8_1(w, xq, m, bias, y)?;
-        }
-        Ok(())
     }
 
     /// LayerNorm of every row (see [`Rows`]): `y = (x − mean)/√(var + eps)·w + b`. `y` uses the

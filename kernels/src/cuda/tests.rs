@@ -512,50 +512,6 @@ fn matmul_agrees_with_the_cpu_matmul_on_both_paths() {
 }
 
 #[test]
-fn matmul_shared_equals_separate_matmuls() {
-    // decode (one quantization of x for both), a batch on the GEMM path, and float weights
-    let k = 256;
-    for (ty, m) in [
-        (GgmlType::Q4_0, 1),
-        (GgmlType::Q4_K, 3),
-        (GgmlType::Q8_0, 12),
-        (GgmlType::F16, 2),
-    ] {
-        let (n1, n2) = (40, 24);
-        let w1 = quantize(ty, &test_data(n1 * k, 32, 21));
-        let w2 = quantize(ty, &test_data(n2 * k, 32, 22));
-        let x = test_data(m * k, 16, 23);
-        let bias = test_data(n2, 4, 24);
-        on_backends(|name, dev| {
-            let a = dev.upload_weight(ty, n1, k, &w1).unwrap();
-            let b = dev.upload_weight(ty, n2, k, &w2).unwrap();
-            let xb = dev.upload(&x).unwrap();
-            let bd = dev.upload(&bias).unwrap();
-            let (y1, y2) = (
-                dev.alloc(m * n1 * 4).unwrap(),
-                dev.alloc(m * n2 * 4).unwrap(),
-            );
-            let mut scratch = Scratch::new();
-            let (xs, bs) = (xb.slice::<f32>(), Some(bd.slice::<f32>()));
-            dev.matmul(&a, xs, m, None, y1.slice(), &mut scratch)
-                .unwrap();
-            dev.matmul(&b, xs, m, bs, y2.slice(), &mut scratch).unwrap();
-            let want = (
-                dev.to_vec(y1.slice::<f32>()).unwrap(),
-                dev.to_vec(y2.slice::<f32>()).unwrap(),
-            );
-            let outs = [(&a, None, y1.slice()), (&b, bs, y2.slice())];
-            dev.matmul_shared(xs, m, &outs, &mut scratch).unwrap();
-            let got = (
-                dev.to_vec(y1.slice::<f32>()).unwrap(),
-                dev.to_vec(y2.slice::<f32>()).unwrap(),
-            );
-            assert!(got == want, "{name}: matmul_shared {ty} m = {m}");
-        });
-    }
-}
-
-#[test]
 fn fused_decode_ops_equal_their_separate_launches() {
     // LayerNorm + quantization, GELU + quantization, GEMV + residual update: the same bits as
     // the separate kernels they replace in decode (runtime/src/cuda/phi2.rs)

@@ -530,20 +530,13 @@ impl CudaPhi2 {
         }
 
         // 2. attention branch: fused QKV projection, rows [q | k | v]; the MLP's up projection
-        // reads the same normalized input, so both run here (decode quantizes `h` once)
+        // reads the same normalized input, so both run here (fused decode quantizes `h` once)
         if fused {
             dev.gemv_q8_1(&layer.qkv, xq, t, opt_slice(&layer.qkv_b), qkv)?;
             dev.gemv_q8_1(&layer.ffn_up, xq, t, opt_slice(&layer.ffn_up_b), up)?;
         } else {
-            dev.matmul_shared(
-                h,
-                t,
-                &[
-                    (&layer.qkv, opt_slice(&layer.qkv_b), qkv),
-                    (&layer.ffn_up, opt_slice(&layer.ffn_up_b), up),
-                ],
-                scratch,
-            )?;
+            dev.matmul(&layer.qkv, h, t, opt_slice(&layer.qkv_b), qkv, scratch)?;
+            dev.matmul(&layer.ffn_up, h, t, opt_slice(&layer.ffn_up_b), up, scratch)?;
         }
         let q_part = qkv;
         let k_part = qkv.tail(e);
