@@ -530,15 +530,7 @@ impl Device {
         bias: Option<DevSlice<'_, f32>>,
         y: DevSlice<'_, f32>,
     ) -> Result<(), CudaError> {
-        if is_float(w.ty) {
-            return Err(shape(format!(
-                "gemv_q8_1: {} weights take f32 activations (gemv_f32_act)",
-                w.ty
-            )));
-        }
-        self.check_gemv(w, m, bias, y)?;
-        need(&xq, q8_1_bytes(w.cols, m), "gemv: quantized activations")?;
-        self.launch_gemv(w, xq.arg(), m, bias, None, y)
+        self.gemv_q8_1_checked("gemv_q8_1", w, xq, m, bias, None, y)
     }
 
     /// [`Device::gemv_q8_1`] followed by the residual update: `y = add0 + (add1 + (x·Wᵀ + bias))`
@@ -556,17 +548,33 @@ impl Device {
         add1: DevSlice<'_, f32>,
         y: DevSlice<'_, f32>,
     ) -> Result<(), CudaError> {
+        need(&add0, m * w.rows, "gemv: residual add0")?;
+        need(&add1, m * w.rows, "gemv: residual add1")?;
+        let residual = Some((add0, add1));
+        self.gemv_q8_1_checked("gemv_q8_1_residual", w, xq, m, bias, residual, y)
+    }
+
+    /// The checks and launch behind [`Device::gemv_q8_1`] and [`Device::gemv_q8_1_residual`].
+    #[allow(clippy::too_many_arguments)]
+    fn gemv_q8_1_checked(
+        &self,
+        what: &str,
+        w: &DeviceWeight,
+        xq: DevSlice<'_, u8>,
+        m: usize,
+        bias: Option<DevSlice<'_, f32>>,
+        residual: Option<(DevSlice<'_, f32>, DevSlice<'_, f32>)>,
+        y: DevSlice<'_, f32>,
+    ) -> Result<(), CudaError> {
         if is_float(w.ty) {
             return Err(shape(format!(
-                "gemv_q8_1_residual: {} weights take f32 activations",
+                "{what}: {} weights take f32 activations (gemv_f32_act)",
                 w.ty
             )));
         }
         self.check_gemv(w, m, bias, y)?;
         need(&xq, q8_1_bytes(w.cols, m), "gemv: quantized activations")?;
-        need(&add0, m * w.rows, "gemv: residual add0")?;
-        need(&add1, m * w.rows, "gemv: residual add1")?;
-        self.launch_gemv(w, xq.arg(), m, bias, Some((add0, add1)), y)
+        self.launch_gemv(w, xq.arg(), m, bias, residual, y)
     }
 
     /// [`Device::gemv_q8_1`] for F32 / F16 / BF16 weights with f32 activations `x` (`m × k`).
