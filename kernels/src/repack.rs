@@ -66,8 +66,8 @@ pub const Q6K_RECORD: usize = 3360;
 /// - `192..320`: sub-block mins — for `j` in 0..8, 16 bytes `m[j]` per row;
 /// - `320..2368`: values — for `c` in 0..4 and class `l` in 0..8, 64 bytes: lane `r` holds row
 ///   `r`'s `qs[32c + l + {0, 8, 16, 24}]`, whose low nibbles are elements `l + {0,8,16,24}` of
-///   sub-block `2c` and whose high nibbles are those of sub-block `2c + 1` (the mod-8 classes
-///   of ggml's generic dot product).
+///   sub-block `2c` and whose high nibbles are those of sub-block `2c + 1` (mod-8 classes: the
+///   order the AVX-512 kernels' packed chunks share with this layout).
 pub const Q4K_RECORD: usize = 2368;
 
 /// Bytes of one Q5_Kx16 super-block record for 16 rows: a [`Q4K_RECORD`] of the values' low

@@ -4,8 +4,10 @@
 //! (`quantize_row_*_ref`, gguf.md §5.3/§5.4), every dequantizer to ggml's `dequantize_row_*`, and
 //! the quantized dot products follow ggml's scalar `ggml_vec_dot_*_generic` kernels (integer sums
 //! inside a block, then f32 scale arithmetic in the same order), so their results are
-//! bit-identical too. `kernels/tests/formats_vectors.rs` checks all of this against vectors made
-//! by gguf-py and by ggml's own C code (scripts/gen_quant_vectors.py).
+//! bit-identical too. The one exception: the K-quant dots add one f32 term per super-block
+//! where ggml's add eight (see [`q4_k`]'s `KDotAccumulator`), which differs from ggml by f32
+//! rounding only. `kernels/tests/formats_vectors.rs` checks all of this against vectors made by
+//! gguf-py and by ggml's own C code (scripts/gen_quant_vectors.py).
 //!
 //! The typed functions in the per-format modules take block slices and panic on mismatched
 //! lengths (a caller bug). The type-erased entry points ([`quantize_row`], [`dequantize_row`],

@@ -146,58 +146,60 @@ pub fn dequantize_row_q4_k(src: &[Q4_KBlock], dst: &mut [f32]) {
     }
 }
 
-/// The final reduction of ggml's generic K-quant dot products: eight f32 lane sums
-/// (`sums[l] += d·aux32[l]` per super-block), minus the per-block min terms, added at the end.
+/// The f32 part of the K-quant dot products. Per super-block, one exact integer dot `isum`
+/// (every sub-block's dot times its scale) is added as `(d·d_a)·isum` to one f32 sum and the min
+/// term `(dmin·d_a)·Σ m·B` is subtracted from another; the two are added at the end.
+///
+/// ggml's generic kernels keep eight f32 sums instead, one per lane class (element index mod 8).
+/// The integer parts are the same, so the two orders differ only in f32 rounding, a few ulps of
+/// the sum of the terms' magnitudes. This order is the one every SIMD kernel can follow in its
+/// natural lane order, at one f32 multiply-add per super-block (ggml's needs eight, and its lane
+/// classes cost a reordering or eight integer accumulators per row).
 pub(crate) struct KDotAccumulator {
-    sums: [f32; 8],
-    sumf: f32,
+    sum: f32,
+    mins: f32,
 }
 
 impl KDotAccumulator {
     pub(crate) fn new() -> KDotAccumulator {
         KDotAccumulator {
-            sums: [0.0; 8],
-            sumf: 0.0,
+            sum: 0.0,
+            mins: 0.0,
         }
     }
 
-    /// Adds one super-block: `aux32` holds the scaled integer dots per lane (element index mod 8).
-    pub(crate) fn add(&mut self, d: f32, aux32: &[i32; 8]) {
-        for (s, &a) in self.sums.iter_mut().zip(aux32) {
-            *s += d * a as f32;
-        }
+    /// Adds one super-block's scaled integer dot.
+    pub(crate) fn add(&mut self, d: f32, isum: i32) {
+        self.sum += d * isum as f32;
     }
 
     pub(crate) fn sub_min(&mut self, dmin: f32, sumi: i32) {
-        self.sumf -= dmin * sumi as f32;
+        self.mins -= dmin * sumi as f32;
     }
 
     pub(crate) fn finish(self) -> f32 {
-        let mut sumf = self.sumf;
-        for s in self.sums {
-            sumf += s;
-        }
-        sumf
+        self.mins + self.sum
     }
 }
 
-/// Lane sums `aux32[l] = Σ_{i ≡ l (mod 8)} scale(i)·q8[i]·a[i]` where the scale changes every
-/// `group` elements (32 for Q4_K/Q5_K, 16 for Q6_K): the integer part of ggml's generic kernels.
+/// `Σ_g scale(g)·Σ_{i in group g} q8[i]·a[i]` over the groups of `group` elements (32 for
+/// Q4_K/Q5_K, 16 for Q6_K): the integer part of a super-block's dot, exact in any order.
 #[inline]
-pub(crate) fn lane_dots(
+pub(crate) fn scaled_dot(
     a: &[i8; QK_K],
     q8: &[i8; QK_K],
     scale: impl Fn(usize) -> i32,
     group: usize,
-) -> [i32; 8] {
-    let mut aux32 = [0i32; 8];
+) -> i32 {
+    let mut isum = 0i32;
     for g in 0..QK_K / group {
-        let s = scale(g);
+        let mut dot = 0i32;
         for i in group * g..group * (g + 1) {
-            aux32[i % 8] += s * (q8[i] as i32 * a[i] as i32);
+            dot += q8[i] as i32 * a[i] as i32;
         }
+        isum += scale(g) * dot;
     }
-    aux32
+    isum
 }
 
 /// The 8 six-bit mins of a Q4_K/Q5_K block times Q8_K's 16-element sums (`Σ bsums[j]·m[j/2]`).
@@ -210,8 +212,9 @@ pub(crate) fn min_dot(scales: &[u8; K_SCALE_SIZE], bsums: &[i16; 16]) -> i32 {
     sumi
 }
 
-/// ggml's `ggml_vec_dot_q4_K_q8_K_generic`: integer dots per sub-block scaled by the 6-bit
-/// scales, one f32 multiply per lane and super-block, mins through Q8_K's `bsums`.
+/// Q4_K × Q8_K: integer dots per sub-block scaled by the 6-bit scales, one f32 multiply per
+/// super-block, mins through Q8_K's `bsums` (ggml's `ggml_vec_dot_q4_K_q8_K_generic` up to the
+/// f32 order, see [`KDotAccumulator`]).
 ///
 /// # Panics
 /// If the rows differ in block count.
@@ -227,8 +230,8 @@ pub fn vec_dot_q4_k_q8_k(w: &[Q4_KBlock], a: &[Q8_KBlock]) -> f32 {
             }
         }
         let sumi = min_dot(&x.scales, &y.bsums);
-        let aux32 = lane_dots(&q, &y.qs, |j| get_scale_min_k4(j, &x.scales).0 as i32, 32);
-        acc.add(fp16_to_fp32(x.d) * y.d, &aux32);
+        let isum = scaled_dot(&q, &y.qs, |j| get_scale_min_k4(j, &x.scales).0 as i32, 32);
+        acc.add(fp16_to_fp32(x.d) * y.d, isum);
         acc.sub_min(fp16_to_fp32(x.dmin) * y.d, sumi);
     }
     acc.finish()

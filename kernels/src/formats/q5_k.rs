@@ -4,7 +4,7 @@ use bytemuck::{Pod, Zeroable};
 use half::f16;
 
 use super::k_common::{get_scale_min_k4, K_SCALE_SIZE};
-use super::q4_k::{lane_dots, min_dot, quantize_superblock_qkx, KDotAccumulator};
+use super::q4_k::{min_dot, quantize_superblock_qkx, scaled_dot, KDotAccumulator};
 use super::q8_k::Q8_KBlock;
 use super::rounding::fp16_to_fp32;
 use crate::types::QK_K;
@@ -88,7 +88,8 @@ pub fn dequantize_row_q5_k(src: &[Q5_KBlock], dst: &mut [f32]) {
     }
 }
 
-/// ggml's `ggml_vec_dot_q5_K_q8_K_generic` (same structure as Q4_K's).
+/// Q5_K × Q8_K, the same order as [`super::q4_k::vec_dot_q4_k_q8_k`] (ggml's
+/// `ggml_vec_dot_q5_K_q8_K_generic` up to the f32 order).
 ///
 /// # Panics
 /// If the rows differ in block count.
@@ -98,8 +99,8 @@ pub fn vec_dot_q5_k_q8_k(w: &[Q5_KBlock], a: &[Q8_KBlock]) -> f32 {
     for (x, y) in w.iter().zip(a) {
         let q = unpack(x);
         let sumi = min_dot(&x.scales, &y.bsums);
-        let aux32 = lane_dots(&q, &y.qs, |j| get_scale_min_k4(j, &x.scales).0 as i32, 32);
-        acc.add(fp16_to_fp32(x.d) * y.d, &aux32);
+        let isum = scaled_dot(&q, &y.qs, |j| get_scale_min_k4(j, &x.scales).0 as i32, 32);
+        acc.add(fp16_to_fp32(x.d) * y.d, isum);
         acc.sub_min(fp16_to_fp32(x.dmin) * y.d, sumi);
     }
     acc.finish()

@@ -5,7 +5,7 @@ use bytemuck::{Pod, Zeroable};
 use half::f16;
 
 use super::k_common::make_qx_quants_rmse1;
-use super::q4_k::{lane_dots, KDotAccumulator};
+use super::q4_k::{scaled_dot, KDotAccumulator};
 use super::q8_k::Q8_KBlock;
 use super::rounding::{fp16_to_fp32, fp32_to_fp16, nearest_int, GROUP_MAX_EPS};
 use crate::types::QK_K;
@@ -119,8 +119,9 @@ pub fn dequantize_row_q6_k(src: &[Q6_KBlock], dst: &mut [f32]) {
     }
 }
 
-/// ggml's `ggml_vec_dot_q6_K_q8_K_generic`: integer dots per 16-element sub-block scaled by the
-/// int8 scales, one f32 multiply per lane and super-block.
+/// Q6_K × Q8_K: integer dots per 16-element sub-block scaled by the int8 scales, one f32
+/// multiply per super-block (ggml's `ggml_vec_dot_q6_K_q8_K_generic` up to the f32 order, see
+/// [`super::q4_k::KDotAccumulator`]).
 ///
 /// # Panics
 /// If the rows differ in block count.
@@ -129,8 +130,8 @@ pub fn vec_dot_q6_k_q8_k(w: &[Q6_KBlock], a: &[Q8_KBlock]) -> f32 {
     let mut acc = KDotAccumulator::new();
     for (x, y) in w.iter().zip(a) {
         let q = unpack(x);
-        let aux32 = lane_dots(&q, &y.qs, |j| x.scales[j] as i32, 16);
-        acc.add(fp16_to_fp32(x.d) * y.d, &aux32);
+        let isum = scaled_dot(&q, &y.qs, |j| x.scales[j] as i32, 16);
+        acc.add(fp16_to_fp32(x.d) * y.d, isum);
     }
     acc.finish()
 }

@@ -5,8 +5,9 @@
 //!
 //! The 32-element formats compute each (row, block) integer dot with SDOT and an across-lanes
 //! add, then do the scale arithmetic in scalar f32 in the reference's order (bit-identical). The
-//! K-quants reorder bytes with `tbl` so each i32 lane collects the elements `≡ l (mod 8)` like
-//! the reference's lane sums (bit-identical). Float weights use the scalar reference.
+//! K-quants scale each sub-block's SDOT lanes, add all lanes of a super-block into one exact
+//! integer and then follow the reference's f32 steps (bit-identical). Float weights use the
+//! scalar reference.
 
 use core::arch::aarch64::*;
 use core::arch::asm;
@@ -344,68 +345,49 @@ unsafe fn legacy_tile<F: Legacy>(t: &TileArgs) {
 
 const _: () = assert!(TILE_COLS == 4);
 
-/// `tbl` indices taking bytes `j, j+8, j+16, j+24` into i32 lane j of a 32-byte group (first
-/// half: lanes 0..4, second half: lanes 4..8).
-const MOD8_LO: [u8; 16] = [0, 8, 16, 24, 1, 9, 17, 25, 2, 10, 18, 26, 3, 11, 19, 27];
-const MOD8_HI: [u8; 16] = [4, 12, 20, 28, 5, 13, 21, 29, 6, 14, 22, 30, 7, 15, 23, 31];
-
-/// 32 bytes at `p` in mod-8 lane order.
+/// 32 bytes at `p` as two vectors (a 32-element group: two 16-element halves).
 #[inline(always)]
-unsafe fn mod8(p: *const u8) -> [uint8x16_t; 2] {
-    let t = uint8x16x2_t(vld1q_u8(p), vld1q_u8(p.add(16)));
-    [
-        vqtbl2q_u8(t, vld1q_u8(MOD8_LO.as_ptr())),
-        vqtbl2q_u8(t, vld1q_u8(MOD8_HI.as_ptr())),
-    ]
+unsafe fn load32(p: *const u8) -> [uint8x16_t; 2] {
+    [vld1q_u8(p), vld1q_u8(p.add(16))]
 }
 
-/// The reference's lane sums of one (row, activation) pair and super-block, and its min sums.
+/// The reference's two f32 sums (`formats::q4_k`'s `KDotAccumulator`) per (row, activation).
 struct KAcc<const NC: usize> {
-    sums: [[[f32; 8]; NC]; TILE_ROWS],
+    sums: [[f32; NC]; TILE_ROWS],
     mins: [[f32; NC]; TILE_ROWS],
 }
 
 impl<const NC: usize> KAcc<NC> {
     fn new() -> Self {
         KAcc {
-            sums: [[[0.0; 8]; NC]; TILE_ROWS],
+            sums: [[0.0; NC]; TILE_ROWS],
             mins: [[0.0; NC]; TILE_ROWS],
         }
     }
 
-    /// `sums[l] += d·aux[l]` for the eight lanes (two vectors).
+    /// `sum += d·isum`, `isum` the lanes of `aux` added (exact in i32).
     #[inline(always)]
     unsafe fn add(&mut self, r: usize, c: usize, d: f32, aux: [int32x4_t; 2]) {
-        let s = &mut self.sums[r][c];
-        let lo = vaddq_f32(vld1q_f32(s.as_ptr()), vmulq_n_f32(vcvtq_f32_s32(aux[0]), d));
-        let hi = vaddq_f32(
-            vld1q_f32(s.as_ptr().add(4)),
-            vmulq_n_f32(vcvtq_f32_s32(aux[1]), d),
-        );
-        vst1q_f32(s.as_mut_ptr(), lo);
-        vst1q_f32(s.as_mut_ptr().add(4), hi);
+        let isum = vaddvq_s32(vaddq_s32(aux[0], aux[1]));
+        self.sums[r][c] += d * isum as f32;
     }
 
     unsafe fn store(&self, t: &TileArgs) {
         for r in 0..t.nr {
             for c in 0..NC {
-                let mut s = self.mins[r][c];
-                for l in self.sums[r][c] {
-                    s += l;
-                }
-                *t.out.add(c * t.ldo + r) = s;
+                *t.out.add(c * t.ldo + r) = self.mins[r][c] + self.sums[r][c];
             }
         }
     }
 }
 
-/// Activation super-block `b` of row `c`: `d`, the 8 groups reordered, and the 16 sums.
+/// Activation super-block `b` of row `c`: `d`, the 8 groups of 32 values, and the 16 sums.
 #[inline(always)]
 unsafe fn k_act(t: &TileArgs, c: usize, b: usize) -> (f32, [[int8x16_t; 2]; 8], *const i16) {
     let ab = t.a.add(c * t.a_stride + b * 292);
     let mut q = [[vdupq_n_s8(0); 2]; 8];
     for (g, qg) in q.iter_mut().enumerate() {
-        let [lo, hi] = mod8(ab.add(4 + 32 * g));
+        let [lo, hi] = load32(ab.add(4 + 32 * g));
         *qg = [vreinterpretq_s8_u8(lo), vreinterpretq_s8_u8(hi)];
     }
     (
@@ -448,12 +430,12 @@ unsafe fn tile_q45_k_nc<const NC: usize>(t: &TileArgs, five_bits: bool) {
             let (sc, mins) = scales_mins_k4(wb.add(4));
             let mut q = [[vdupq_n_s8(0); 2]; 8];
             let qh = if five_bits {
-                mod8(wb.add(16))
+                load32(wb.add(16))
             } else {
                 [vdupq_n_u8(0); 2]
             };
             for ch in 0..4 {
-                let raw = mod8(wb.add(qs_off + 32 * ch));
+                let raw = load32(wb.add(qs_off + 32 * ch));
                 for h in 0..2 {
                     let mut lo = vandq_u8(raw[h], vdupq_n_u8(0x0f));
                     let mut hi = vshrq_n_u8::<4>(raw[h]);
@@ -490,8 +472,6 @@ unsafe fn tile_q45_k_nc<const NC: usize>(t: &TileArgs, five_bits: bool) {
 #[inline(always)]
 unsafe fn tile_q6_k_nc<const NC: usize>(t: &TileArgs) {
     let mut acc = KAcc::<NC>::new();
-    // in mod-8 order, bytes 0,1 of each i32 lane come from the group's first 16 elements
-    let first_sub = vreinterpretq_u8_u32(vdupq_n_u32(0x0000_ffff));
     for b in 0..t.nb {
         let mut acts = [(0f32, [[vdupq_n_s8(0); 2]; 8], core::ptr::null()); NC];
         for (c, a) in acts.iter_mut().enumerate() {
@@ -503,9 +483,9 @@ unsafe fn tile_q6_k_nc<const NC: usize>(t: &TileArgs) {
             let scales = core::slice::from_raw_parts(wb.add(192) as *const i8, 16);
             let mut q = [[vdupq_n_s8(0); 2]; 8];
             for hb in 0..2 {
-                let ql0 = mod8(wb.add(64 * hb));
-                let ql1 = mod8(wb.add(64 * hb + 32));
-                let qh = mod8(wb.add(128 + 32 * hb));
+                let ql0 = load32(wb.add(64 * hb));
+                let ql1 = load32(wb.add(64 * hb + 32));
+                let qh = load32(wb.add(128 + 32 * hb));
                 for h in 0..2 {
                     let m4 = vdupq_n_u8(0x0f);
                     let hbits = |shift_mask: u8| vandq_u8(qh[h], vdupq_n_u8(shift_mask));
@@ -523,13 +503,10 @@ unsafe fn tile_q6_k_nc<const NC: usize>(t: &TileArgs) {
             for (c, (yd, aq, _)) in acts.iter().enumerate() {
                 let mut aux = [vdupq_n_s32(0); 2];
                 for g in 0..8 {
-                    let (sa, sb) = (scales[2 * g] as i32, scales[2 * g + 1] as i32);
+                    // half h of group g is the 16-element sub-block 2g + h
                     for h in 0..2 {
-                        let qa =
-                            vreinterpretq_s8_u8(vandq_u8(vreinterpretq_u8_s8(q[g][h]), first_sub));
-                        let qb = vsubq_s8(q[g][h], qa);
-                        aux[h] = vmlaq_n_s32(aux[h], sdot(vdupq_n_s32(0), qa, aq[g][h]), sa);
-                        aux[h] = vmlaq_n_s32(aux[h], sdot(vdupq_n_s32(0), qb, aq[g][h]), sb);
+                        let dot = sdot(vdupq_n_s32(0), q[g][h], aq[g][h]);
+                        aux[h] = vmlaq_n_s32(aux[h], dot, scales[2 * g + h] as i32);
                     }
                 }
                 acc.add(r, c, d * yd, aux);

@@ -104,17 +104,8 @@ pub(crate) unsafe fn hsum_i8(v: __m256i) -> i32 {
     _mm_cvtsi128_si32(s) - 4096
 }
 
-/// Sum of the 8 i32 lanes.
-#[inline(always)]
-pub(crate) unsafe fn hsum_i32(v: __m256i) -> i32 {
-    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
-    let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
-    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01>(s));
-    _mm_cvtsi128_si32(s)
-}
-
 /// Reorders 32 bytes so that i32 lane `j` holds bytes `j, j+8, j+16, j+24`: every lane then
-/// collects the elements `≡ j (mod 8)`, the lanes of ggml's generic K-quant dot products.
+/// collects the elements `≡ j (mod 8)`: the class order of the K-quants' packed chunks.
 #[inline(always)]
 pub(crate) unsafe fn mod8_order(v: __m256i) -> __m256i {
     let v = _mm256_permutevar8x32_epi32(v, _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7));

@@ -1,16 +1,16 @@
 //! Packed GEMM for many activation rows with AVX-512 VNNI for the K-quants (Q4_K, Q5_K, Q6_K ×
-//! Q8_K), bit-identical to ggml's generic `vec_dot` (see `formats::q4_k`).
+//! Q8_K), bit-identical to the scalar `vec_dot` (see `formats::q4_k`).
 //!
-//! The reference keeps, per super-block, eight i32 lane sums `aux[l] = Σ sc(i)·q(i)·a(i)` over
-//! the elements `i ≡ l (mod 8)` (`sc(i)` the scale of `i`'s sub-block), adds `(d·d_a)·aux[l]` to
-//! eight f32 sums, subtracts the min term `(dmin·d_a)·Σ bsums·m` (Q4_K, Q5_K) from one more, and
-//! adds the eight sums to it at the end. Here a tile of 16 weight rows is unpacked once per chunk
-//! of a few super-blocks and transposed so that i32 lane `r` of every packed vector belongs to
-//! row `r`; each activation row is copied once per call into the matching order. Then a few
-//! VNNI instructions per class and sub-block, with the activation's bytes broadcast, add row
-//! `r`'s part of `aux[l]` to lane `r` of the class-`l` accumulator — no horizontal sums — and
-//! the f32 steps run lane-wise in the reference's order, so the results are the reference's
-//! bits (the integer sums are exact in any order).
+//! The reference takes, per super-block, one exact integer dot `isum = Σ sc(i)·q(i)·a(i)`
+//! (`sc(i)` the scale of `i`'s sub-block), adds `(d·d_a)·isum` to one f32 sum, subtracts the min
+//! term `(dmin·d_a)·Σ bsums·m` (Q4_K, Q5_K) from another, and adds the two at the end. Here a
+//! tile of 16 weight rows is unpacked once per chunk of a few super-blocks and transposed so that
+//! i32 lane `r` of every packed vector belongs to row `r`; each activation row is copied once per
+//! call into the matching order. Then a few VNNI instructions per class of 4 values (elements
+//! `≡ l (mod 8)`, the order the ×16 layouts of `repack.rs` share) and sub-block, with the
+//! activation's bytes broadcast, add row `r`'s part of `isum` to lane `r` of an accumulator — no
+//! horizontal sums — and the f32 steps run lane-wise in the reference's order, so the results
+//! are the reference's bits (the integer sums are exact in any order).
 //!
 //! - **Q4_K, Q5_K** (32-value sub-blocks, unsigned values): a lane holds 4 values of one class
 //!   and one sub-block. `vpdpbusd` gives their dot `D` (|D| < 2¹⁴); two sub-blocks' dots are
@@ -23,7 +23,7 @@
 //! `bsums`), 4 `vpdpwssd` of `(m_2k, m_2k+1)` lane pairs with `(B_2k, B_2k+1)`.
 //!
 //! Memory: a chunk of 16 rows × `KC` super-blocks (9–16 KiB) stays in L1 while every activation
-//! row of a group passes over it; the running f32 sums of each activation row (9 vectors) wait
+//! row of a group passes over it; the running f32 sums of each activation row (2 vectors) wait
 //! in a scratch buffer between chunks. Activation rows go in groups whose copies take at most
 //! [`GROUP_BYTES`] (in L2/L3 while all tiles pass); the chunks are packed again per group. The
 //! scratch (about `GROUP_BYTES` plus 40 KiB) is kept per thread between calls.
@@ -38,8 +38,8 @@ use crate::simd::GemmArgs;
 const ROWS: usize = 16;
 /// Bytes of a Q8_K block; its `d` at 0, `qs` at 4, `bsums` at 260.
 const A_BYTES: usize = 292;
-/// Running state per activation row: 8 class sums and the min term.
-const STATE: usize = 9;
+/// Running state per activation row: the sum and the min term.
+const STATE: usize = 2;
 /// Bytes of activation records per group of activation rows.
 const GROUP_BYTES: usize = 4 << 20;
 
@@ -82,9 +82,10 @@ pub(crate) trait KQuant {
     unsafe fn scale_vectors(sc: &[[u8; 8]; ROWS], out: *mut __m512i);
     /// Writes the `A_VECS` vectors of the Q8_K values at `qs`.
     unsafe fn activations(qs: *const u8, out: *mut __m512i);
-    /// `aux[c][l]`: lane `r` = the reference's `aux32[l]` of weight row `r` and activation `c`,
-    /// from a packed super-block `w` and activation vectors `a[c]`.
-    unsafe fn dots<const NC: usize>(w: *const __m512i, a: &[*const i32; NC]) -> [[__m512i; 8]; NC];
+    /// `isum[c]`: lane `r` = the reference's integer dot (scaled by the sub-block scales) of
+    /// weight row `r` and activation `c`, from a packed super-block `w` and activation vectors
+    /// `a[c]`.
+    unsafe fn dots<const NC: usize>(w: *const __m512i, a: &[*const i32; NC]) -> [__m512i; NC];
 }
 
 pub(crate) struct Q4K;
@@ -129,7 +130,7 @@ pub(crate) const PAIR_BIAS: i32 = 1 << 14;
 
 /// Q4_K / Q5_K layout: packed vector `16p + 8h + l` holds, in lane `r`, row `r`'s 4 values of
 /// class `l` in sub-block `j = 2p + h` (unsigned bytes); vector `64 + p` the lane pairs
-/// `(sc_2p, sc_2p+1)` and vector 68 `−2¹⁴·Σ_j sc_j`. Activations: the same dwords of the signed
+/// `(sc_2p, sc_2p+1)` and vector 68 `−8·2¹⁴·Σ_j sc_j` (the pair biases of all 8 classes). Activations: the same dwords of the signed
 /// values (each 32 in [`mod8_order`]).
 #[inline(always)]
 unsafe fn k4_scale_vectors(sc: &[[u8; 8]; ROWS], out: *mut __m512i) {
@@ -139,7 +140,7 @@ unsafe fn k4_scale_vectors(sc: &[[u8; 8]; ROWS], out: *mut __m512i) {
         for p in 0..4 {
             pairs[p][r] = s[2 * p] as i32 | (s[2 * p + 1] as i32) << 16;
         }
-        bias[r] = -PAIR_BIAS * s.iter().map(|&v| v as i32).sum::<i32>();
+        bias[r] = -8 * PAIR_BIAS * s.iter().map(|&v| v as i32).sum::<i32>();
     }
     for (p, v) in pairs.iter().enumerate() {
         out.add(p).write(_mm512_loadu_si512(v.as_ptr() as *const _));
@@ -163,14 +164,15 @@ unsafe fn k4_activations(qs: *const u8, out: *mut __m512i) {
 /// by 16 bits moves `2¹⁴ + D'` to the high i16 and an add puts `2¹⁴` in the low one, a second
 /// `vpdpbusd` adds `D` of `j` to the low one (`2¹⁴ + D`, still in 0..2¹⁵, so no carry), and
 /// `vpdpwssd` with the lane's `(sc_j, sc_j')` adds `sc_j·(2¹⁴ + D) + sc_j'·(2¹⁴ + D')`. The
-/// biases sum to `2¹⁴·Σ_j sc_j` per class, which the start value removes: three multiplies per
+/// biases sum to `2¹⁴·Σ_j sc_j` per class, which the start value removes for all 8 classes: three multiplies per
 /// 8 values instead of four, exact. (Shift and add, not one rotation: on Zen 4 a rotation
 /// takes a slot of the two pipes that run the multiplies, shifts and adds do not.)
 #[inline(always)]
-unsafe fn k4_dots<const NC: usize>(w: *const __m512i, a: &[*const i32; NC]) -> [[__m512i; 8]; NC] {
+unsafe fn k4_dots<const NC: usize>(w: *const __m512i, a: &[*const i32; NC]) -> [__m512i; NC] {
     let start = w.add(68).read();
     let bias = _mm512_set1_epi32(PAIR_BIAS);
-    let mut aux = [[start; 8]; NC];
+    // two sums per activation (even and odd classes): shorter dependency chains
+    let mut aux = [[start, _mm512_setzero_si512()]; NC];
     // an opaque trip count keeps LLVM from unrolling the four pairs: fully unrolled, its
     // schedule runs out of registers
     for p in 0..core::hint::black_box(4) {
@@ -184,11 +186,11 @@ unsafe fn k4_dots<const NC: usize>(w: *const __m512i, a: &[*const i32; NC]) -> [
                 let x = _mm512_dpbusd_epi32(bias, w_hi, a_hi);
                 let x = _mm512_add_epi32(_mm512_slli_epi32::<16>(x), bias);
                 let x = _mm512_dpbusd_epi32(x, w_lo, a_lo);
-                aux[c][l] = _mm512_dpwssd_epi32(aux[c][l], x, sc);
+                aux[c][l % 2] = _mm512_dpwssd_epi32(aux[c][l % 2], x, sc);
             }
         }
     }
-    aux
+    aux.map(|[e, o]| _mm512_add_epi32(e, o))
 }
 
 /// A Q4_K (`FIVE = false`) or Q5_K super-block's 256 values, unsigned, as 4 vectors of
@@ -248,7 +250,7 @@ macro_rules! k4_kquant {
             unsafe fn dots<const NC: usize>(
                 w: *const __m512i,
                 a: &[*const i32; NC],
-            ) -> [[__m512i; 8]; NC] {
+            ) -> [__m512i; NC] {
                 k4_dots::<NC>(w, a)
             }
         }
@@ -321,18 +323,25 @@ impl KQuant for Q6K {
     }
 
     #[inline(always)]
-    unsafe fn dots<const NC: usize>(w: *const __m512i, a: &[*const i32; NC]) -> [[__m512i; 8]; NC] {
-        let mut aux = [[_mm512_setzero_si512(); 8]; NC];
+    unsafe fn dots<const NC: usize>(w: *const __m512i, a: &[*const i32; NC]) -> [__m512i; NC] {
+        // four sums per activation (classes l mod 4): 128 dependent `vpdpwssd` in one sum
+        // would leave the multiply pipes waiting on their latency
+        let mut aux = [[_mm512_setzero_si512(); 4]; NC];
         for s in 0..16 {
             for l in 0..8 {
                 let wv = w.add(8 * s + l).read();
                 for c in 0..NC {
                     let av = _mm512_set1_epi32(a[c].add(8 * s + l).read());
-                    aux[c][l] = _mm512_dpwssd_epi32(aux[c][l], wv, av);
+                    aux[c][l % 4] = _mm512_dpwssd_epi32(aux[c][l % 4], wv, av);
                 }
             }
         }
-        aux
+        let mut isum = [_mm512_setzero_si512(); NC];
+        for c in 0..NC {
+            let [x0, x1, x2, x3] = aux[c];
+            isum[c] = _mm512_add_epi32(_mm512_add_epi32(x0, x1), _mm512_add_epi32(x2, x3));
+        }
+        isum
     }
 }
 
@@ -484,16 +493,14 @@ unsafe fn chunk_cols<F: KQuant, const NC: usize>(
     nr: usize,
 ) {
     let zf = _mm512_setzero_ps();
-    let mut sums = [[zf; 8]; NC];
+    let mut sums = [zf; NC];
     let mut mins = [zf; NC];
     let ci = c0 - gr.g0;
     if b0 > 0 {
         for c in 0..NC {
             let s = gr.state.add((ci + c) * STATE);
-            for l in 0..8 {
-                sums[c][l] = s.add(l).read();
-            }
-            mins[c] = s.add(8).read();
+            sums[c] = s.read();
+            mins[c] = s.add(1).read();
         }
     }
     for b in 0..nbc {
@@ -521,29 +528,21 @@ unsafe fn chunk_cols<F: KQuant, const NC: usize>(
                 let dm = _mm512_mul_ps(ch.dmin.add(b).read(), da);
                 mins[c] = _mm512_sub_ps(mins[c], _mm512_mul_ps(dm, _mm512_cvtepi32_ps(sumi)));
             }
-            // sums[l] += (d·d_a)·aux[l]
+            // sum += (d·d_a)·isum
             let dd = _mm512_mul_ps(dw, da);
-            for l in 0..8 {
-                let p = _mm512_mul_ps(dd, _mm512_cvtepi32_ps(aux[c][l]));
-                sums[c][l] = _mm512_add_ps(sums[c][l], p);
-            }
+            sums[c] = _mm512_add_ps(sums[c], _mm512_mul_ps(dd, _mm512_cvtepi32_ps(aux[c])));
         }
     }
     if b0 + nbc < t.nb {
         for c in 0..NC {
             let s = gr.state.add((ci + c) * STATE);
-            for l in 0..8 {
-                s.add(l).write(sums[c][l]);
-            }
-            s.add(8).write(mins[c]);
+            s.write(sums[c]);
+            s.add(1).write(mins[c]);
         }
     } else {
         let mask: __mmask16 = if nr >= ROWS { 0xffff } else { (1u16 << nr) - 1 };
         for c in 0..NC {
-            let mut total = mins[c];
-            for l in 0..8 {
-                total = _mm512_add_ps(total, sums[c][l]);
-            }
+            let total = _mm512_add_ps(mins[c], sums[c]);
             _mm512_mask_storeu_ps(t.out.add((c0 + c) * t.ldo + r0), mask, total);
         }
     }

@@ -265,20 +265,11 @@ unsafe fn prepare_q8k6(t: &GemmArgs) -> Vec<Q8KPrepared6> {
         .collect()
 }
 
-/// The end of ggml's generic K-quant dot for 16 rows: `sumf + sums[0] + … + sums[7]`, stored
-/// for activation row `c` and weight rows `r0..r0+nr`.
+/// The end of the reference K-quant dot for 16 rows: `mins + sum`, stored for activation row
+/// `c` and weight rows `r0..r0+nr`.
 #[inline(always)]
-unsafe fn store_class_sums(
-    t: &GemmArgs,
-    mut sumf: __m512,
-    sums: &[__m512; 8],
-    c: usize,
-    r0: usize,
-    nr: usize,
-) {
-    for s in sums {
-        sumf = _mm512_add_ps(sumf, *s);
-    }
+unsafe fn store_k_sums(t: &GemmArgs, mins: __m512, sum: __m512, c: usize, r0: usize, nr: usize) {
+    let sumf = _mm512_add_ps(mins, sum);
     let keep: __mmask16 = if nr >= GROUP_ROWS {
         0xffff
     } else {
@@ -322,9 +313,10 @@ unsafe fn k4_chunk_values<const FIVE: bool>(
 }
 
 /// One activation row against one Q4_Kx16 (or, with `FIVE`, Q5_Kx16) group (rows
-/// `r0..r0+nr`), in ggml's generic order: per row, eight f32 class sums
-/// `sums[l] += (d·d_a)·aux[l]` and `sumf −= (dmin·d_a)·Σ m·B`, then
-/// `sumf + sums[0] + … + sums[7]`; the integer parts are exact in any order.
+/// `r0..r0+nr`), in the reference's order: per row `sum += (d·d_a)·isum` and
+/// `mins −= (dmin·d_a)·Σ m·B`, then `mins + sum`. Per record chunk `(c, l)`, two `vpdpbusd` add
+/// the class-`l` parts of sub-blocks `2c` and `2c + 1` to their dots (i32: a sub-block's dot
+/// reaches 32·31·128); each dot is scaled once, with `vpmulld`.
 #[inline(always)]
 unsafe fn k4_direct<const FIVE: bool>(
     t: &GemmArgs,
@@ -336,8 +328,8 @@ unsafe fn k4_direct<const FIVE: bool>(
 ) {
     use crate::repack::{Q4K_RECORD, Q5K_RECORD};
     let record = if FIVE { Q5K_RECORD } else { Q4K_RECORD };
-    let mut sums = [_mm512_setzero_ps(); 8];
-    let mut sumf = _mm512_setzero_ps();
+    let mut sum = _mm512_setzero_ps();
+    let mut mins = _mm512_setzero_ps();
     for (b, ab) in a.iter().enumerate() {
         let rec = group.add(b * record);
         let ahead = rec.wrapping_add(PREFETCH_BYTES);
@@ -350,22 +342,24 @@ unsafe fn k4_direct<const FIVE: bool>(
                 _mm_prefetch::<_MM_HINT_T1>(bits as *const i8);
             }
         }
-        let mut aux = [_mm512_setzero_si512(); 8];
+        let mut isum = _mm512_setzero_si512();
         for c in 0..4 {
             // lane r: (sc[2c], sc[2c+1]) of row r as two i16
             let sc =
                 _mm512_cvtepu8_epi16(_mm256_loadu_si256(rec.add(64 + 32 * c) as *const __m256i));
+            let mut d_lo = _mm512_setzero_si512();
+            let mut d_hi = _mm512_setzero_si512();
             for l in 0..8 {
                 let chunk = rec.add(320 + (c * 8 + l) * 64);
                 _mm_prefetch::<_MM_HINT_T1>(chunk.wrapping_add(PREFETCH_BYTES) as *const i8);
                 let (lo, hi) = k4_chunk_values::<FIVE>(rec, c, l);
-                let zero = _mm512_setzero_si512();
-                let d_lo = _mm512_dpbusd_epi32(zero, lo, _mm512_set1_epi32(ab.qs[16 * c + l]));
-                let d_hi = _mm512_dpbusd_epi32(zero, hi, _mm512_set1_epi32(ab.qs[16 * c + 8 + l]));
-                // |d| ≤ 4·31·128 fits i16: low half d_lo, high half d_hi, one i16-pair multiply
-                let pair = _mm512_mask_mov_epi16(d_lo, 0xAAAA_AAAA, _mm512_slli_epi32::<16>(d_hi));
-                aux[l] = _mm512_dpwssd_epi32(aux[l], pair, sc);
+                d_lo = _mm512_dpbusd_epi32(d_lo, lo, _mm512_set1_epi32(ab.qs[16 * c + l]));
+                d_hi = _mm512_dpbusd_epi32(d_hi, hi, _mm512_set1_epi32(ab.qs[16 * c + 8 + l]));
             }
+            let sc_lo = _mm512_and_si512(sc, _mm512_set1_epi32(0xffff));
+            let sc_hi = _mm512_srli_epi32::<16>(sc);
+            isum = _mm512_add_epi32(isum, _mm512_mullo_epi32(d_lo, sc_lo));
+            isum = _mm512_add_epi32(isum, _mm512_mullo_epi32(d_hi, sc_hi));
         }
         let mut summ = _mm512_setzero_si512();
         for j in 0..8 {
@@ -381,19 +375,17 @@ unsafe fn k4_direct<const FIVE: bool>(
             _mm512_cvtph_ps(_mm256_loadu_si256(rec.add(32) as *const __m256i)),
             da,
         );
-        for l in 0..8 {
-            sums[l] = _mm512_add_ps(sums[l], _mm512_mul_ps(dd, _mm512_cvtepi32_ps(aux[l])));
-        }
-        sumf = _mm512_sub_ps(sumf, _mm512_mul_ps(dm, _mm512_cvtepi32_ps(summ)));
+        sum = _mm512_add_ps(sum, _mm512_mul_ps(dd, _mm512_cvtepi32_ps(isum)));
+        mins = _mm512_sub_ps(mins, _mm512_mul_ps(dm, _mm512_cvtepi32_ps(summ)));
     }
-    store_class_sums(t, sumf, &sums, c0, r0, nr);
+    store_k_sums(t, mins, sum, c0, r0, nr);
 }
 
 /// Super-blocks `b0..b0 + nbc` of a Q4_Kx16 group as a chunk of the file layout's packed GEMM
 /// (`packed_kquant`, Q4_K): a record chunk `(c, l)` already holds, per lane, the class-`l`
 /// values of sub-blocks `2c` (low nibbles) and `2c + 1` (high nibbles), which are the packed
 /// vectors `16c + l` and `16c + 8 + l`; the scale pairs are the record's, zero-extended; then
-/// the pair bias `−2¹⁴·Σ sc`, the min pairs `(m_2k, m_2k+1)` and `d`, `dmin` as f32.
+/// the pair bias of all 8 classes `−8·2¹⁴·Σ sc`, the min pairs `(m_2k, m_2k+1)` and `d`, `dmin` as f32.
 /// With `FIVE`: the same for a Q5_Kx16 group and the packed GEMM's Q5_K chunks (the same
 /// vectors, with values 0..32).
 #[inline(always)]
@@ -422,7 +414,7 @@ unsafe fn k4_chunk<const FIVE: bool>(
             w.add(64 + c).write(sc);
             sc_sum = _mm512_add_epi32(sc_sum, _mm512_madd_epi16(sc, _mm512_set1_epi16(1)));
         }
-        let bias = _mm512_mullo_epi32(sc_sum, _mm512_set1_epi32(-packed_kquant::PAIR_BIAS));
+        let bias = _mm512_mullo_epi32(sc_sum, _mm512_set1_epi32(-8 * packed_kquant::PAIR_BIAS));
         w.add(68).write(bias);
         for k in 0..4 {
             let m = |j: usize| {
@@ -554,8 +546,8 @@ unsafe fn q6k_chunk(group: *const u8, b0: usize, nbc: usize, ch: &packed_kquant:
     }
 }
 
-/// One activation row against one Q6_Kx16 group, in ggml's generic order (eight f32 class
-/// sums, added at the end). Per chunk: the 6-bit values from a nibble and two high bits,
+/// One activation row against one Q6_Kx16 group, in the reference's order (one f32 sum per
+/// row). Per chunk: the 6-bit values from a nibble and two high bits,
 /// `vpmaddubsw` (u8 × i8 pairs; |sum| ≤ 2·63·128 cannot saturate) gives each sub-block's pair
 /// sum in an i16 half, and two `vpdpwssd` with the lane's scale pair add `sc·(Σq·a − 32·Σa)`.
 #[inline(always)]
@@ -570,7 +562,7 @@ unsafe fn q6k_direct(
     use crate::repack::Q6K_RECORD;
     let nib = _mm512_set1_epi8(0x0f);
     let two = _mm512_set1_epi8(0x03);
-    let mut sums = [_mm512_setzero_ps(); 8];
+    let mut sum = _mm512_setzero_ps();
     for (b, ab) in a.iter().enumerate() {
         let rec = group.add(b * Q6K_RECORD);
         let ahead = rec.wrapping_add(PREFETCH_BYTES);
@@ -578,7 +570,8 @@ unsafe fn q6k_direct(
         for (s, v) in sc.iter_mut().enumerate() {
             *v = _mm512_cvtepi8_epi16(_mm256_loadu_si256(rec.add(32 + 32 * s) as *const __m256i));
         }
-        let mut aux = [_mm512_setzero_si512(); 8];
+        // two integer sums (even and odd classes): shorter dependency chains
+        let mut aux = [_mm512_setzero_si512(); 2];
         for u in 0..16 {
             // the record's 53 lines ahead, spread over the loop
             for line in 4 * u..4 * u + 4 {
@@ -590,19 +583,19 @@ unsafe fn q6k_direct(
                 let (s, l) = (x / 8, x % 8);
                 let q = q6k_values(rec, h, u, k, nib, two);
                 let p = _mm512_maddubs_epi16(q, _mm512_set1_epi32(ab.base.qs[x]));
-                aux[l] = _mm512_dpwssd_epi32(aux[l], p, sc[s]);
-                aux[l] = _mm512_dpwssd_epi32(aux[l], _mm512_set1_epi32(ab.neg32[x]), sc[s]);
+                let acc = &mut aux[l % 2];
+                *acc = _mm512_dpwssd_epi32(*acc, p, sc[s]);
+                *acc = _mm512_dpwssd_epi32(*acc, _mm512_set1_epi32(ab.neg32[x]), sc[s]);
             }
         }
         let dd = _mm512_mul_ps(
             _mm512_cvtph_ps(_mm256_loadu_si256(rec as *const __m256i)),
             _mm512_set1_ps(ab.base.d),
         );
-        for l in 0..8 {
-            sums[l] = _mm512_add_ps(sums[l], _mm512_mul_ps(dd, _mm512_cvtepi32_ps(aux[l])));
-        }
+        let isum = _mm512_add_epi32(aux[0], aux[1]);
+        sum = _mm512_add_ps(sum, _mm512_mul_ps(dd, _mm512_cvtepi32_ps(isum)));
     }
-    store_class_sums(t, _mm512_setzero_ps(), &sums, c0, r0, nr);
+    store_k_sums(t, _mm512_setzero_ps(), sum, c0, r0, nr);
 }
 
 /// The whole product on a Q6_Kx16 matrix (`t.a`: Q8_K rows); never declines. From a few

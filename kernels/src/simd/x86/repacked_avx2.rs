@@ -15,9 +15,12 @@
 //!
 //! Q4_Kx16 ([`gemm_q4_k`]): a record chunk `(c, l)` holds, per row lane, the 4 class-`l`
 //! values of sub-blocks `2c` (low nibbles) and `2c + 1` (high nibbles). Each half's `maddubs`
-//! with the activation's matching 4 bytes, then `madd` with that sub-block's scale in both i16
-//! halves of the lane, gives `sc·dot` in i32: ggml's per-class integer sums `aux[l]`, exact in
-//! any order. The f32 steps follow the generic reference's order as `repacked::k4_direct` does.
+//! with the activation's matching 4 bytes gives two pair sums (at most ±3840) in the row's lane;
+//! the 8 chunks of a sub-block add up in i16 (at most ±30720) before one `madd` with the
+//! sub-block's scale in both i16 halves of the lane gives `sc·dot` in i32. That is the
+//! super-block's integer dot (exact in any order) at 2 `maddubs` + 2 `add` per chunk and one
+//! `madd` per sub-block; the f32 steps follow the reference's order as `repacked::k4_direct`
+//! does.
 
 use core::arch::x86_64::*;
 
@@ -142,8 +145,8 @@ pub(crate) unsafe fn gemm_q4_k(t: &GemmArgs) -> bool {
 const K4_COLS: usize = 3;
 
 /// Activation rows `c0..c0+NC` against rows `8h..8h+8` of one Q4_Kx16 group (rows
-/// `r0..r0+nr`): per row, eight f32 class sums `sums[l] += (d·d_a)·aux[l]` and
-/// `sumf −= (dmin·d_a)·Σ m·B`, then `sumf + sums[0] + … + sums[7]`.
+/// `r0..r0+nr`): per row `sum += (d·d_a)·isum` and `mins −= (dmin·d_a)·Σ m·B`, then
+/// `mins + sum`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn k4_cols<const NC: usize>(
@@ -181,8 +184,8 @@ unsafe fn k4_cols<const NC: usize>(
         _mm256_set_m128i(t, t)
     };
     let (dup_lo, dup_hi) = (dup(0), dup(2));
-    let mut sums = [[_mm256_setzero_ps(); 8]; NC];
-    let mut sumf = [_mm256_setzero_ps(); NC];
+    let mut sum = [_mm256_setzero_ps(); NC];
+    let mut mins = [_mm256_setzero_ps(); NC];
     for b in 0..nb {
         let rec = group.add(b * Q4K_RECORD);
         // the record 16 KiB ahead, into L2 (see `repacked.rs`)
@@ -202,26 +205,32 @@ unsafe fn k4_cols<const NC: usize>(
         let d = _mm256_cvtph_ps(_mm_loadu_si128(rec.add(16 * h) as *const __m128i));
         let dmin = _mm256_cvtph_ps(_mm_loadu_si128(rec.add(32 + 16 * h) as *const __m128i));
         let dd: [__m256; NC] = core::array::from_fn(|c| _mm256_mul_ps(d, _mm256_set1_ps(ab[c].d)));
-        for l in 0..8 {
-            let mut aux = [_mm256_setzero_si256(); NC];
-            for c in 0..4 {
+        let mut isum = [_mm256_setzero_si256(); NC];
+        for c in 0..4 {
+            // the i16 pair sums of sub-blocks 2c (lo) and 2c + 1 (hi), per activation row
+            let mut p_lo = [_mm256_setzero_si256(); NC];
+            let mut p_hi = [_mm256_setzero_si256(); NC];
+            for l in 0..8 {
                 let q = _mm256_loadu_si256(rec.add(320 + (c * 8 + l) * 64 + 32 * h) as *const _);
                 let lo = _mm256_and_si256(q, mask);
                 let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), mask);
-                for (x, p) in aux.iter_mut().zip(&ab) {
+                for (x, p) in ab.iter().enumerate() {
                     let dl = _mm256_maddubs_epi16(lo, _mm256_set1_epi32(p.qs[16 * c + l]));
                     let dh = _mm256_maddubs_epi16(hi, _mm256_set1_epi32(p.qs[16 * c + 8 + l]));
-                    let both = _mm256_add_epi32(
-                        _mm256_madd_epi16(dl, s_lo[c]),
-                        _mm256_madd_epi16(dh, s_hi[c]),
-                    );
-                    *x = _mm256_add_epi32(*x, both);
+                    p_lo[x] = _mm256_add_epi16(p_lo[x], dl);
+                    p_hi[x] = _mm256_add_epi16(p_hi[x], dh);
                 }
             }
-            for c in 0..NC {
-                let term = _mm256_mul_ps(dd[c], _mm256_cvtepi32_ps(aux[c]));
-                sums[c][l] = _mm256_add_ps(sums[c][l], term);
+            for x in 0..NC {
+                let both = _mm256_add_epi32(
+                    _mm256_madd_epi16(p_lo[x], s_lo[c]),
+                    _mm256_madd_epi16(p_hi[x], s_hi[c]),
+                );
+                isum[x] = _mm256_add_epi32(isum[x], both);
             }
+        }
+        for c in 0..NC {
+            sum[c] = _mm256_add_ps(sum[c], _mm256_mul_ps(dd[c], _mm256_cvtepi32_ps(isum[c])));
         }
         for c in 0..NC {
             let mut summ = _mm256_setzero_si256();
@@ -232,14 +241,11 @@ unsafe fn k4_cols<const NC: usize>(
                 summ = _mm256_add_epi32(summ, m);
             }
             let dm = _mm256_mul_ps(dmin, _mm256_set1_ps(ab[c].d));
-            sumf[c] = _mm256_sub_ps(sumf[c], _mm256_mul_ps(dm, _mm256_cvtepi32_ps(summ)));
+            mins[c] = _mm256_sub_ps(mins[c], _mm256_mul_ps(dm, _mm256_cvtepi32_ps(summ)));
         }
     }
     for c in 0..NC {
-        let mut v = sumf[c];
-        for s in &sums[c] {
-            v = _mm256_add_ps(v, *s);
-        }
+        let v = _mm256_add_ps(mins[c], sum[c]);
         store_rows(t.out.add((c0 + c) * t.ldo + r0 + 8 * h), v, nr - 8 * h);
     }
 }
