@@ -1,4 +1,4 @@
-//! AVX2 products on the Q4_0x16 and Q4_Kx16 repacked layouts of [`crate::repack`], for CPUs
+//! AVX2 products on the Q4_0x16, Q4_Kx16 and Q5_Kx16 repacked layouts of [`crate::repack`], for CPUs
 //! without AVX-512 (most laptops).
 //!
 //! In the layout, i32 lane `r` of a block's 64-byte chunk holds row `r`'s 4 values, so each
@@ -13,7 +13,8 @@
 //! the scale update is the reference's (`sumi·d_w` then `·d_a`, no FMA), so every output is
 //! bit-identical to the scalar `vec_dot`.
 //!
-//! Q4_Kx16 ([`gemm_q4_k`]): a record chunk `(c, l)` holds, per row lane, the 4 class-`l`
+//! Q4_Kx16 ([`gemm_q4_k`]) and Q5_Kx16 ([`gemm_q5_k`]; see [`k4_cols`] for its 5th bits): a
+//! record chunk `(c, l)` holds, per row lane, the 4 class-`l`
 //! values of sub-blocks `2c` (low nibbles) and `2c + 1` (high nibbles). Each half's `maddubs`
 //! with the activation's matching 4 bytes gives two pair sums (at most ±3840) in the row's lane;
 //! the 8 chunks of a sub-block add up in i16 (at most ±30720) before one `madd` with the
@@ -115,12 +116,23 @@ unsafe fn group_cols<const NC: usize>(
 }
 
 // ---------------------------------------------------------------------------------------------
-// Q4_Kx16 × Q8_K
+// Q4_Kx16 / Q5_Kx16 × Q8_K
 // ---------------------------------------------------------------------------------------------
 
 /// The whole product on a Q4_Kx16 matrix (see [`GemmArgs`]; `t.w` is the first group).
 #[inline(always)]
 pub(crate) unsafe fn gemm_q4_k(t: &GemmArgs) -> bool {
+    gemm_k4::<false>(t)
+}
+
+/// The whole product on a Q5_Kx16 matrix (see [`GemmArgs`]; `t.w` is the first group).
+#[inline(always)]
+pub(crate) unsafe fn gemm_q5_k(t: &GemmArgs) -> bool {
+    gemm_k4::<true>(t)
+}
+
+#[inline(always)]
+unsafe fn gemm_k4<const FIVE: bool>(t: &GemmArgs) -> bool {
     let a = prepare_q8k(t);
     for (gi, r0) in (0..t.n).step_by(GROUP_ROWS).enumerate() {
         let nr = (t.n - r0).min(GROUP_ROWS);
@@ -128,13 +140,13 @@ pub(crate) unsafe fn gemm_q4_k(t: &GemmArgs) -> bool {
         for h in 0..nr.div_ceil(8) {
             let mut c0 = 0;
             while c0 + K4_COLS <= t.m {
-                k4_cols::<K4_COLS>(t, group, &a, c0, r0, nr, h);
+                k4_cols::<K4_COLS, FIVE>(t, group, &a, c0, r0, nr, h);
                 c0 += K4_COLS;
             }
             match t.m - c0 {
                 0 => {}
-                1 => k4_cols::<1>(t, group, &a, c0, r0, nr, h),
-                _ => k4_cols::<2>(t, group, &a, c0, r0, nr, h),
+                1 => k4_cols::<1, FIVE>(t, group, &a, c0, r0, nr, h),
+                _ => k4_cols::<2, FIVE>(t, group, &a, c0, r0, nr, h),
             }
         }
     }
@@ -144,12 +156,17 @@ pub(crate) unsafe fn gemm_q4_k(t: &GemmArgs) -> bool {
 /// Activation rows per pass of [`k4_cols`] (each record chunk is unpacked once per pass).
 const K4_COLS: usize = 3;
 
-/// Activation rows `c0..c0+NC` against rows `8h..8h+8` of one Q4_Kx16 group (rows
-/// `r0..r0+nr`): per row `sum += (d·d_a)·isum` and `mins −= (dmin·d_a)·Σ m·B`, then
-/// `mins + sum`.
+/// Activation rows `c0..c0+NC` against rows `8h..8h+8` of one Q4_Kx16 group (with `FIVE`,
+/// Q5_Kx16; rows `r0..r0+nr`): per row `sum += (d·d_a)·isum` and `mins −= (dmin·d_a)·Σ m·B`,
+/// then `mins + sum`.
+///
+/// Q5_K's values reach 31, so a pair sum reaches ±7936 and only 4 chunks add up in i16 (at
+/// most ±31744) before each `madd`. Its 5th bits: byte `l % 4` of a row's dword in the record's
+/// bit section (see `repack::Q5K_RECORD`), spread to the dword's 4 bytes, then bit `t` (low
+/// nibbles) or `4 + t` (high nibbles) of byte `t` tested.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn k4_cols<const NC: usize>(
+unsafe fn k4_cols<const NC: usize, const FIVE: bool>(
     t: &GemmArgs,
     group: *const u8,
     a: &[Q8KPrepared],
@@ -158,8 +175,33 @@ unsafe fn k4_cols<const NC: usize>(
     nr: usize,
     h: usize,
 ) {
+    use crate::repack::{Q5K_HIGH_BITS, Q5K_RECORD};
+    let record = if FIVE { Q5K_RECORD } else { Q4K_RECORD };
     let nb = t.nb;
     let mask = _mm256_set1_epi8(0x0f);
+    let b16 = _mm256_set1_epi8(0x10);
+    let (bit_lo, bit_hi) = (
+        _mm256_set1_epi32(0x0804_0201),
+        _mm256_set1_epi32(0x8040_2010_u32 as i32),
+    );
+    // byte k of every dword to all its 4 bytes (`vpshufb` indexes within 128-bit lanes)
+    let spread_idx: [__m256i; 4] = {
+        let dwords = _mm256_set_epi32(
+            0x0c0c_0c0c,
+            0x0808_0808,
+            0x0404_0404,
+            0,
+            0x0c0c_0c0c,
+            0x0808_0808,
+            0x0404_0404,
+            0,
+        );
+        let mut v = [dwords; 4];
+        for (k, x) in v.iter_mut().enumerate() {
+            *x = _mm256_add_epi8(dwords, _mm256_set1_epi8(k as i8));
+        }
+        v
+    };
     // per i32 lane (sc_lo, sc_hi) as i16 → (sc_lo, sc_lo) and (sc_hi, sc_hi)
     let dup = |lo: i8| {
         let (a, b) = (lo, lo + 1);
@@ -187,10 +229,10 @@ unsafe fn k4_cols<const NC: usize>(
     let mut sum = [_mm256_setzero_ps(); NC];
     let mut mins = [_mm256_setzero_ps(); NC];
     for b in 0..nb {
-        let rec = group.add(b * Q4K_RECORD);
+        let rec = group.add(b * record);
         // the record 16 KiB ahead, into L2 (see `repacked.rs`)
         let ahead = rec.wrapping_add(PREFETCH_BYTES);
-        for line in 0..Q4K_RECORD / 64 {
+        for line in 0..record / 64 {
             _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(64 * line) as *const i8);
         }
         let ab: [&Q8KPrepared; NC] = core::array::from_fn(|c| &a[(c0 + c) * nb + b]);
@@ -212,21 +254,35 @@ unsafe fn k4_cols<const NC: usize>(
             let mut p_hi = [_mm256_setzero_si256(); NC];
             for l in 0..8 {
                 let q = _mm256_loadu_si256(rec.add(320 + (c * 8 + l) * 64 + 32 * h) as *const _);
-                let lo = _mm256_and_si256(q, mask);
-                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), mask);
+                let mut lo = _mm256_and_si256(q, mask);
+                let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), mask);
+                if FIVE {
+                    let at = Q5K_HIGH_BITS + (2 * c + l / 4) * 64 + 32 * h;
+                    let bits = _mm256_loadu_si256(rec.add(at) as *const __m256i);
+                    let spread = _mm256_shuffle_epi8(bits, spread_idx[l % 4]);
+                    let set_lo = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit_lo), bit_lo);
+                    let set_hi = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit_hi), bit_hi);
+                    lo = _mm256_or_si256(lo, _mm256_and_si256(set_lo, b16));
+                    hi = _mm256_or_si256(hi, _mm256_and_si256(set_hi, b16));
+                }
                 for (x, p) in ab.iter().enumerate() {
                     let dl = _mm256_maddubs_epi16(lo, _mm256_set1_epi32(p.qs[16 * c + l]));
                     let dh = _mm256_maddubs_epi16(hi, _mm256_set1_epi32(p.qs[16 * c + 8 + l]));
                     p_lo[x] = _mm256_add_epi16(p_lo[x], dl);
                     p_hi[x] = _mm256_add_epi16(p_hi[x], dh);
                 }
-            }
-            for x in 0..NC {
-                let both = _mm256_add_epi32(
-                    _mm256_madd_epi16(p_lo[x], s_lo[c]),
-                    _mm256_madd_epi16(p_hi[x], s_hi[c]),
-                );
-                isum[x] = _mm256_add_epi32(isum[x], both);
+                // Q4_K: all 8 chunks in i16; Q5_K: every 4
+                if l == 7 || (FIVE && l == 3) {
+                    for x in 0..NC {
+                        let both = _mm256_add_epi32(
+                            _mm256_madd_epi16(p_lo[x], s_lo[c]),
+                            _mm256_madd_epi16(p_hi[x], s_hi[c]),
+                        );
+                        isum[x] = _mm256_add_epi32(isum[x], both);
+                        p_lo[x] = _mm256_setzero_si256();
+                        p_hi[x] = _mm256_setzero_si256();
+                    }
+                }
             }
         }
         for c in 0..NC {
