@@ -65,6 +65,11 @@ unsafe fn repacked_q5_k(t: &GemmArgs) -> bool {
     repacked_avx2::gemm_q5_k(t)
 }
 
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn repacked_q6_k(t: &GemmArgs) -> bool {
+    repacked_avx2::gemm_q6_k(t)
+}
+
 pub(super) fn table(level: Level) -> CpuKernels {
     let mut k = CpuKernels::scalar(level);
     k.quant_q8_0 = Some(quant_q8_0);
@@ -84,5 +89,6 @@ pub(super) fn table(level: Level) -> CpuKernels {
     k.repacked_q4_0 = Some(repacked_q4_0);
     k.repacked_q4_k = Some(repacked_q4_k);
     k.repacked_q5_k = Some(repacked_q5_k);
+    k.repacked_q6_k = Some(repacked_q6_k);
     k
 }

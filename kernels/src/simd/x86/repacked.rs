@@ -192,7 +192,7 @@ pub(crate) unsafe fn gemm<F: Repacked>(t: &GemmArgs) -> bool {
 // ---------------------------------------------------------------------------------------------
 
 /// Bytes of a Q8_K block: `d` (f32) at 0, `qs` at 4, `bsums` (16 × i16) at 260.
-const Q8K_BYTES: usize = 292;
+pub(crate) const Q8K_BYTES: usize = 292;
 
 /// One activation super-block prepared for the Q4_Kx16 kernel: the values in mod-8 class order
 /// per sub-block (dword `8j + l` = elements `32j + l + {0, 8, 16, 24}`), the 8 sub-block sums

@@ -1,4 +1,4 @@
-//! AVX2 products on the Q4_0x16, Q4_Kx16 and Q5_Kx16 repacked layouts of [`crate::repack`], for CPUs
+//! AVX2 products on the Q4_0x16, Q4_Kx16, Q5_Kx16 and Q6_Kx16 repacked layouts of [`crate::repack`], for CPUs
 //! without AVX-512 (most laptops).
 //!
 //! In the layout, i32 lane `r` of a block's 64-byte chunk holds row `r`'s 4 values, so each
@@ -27,7 +27,7 @@ use core::arch::x86_64::*;
 
 use super::legacy::{self, Legacy};
 use super::repacked::{
-    prefetch_block_ahead, prepare_q8k, values, Q8KPrepared, Repacked, PREFETCH_BYTES,
+    prefetch_block_ahead, prepare_q8k, values, Q8KPrepared, Repacked, PREFETCH_BYTES, Q8K_BYTES,
 };
 use super::{packed, store_rows};
 use crate::repack::{GROUP_ROWS, Q4K_RECORD};
@@ -137,17 +137,15 @@ unsafe fn gemm_k4<const FIVE: bool>(t: &GemmArgs) -> bool {
     for (gi, r0) in (0..t.n).step_by(GROUP_ROWS).enumerate() {
         let nr = (t.n - r0).min(GROUP_ROWS);
         let group = t.w.add(gi * t.w_stride);
-        for h in 0..nr.div_ceil(8) {
-            let mut c0 = 0;
-            while c0 + K4_COLS <= t.m {
-                k4_cols::<K4_COLS, FIVE>(t, group, &a, c0, r0, nr, h);
-                c0 += K4_COLS;
-            }
-            match t.m - c0 {
-                0 => {}
-                1 => k4_cols::<1, FIVE>(t, group, &a, c0, r0, nr, h),
-                _ => k4_cols::<2, FIVE>(t, group, &a, c0, r0, nr, h),
-            }
+        let mut c0 = 0;
+        while c0 + K4_COLS <= t.m {
+            k4_cols::<K4_COLS, FIVE>(t, group, &a, c0, r0, nr);
+            c0 += K4_COLS;
+        }
+        match t.m - c0 {
+            0 => {}
+            1 => k4_cols::<1, FIVE>(t, group, &a, c0, r0, nr),
+            _ => k4_cols::<2, FIVE>(t, group, &a, c0, r0, nr),
         }
     }
     true
@@ -156,8 +154,8 @@ unsafe fn gemm_k4<const FIVE: bool>(t: &GemmArgs) -> bool {
 /// Activation rows per pass of [`k4_cols`] (each record chunk is unpacked once per pass).
 const K4_COLS: usize = 3;
 
-/// Activation rows `c0..c0+NC` against rows `8h..8h+8` of one Q4_Kx16 group (with `FIVE`,
-/// Q5_Kx16; rows `r0..r0+nr`): per row `sum += (d·d_a)·isum` and `mins −= (dmin·d_a)·Σ m·B`,
+/// Activation rows `c0..c0+NC` against one Q4_Kx16 group (with `FIVE`, Q5_Kx16; rows
+/// `r0..r0+nr`, 8 per half): per row `sum += (d·d_a)·isum` and `mins −= (dmin·d_a)·Σ m·B`,
 /// then `mins + sum`.
 ///
 /// Q5_K's values reach 31, so a pair sum reaches ±7936 and only 4 chunks add up in i16 (at
@@ -173,7 +171,6 @@ unsafe fn k4_cols<const NC: usize, const FIVE: bool>(
     c0: usize,
     r0: usize,
     nr: usize,
-    h: usize,
 ) {
     use crate::repack::{Q5K_HIGH_BITS, Q5K_RECORD};
     let record = if FIVE { Q5K_RECORD } else { Q4K_RECORD };
@@ -226,82 +223,333 @@ unsafe fn k4_cols<const NC: usize, const FIVE: bool>(
         _mm256_set_m128i(t, t)
     };
     let (dup_lo, dup_hi) = (dup(0), dup(2));
-    let mut sum = [_mm256_setzero_ps(); NC];
-    let mut mins = [_mm256_setzero_ps(); NC];
+    let halves = nr.div_ceil(8);
+    let mut sum = [[_mm256_setzero_ps(); NC]; 2];
+    let mut mins = [[_mm256_setzero_ps(); NC]; 2];
     for b in 0..nb {
         let rec = group.add(b * record);
-        // the record 16 KiB ahead, into L2 (see `repacked.rs`)
+        let ab: [&Q8KPrepared; NC] = core::array::from_fn(|c| &a[(c0 + c) * nb + b]);
+        // both halves of a record back to back: it is read from memory once
+        for h in 0..halves {
+            let (sum, mins) = (&mut sum[h], &mut mins[h]);
+            // this half's share of the record 16 KiB ahead, into L2 (see `repacked.rs`),
+            // spread over the chunk loop: a burst of prefetches at the start of each record
+            // leaves the memory idle for the rest of it
+            let ahead = rec.wrapping_add(PREFETCH_BYTES + record / 2 * h);
+            let mut s_lo = [_mm256_setzero_si256(); 4];
+            let mut s_hi = [_mm256_setzero_si256(); 4];
+            for c in 0..4 {
+                let sc = _mm_loadu_si128(rec.add(64 + 32 * c + 16 * h) as *const __m128i);
+                let sc = _mm256_cvtepu8_epi16(sc);
+                s_lo[c] = _mm256_shuffle_epi8(sc, dup_lo);
+                s_hi[c] = _mm256_shuffle_epi8(sc, dup_hi);
+            }
+            let d = _mm256_cvtph_ps(_mm_loadu_si128(rec.add(16 * h) as *const __m128i));
+            let dmin = _mm256_cvtph_ps(_mm_loadu_si128(rec.add(32 + 16 * h) as *const __m128i));
+            let dd: [__m256; NC] =
+                core::array::from_fn(|c| _mm256_mul_ps(d, _mm256_set1_ps(ab[c].d)));
+            let mut isum = [_mm256_setzero_si256(); NC];
+            for c in 0..4 {
+                // the i16 pair sums of sub-blocks 2c (lo) and 2c + 1 (hi), per activation row
+                let mut p_lo = [_mm256_setzero_si256(); NC];
+                let mut p_hi = [_mm256_setzero_si256(); NC];
+                for l in 0..8 {
+                    if 8 * c + l < record / 128 + 2 {
+                        let line = ahead.wrapping_add(64 * (8 * c + l));
+                        _mm_prefetch::<_MM_HINT_T1>(line as *const i8);
+                    }
+                    let q =
+                        _mm256_loadu_si256(rec.add(320 + (c * 8 + l) * 64 + 32 * h) as *const _);
+                    let mut lo = _mm256_and_si256(q, mask);
+                    let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), mask);
+                    if FIVE {
+                        let at = Q5K_HIGH_BITS + (2 * c + l / 4) * 64 + 32 * h;
+                        let bits = _mm256_loadu_si256(rec.add(at) as *const __m256i);
+                        let spread = _mm256_shuffle_epi8(bits, spread_idx[l % 4]);
+                        let set_lo = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit_lo), bit_lo);
+                        let set_hi = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit_hi), bit_hi);
+                        lo = _mm256_or_si256(lo, _mm256_and_si256(set_lo, b16));
+                        hi = _mm256_or_si256(hi, _mm256_and_si256(set_hi, b16));
+                    }
+                    for (x, p) in ab.iter().enumerate() {
+                        let dl = _mm256_maddubs_epi16(lo, _mm256_set1_epi32(p.qs[16 * c + l]));
+                        let dh = _mm256_maddubs_epi16(hi, _mm256_set1_epi32(p.qs[16 * c + 8 + l]));
+                        p_lo[x] = _mm256_add_epi16(p_lo[x], dl);
+                        p_hi[x] = _mm256_add_epi16(p_hi[x], dh);
+                    }
+                    // Q4_K: all 8 chunks in i16; Q5_K: every 4
+                    if l == 7 || (FIVE && l == 3) {
+                        for x in 0..NC {
+                            let both = _mm256_add_epi32(
+                                _mm256_madd_epi16(p_lo[x], s_lo[c]),
+                                _mm256_madd_epi16(p_hi[x], s_hi[c]),
+                            );
+                            isum[x] = _mm256_add_epi32(isum[x], both);
+                            p_lo[x] = _mm256_setzero_si256();
+                            p_hi[x] = _mm256_setzero_si256();
+                        }
+                    }
+                }
+            }
+            for c in 0..NC {
+                sum[c] = _mm256_add_ps(sum[c], _mm256_mul_ps(dd[c], _mm256_cvtepi32_ps(isum[c])));
+            }
+            for c in 0..NC {
+                let mut summ = _mm256_setzero_si256();
+                for j in 0..8 {
+                    let m = _mm_loadl_epi64(rec.add(192 + 16 * j + 8 * h) as *const __m128i);
+                    let m = _mm256_mullo_epi32(
+                        _mm256_cvtepu8_epi32(m),
+                        _mm256_set1_epi32(ab[c].bsum[j]),
+                    );
+                    summ = _mm256_add_epi32(summ, m);
+                }
+                let dm = _mm256_mul_ps(dmin, _mm256_set1_ps(ab[c].d));
+                mins[c] = _mm256_sub_ps(mins[c], _mm256_mul_ps(dm, _mm256_cvtepi32_ps(summ)));
+            }
+        }
+    }
+    for (h, (sum, mins)) in sum.iter().zip(&mins).enumerate().take(halves) {
+        for c in 0..NC {
+            let v = _mm256_add_ps(mins[c], sum[c]);
+            store_rows(t.out.add((c0 + c) * t.ldo + r0 + 8 * h), v, nr - 8 * h);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Q6_Kx16 × Q8_K
+// ---------------------------------------------------------------------------------------------
+
+/// One activation super-block for [`q6k_cols`]: [`Q8KPrepared`] (values in the records' chunk
+/// order) and, per 32-value group `s`, the i16 pair `(A_2s, A_2s+1)`: the sums of the 16-value
+/// sub-blocks' activations, taken from the values (the reference never reads `bsums`).
+struct Q8KPreparedQ6 {
+    base: Q8KPrepared,
+    sub_sums: [i32; 8],
+}
+
+#[inline(always)]
+unsafe fn prepare_q8k_q6(t: &GemmArgs) -> Vec<Q8KPreparedQ6> {
+    let mut out: Vec<Q8KPreparedQ6> = prepare_q8k(t)
+        .into_iter()
+        .map(|base| Q8KPreparedQ6 {
+            base,
+            sub_sums: [0; 8],
+        })
+        .collect();
+    for c in 0..t.m {
+        for b in 0..t.nb {
+            let qs = t.a.add(c * t.a_stride + b * Q8K_BYTES + 4) as *const i8;
+            let p = &mut out[c * t.nb + b];
+            for s in 0..8 {
+                let sum = |j: usize| (0..16).map(|i| *qs.add(16 * j + i) as i32).sum::<i32>();
+                let (lo, hi) = (sum(2 * s), sum(2 * s + 1));
+                p.sub_sums[s] = (lo as i16 as u16 as u32 | (hi as u32) << 16) as i32;
+            }
+        }
+    }
+    out
+}
+
+/// The whole product on a Q6_Kx16 matrix (see [`GemmArgs`]; `t.w` is the first group).
+#[inline(always)]
+pub(crate) unsafe fn gemm_q6_k(t: &GemmArgs) -> bool {
+    let a = prepare_q8k_q6(t);
+    for (gi, r0) in (0..t.n).step_by(GROUP_ROWS).enumerate() {
+        let nr = (t.n - r0).min(GROUP_ROWS);
+        let group = t.w.add(gi * t.w_stride);
+        if t.m == 1 {
+            q6k_gemv(t, group, &a, r0, nr);
+            continue;
+        }
+        for h in 0..nr.div_ceil(8) {
+            let mut c0 = 0;
+            while c0 + Q6K_COLS <= t.m {
+                q6k_cols::<Q6K_COLS>(t, group, &a, c0, r0, nr, h);
+                c0 += Q6K_COLS;
+            }
+            match t.m - c0 {
+                0 => {}
+                1 => q6k_cols::<1>(t, group, &a, c0, r0, nr, h),
+                _ => q6k_cols::<2>(t, group, &a, c0, r0, nr, h),
+            }
+        }
+    }
+    true
+}
+
+/// Activation rows per pass of [`q6k_cols`].
+const Q6K_COLS: usize = 3;
+
+/// Activation rows `c0..c0+NC` against rows `8h..8h+8` of one Q6_Kx16 group (rows
+/// `r0..r0+nr`): per row `sum += (d·d_a)·isum`, then `0 + sum` (the reference's order).
+///
+/// Record chunk `x = 8s + l` (see `repack::Q6K_RECORD`) holds, per row lane, the values
+/// `q + 32` (0..64, unsigned) of elements `32s + l + {0, 8}` (sub-block `2s`) and
+/// `32s + l + {16, 24}` (sub-block `2s + 1`), so `maddubs` with the activation's matching 4 bytes
+/// leaves one pair sum of each sub-block in the lane's i16 halves (at most ±16128: two chunks
+/// add up in i16), and one `madd` with the lane's scale pair `(sc_2s, sc_2s+1)` scales both.
+/// The offset: `isum = Σ sc·Σ q·a − 32·Σ sc·A`, `A` the sub-blocks' activation sums, one more
+/// `madd` per group `s`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn q6k_cols<const NC: usize>(
+    t: &GemmArgs,
+    group: *const u8,
+    a: &[Q8KPreparedQ6],
+    c0: usize,
+    r0: usize,
+    nr: usize,
+    h: usize,
+) {
+    use crate::repack::Q6K_RECORD;
+    let nb = t.nb;
+    let nib = _mm256_set1_epi8(0x0f);
+    let top = _mm256_set1_epi8(0x30);
+    let mut sum = [_mm256_setzero_ps(); NC];
+    for b in 0..nb {
+        let rec = group.add(b * Q6K_RECORD);
         let ahead = rec.wrapping_add(PREFETCH_BYTES);
-        for line in 0..record / 64 {
+        for line in 0..Q6K_RECORD.div_ceil(64) {
             _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(64 * line) as *const i8);
         }
-        let ab: [&Q8KPrepared; NC] = core::array::from_fn(|c| &a[(c0 + c) * nb + b]);
-        let mut s_lo = [_mm256_setzero_si256(); 4];
-        let mut s_hi = [_mm256_setzero_si256(); 4];
-        for c in 0..4 {
-            let sc = _mm_loadu_si128(rec.add(64 + 32 * c + 16 * h) as *const __m128i);
-            let sc = _mm256_cvtepu8_epi16(sc);
-            s_lo[c] = _mm256_shuffle_epi8(sc, dup_lo);
-            s_hi[c] = _mm256_shuffle_epi8(sc, dup_hi);
-        }
-        let d = _mm256_cvtph_ps(_mm_loadu_si128(rec.add(16 * h) as *const __m128i));
-        let dmin = _mm256_cvtph_ps(_mm_loadu_si128(rec.add(32 + 16 * h) as *const __m128i));
-        let dd: [__m256; NC] = core::array::from_fn(|c| _mm256_mul_ps(d, _mm256_set1_ps(ab[c].d)));
+        let ab: [&Q8KPreparedQ6; NC] = core::array::from_fn(|c| &a[(c0 + c) * nb + b]);
         let mut isum = [_mm256_setzero_si256(); NC];
-        for c in 0..4 {
-            // the i16 pair sums of sub-blocks 2c (lo) and 2c + 1 (hi), per activation row
-            let mut p_lo = [_mm256_setzero_si256(); NC];
-            let mut p_hi = [_mm256_setzero_si256(); NC];
-            for l in 0..8 {
-                let q = _mm256_loadu_si256(rec.add(320 + (c * 8 + l) * 64 + 32 * h) as *const _);
-                let mut lo = _mm256_and_si256(q, mask);
-                let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), mask);
-                if FIVE {
-                    let at = Q5K_HIGH_BITS + (2 * c + l / 4) * 64 + 32 * h;
-                    let bits = _mm256_loadu_si256(rec.add(at) as *const __m256i);
-                    let spread = _mm256_shuffle_epi8(bits, spread_idx[l % 4]);
-                    let set_lo = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit_lo), bit_lo);
-                    let set_hi = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit_hi), bit_hi);
-                    lo = _mm256_or_si256(lo, _mm256_and_si256(set_lo, b16));
-                    hi = _mm256_or_si256(hi, _mm256_and_si256(set_hi, b16));
+        let mut offs = [_mm256_setzero_si256(); NC];
+        for k in 0..4 {
+            for half in 0..2 {
+                // group s = 2k + half: chunks x = u + 16k, u = 8·half + l
+                let s = 2 * k + half;
+                let sc = _mm256_cvtepi8_epi16(_mm_loadu_si128(
+                    rec.add(32 + 32 * s + 16 * h) as *const __m128i
+                ));
+                for (o, p) in offs.iter_mut().zip(&ab) {
+                    let pair = _mm256_set1_epi32(p.sub_sums[s]);
+                    *o = _mm256_add_epi32(*o, _mm256_madd_epi16(sc, pair));
                 }
-                for (x, p) in ab.iter().enumerate() {
-                    let dl = _mm256_maddubs_epi16(lo, _mm256_set1_epi32(p.qs[16 * c + l]));
-                    let dh = _mm256_maddubs_epi16(hi, _mm256_set1_epi32(p.qs[16 * c + 8 + l]));
-                    p_lo[x] = _mm256_add_epi16(p_lo[x], dl);
-                    p_hi[x] = _mm256_add_epi16(p_hi[x], dh);
-                }
-                // Q4_K: all 8 chunks in i16; Q5_K: every 4
-                if l == 7 || (FIVE && l == 3) {
-                    for x in 0..NC {
-                        let both = _mm256_add_epi32(
-                            _mm256_madd_epi16(p_lo[x], s_lo[c]),
-                            _mm256_madd_epi16(p_hi[x], s_hi[c]),
-                        );
-                        isum[x] = _mm256_add_epi32(isum[x], both);
-                        p_lo[x] = _mm256_setzero_si256();
-                        p_hi[x] = _mm256_setzero_si256();
+                let mut pairs = [_mm256_setzero_si256(); NC];
+                for l in 0..8 {
+                    let u = 8 * half + l;
+                    let x = u + 16 * k;
+                    let lv = _mm256_loadu_si256(rec.add(288 + 64 * (x % 32) + 32 * h) as *const _);
+                    let hb = _mm256_loadu_si256(rec.add(2336 + 64 * u + 32 * h) as *const _);
+                    // the low 4 bits, and the 2 high bits `2k, 2k+1` of `hb` moved to bits 4, 5
+                    let (lo, hi) = match k {
+                        0 => (lv, _mm256_slli_epi16::<4>(hb)),
+                        1 => (lv, _mm256_slli_epi16::<2>(hb)),
+                        2 => (_mm256_srli_epi16::<4>(lv), hb),
+                        _ => (_mm256_srli_epi16::<4>(lv), _mm256_srli_epi16::<2>(hb)),
+                    };
+                    let q = _mm256_or_si256(_mm256_and_si256(lo, nib), _mm256_and_si256(hi, top));
+                    for (pr, p) in pairs.iter_mut().zip(&ab) {
+                        let av = _mm256_set1_epi32(p.base.qs[x]);
+                        *pr = _mm256_add_epi16(*pr, _mm256_maddubs_epi16(q, av));
+                    }
+                    if l % 2 == 1 {
+                        for (i, pr) in isum.iter_mut().zip(pairs.iter_mut()) {
+                            *i = _mm256_add_epi32(*i, _mm256_madd_epi16(*pr, sc));
+                            *pr = _mm256_setzero_si256();
+                        }
                     }
                 }
             }
         }
+        let d = _mm256_cvtph_ps(_mm_loadu_si128(rec.add(16 * h) as *const __m128i));
         for c in 0..NC {
-            sum[c] = _mm256_add_ps(sum[c], _mm256_mul_ps(dd[c], _mm256_cvtepi32_ps(isum[c])));
-        }
-        for c in 0..NC {
-            let mut summ = _mm256_setzero_si256();
-            for j in 0..8 {
-                let m = _mm_loadl_epi64(rec.add(192 + 16 * j + 8 * h) as *const __m128i);
-                let m =
-                    _mm256_mullo_epi32(_mm256_cvtepu8_epi32(m), _mm256_set1_epi32(ab[c].bsum[j]));
-                summ = _mm256_add_epi32(summ, m);
-            }
-            let dm = _mm256_mul_ps(dmin, _mm256_set1_ps(ab[c].d));
-            mins[c] = _mm256_sub_ps(mins[c], _mm256_mul_ps(dm, _mm256_cvtepi32_ps(summ)));
+            let isum_c = _mm256_sub_epi32(isum[c], _mm256_slli_epi32::<5>(offs[c]));
+            let dd = _mm256_mul_ps(d, _mm256_set1_ps(ab[c].base.d));
+            sum[c] = _mm256_add_ps(sum[c], _mm256_mul_ps(dd, _mm256_cvtepi32_ps(isum_c)));
         }
     }
     for c in 0..NC {
-        let v = _mm256_add_ps(mins[c], sum[c]);
+        let v = _mm256_add_ps(_mm256_setzero_ps(), sum[c]);
         store_rows(t.out.add((c0 + c) * t.ldo + r0 + 8 * h), v, nr - 8 * h);
     }
+}
+
+/// One activation row against one Q6_Kx16 group (rows `r0..r0+nr`), both 8-row halves of a
+/// record before the next (a record is read from memory once; [`q6k_cols`] passes over a
+/// group once per half), in [`q6k_cols`]'s order.
+#[inline(always)]
+unsafe fn q6k_gemv(t: &GemmArgs, group: *const u8, a: &[Q8KPreparedQ6], r0: usize, nr: usize) {
+    use crate::repack::Q6K_RECORD;
+    let halves = nr.div_ceil(8);
+    let mut sum = [_mm256_setzero_ps(); 2];
+    for (b, ab) in a.iter().enumerate().take(t.nb) {
+        let rec = group.add(b * Q6K_RECORD);
+        for (h, sum_h) in sum.iter_mut().enumerate().take(halves) {
+            let mut offs = _mm256_setzero_si256();
+            for s in 0..8 {
+                let sc = _mm256_cvtepi8_epi16(_mm_loadu_si128(
+                    rec.add(32 + 32 * s + 16 * h) as *const __m128i
+                ));
+                let pair = _mm256_set1_epi32(ab.sub_sums[s]);
+                offs = _mm256_add_epi32(offs, _mm256_madd_epi16(sc, pair));
+            }
+            let isum = _mm256_sub_epi32(q6k_one(rec, h, &ab.base), _mm256_slli_epi32::<5>(offs));
+            let d = _mm256_cvtph_ps(_mm_loadu_si128(rec.add(16 * h) as *const __m128i));
+            let dd = _mm256_mul_ps(d, _mm256_set1_ps(ab.base.d));
+            *sum_h = _mm256_add_ps(*sum_h, _mm256_mul_ps(dd, _mm256_cvtepi32_ps(isum)));
+        }
+    }
+    for (h, sum_h) in sum.iter().enumerate().take(halves) {
+        let v = _mm256_add_ps(_mm256_setzero_ps(), *sum_h);
+        store_rows(t.out.add(r0 + 8 * h), v, nr - 8 * h);
+    }
+}
+
+/// `Σ sc·Σ q·a` of one activation row against rows `8h..8h+8` of a Q6_Kx16 record: per `u`,
+/// the high-bit vector `u` and the low-bit vectors `u` and `u + 16` give the 4 chunks
+/// `x = u + 16k` (groups `s = 2k + u/8`), so every vector is loaded once; one i16 sum per `k`
+/// takes two `u` before its `madd`.
+#[inline(always)]
+unsafe fn q6k_one(rec: *const u8, h: usize, a: &Q8KPrepared) -> __m256i {
+    let nib = _mm256_set1_epi8(0x0f);
+    let top = _mm256_set1_epi8(0x30);
+    let mut isum = _mm256_setzero_si256();
+    let mut pairs = [_mm256_setzero_si256(); 4];
+    let ahead = rec.wrapping_add(PREFETCH_BYTES + 1680 * h);
+    for u in 0..16 {
+        // the record's half (27 lines) `PREFETCH_BYTES` ahead, spread over the loop
+        for line in 2 * u..(2 * u + 2).min(27) {
+            _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(64 * line) as *const i8);
+        }
+        let hb = _mm256_loadu_si256(rec.add(2336 + 64 * u + 32 * h) as *const _);
+        let lv_a = _mm256_loadu_si256(rec.add(288 + 64 * u + 32 * h) as *const _);
+        let lv_b = _mm256_loadu_si256(rec.add(288 + 64 * (u + 16) + 32 * h) as *const _);
+        let q = [
+            _mm256_or_si256(
+                _mm256_and_si256(lv_a, nib),
+                _mm256_and_si256(_mm256_slli_epi16::<4>(hb), top),
+            ),
+            _mm256_or_si256(
+                _mm256_and_si256(lv_b, nib),
+                _mm256_and_si256(_mm256_slli_epi16::<2>(hb), top),
+            ),
+            _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16::<4>(lv_a), nib),
+                _mm256_and_si256(hb, top),
+            ),
+            _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16::<4>(lv_b), nib),
+                _mm256_and_si256(_mm256_srli_epi16::<2>(hb), top),
+            ),
+        ];
+        for k in 0..4 {
+            let av = _mm256_set1_epi32(a.qs[u + 16 * k]);
+            pairs[k] = _mm256_add_epi16(pairs[k], _mm256_maddubs_epi16(q[k], av));
+        }
+        if u % 2 == 1 {
+            for (k, p) in pairs.iter_mut().enumerate() {
+                let s = 2 * k + u / 8;
+                let sc = _mm256_cvtepi8_epi16(_mm_loadu_si128(
+                    rec.add(32 + 32 * s + 16 * h) as *const __m128i
+                ));
+                isum = _mm256_add_epi32(isum, _mm256_madd_epi16(*p, sc));
+                *p = _mm256_setzero_si256();
+            }
+        }
+    }
+    isum
 }
