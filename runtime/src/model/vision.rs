@@ -380,8 +380,8 @@ impl VisionTower {
     }
 
     /// Repacks the ViT blocks' matrices into the ×16 layouts where the CPU level has repacked
-    /// kernels but no packed GEMM for their type (AVX2: Q4_0 and Q4_K, whose repacked GEMMs
-    /// run ≈ 1.7–1.9× the file layout's tiles), under [`crate::linear::should_repack`]; with
+    /// kernels but no packed GEMM for their type (AVX2: Q4_0 and the K-quants, whose repacked
+    /// GEMMs run ≈ 1.05–2× the file layout's tiles), under [`crate::linear::should_repack`]; with
     /// `force` (`TINYGPTV_REPACK=1`) wherever repacked kernels exist. With AVX-512 the packed
     /// GEMMs are as fast, so repacking would only add load time. The file map then drops the
     /// matrices' pages. Returns the bytes repacked by this call.
