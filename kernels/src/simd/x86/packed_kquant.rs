@@ -13,9 +13,9 @@
 //! are the reference's bits (the integer sums are exact in any order).
 //!
 //! - **Q4_K, Q5_K** (32-value sub-blocks, unsigned values): a lane holds 4 values of one class
-//!   and one sub-block. `vpdpbusd` gives their dot `D` (|D| < 2¹⁴); two sub-blocks' dots are
-//!   joined into the two i16 halves of a lane (see [`k4_dots`]) and one `vpdpwssd` with the
-//!   lane's scale pair scales and adds both: 3 multiply instructions per 8 values and lane.
+//!   and one sub-block. `vpdpbusd` adds them to the sub-block's dot, which one `vpmulld` with
+//!   the lane's scale scales (see [`k4_dots`]): 2 multiply instructions per 8 values and lane,
+//!   2 more per sub-block pair.
 //! - **Q6_K** (16-value sub-blocks, a class has only 2 values in each): the products
 //!   `sc·(q − 32)` as i16 pairs of one class and sub-block; one `vpdpwssd` per pair.
 //!
@@ -125,28 +125,22 @@ unsafe fn k4_values(qs: *const u8, qh: Option<__m256i>, j: usize) -> __m256i {
     q
 }
 
-/// Bias of each half of the Q4_K / Q5_K dot pairs (see [`k4_dots`]).
-pub(crate) const PAIR_BIAS: i32 = 1 << 14;
-
 /// Q4_K / Q5_K layout: packed vector `16p + 8h + l` holds, in lane `r`, row `r`'s 4 values of
-/// class `l` in sub-block `j = 2p + h` (unsigned bytes); vector `64 + p` the lane pairs
-/// `(sc_2p, sc_2p+1)` and vector 68 `−8·2¹⁴·Σ_j sc_j` (the pair biases of all 8 classes). Activations: the same dwords of the signed
-/// values (each 32 in [`mod8_order`]).
+/// class `l` in sub-block `j = 2p + h` (unsigned bytes); vector `64 + j` the rows' scales
+/// `sc_j` (i32 lanes). Activations: the same dwords of the signed values (each 32 in
+/// [`mod8_order`]).
 #[inline(always)]
 unsafe fn k4_scale_vectors(sc: &[[u8; 8]; ROWS], out: *mut __m512i) {
-    let mut pairs = [[0i32; ROWS]; 4];
-    let mut bias = [0i32; ROWS];
+    let mut v = [[0i32; ROWS]; 8];
     for (r, s) in sc.iter().enumerate() {
-        for p in 0..4 {
-            pairs[p][r] = s[2 * p] as i32 | (s[2 * p + 1] as i32) << 16;
+        for j in 0..8 {
+            v[j][r] = s[j] as i32;
         }
-        bias[r] = -8 * PAIR_BIAS * s.iter().map(|&v| v as i32).sum::<i32>();
     }
-    for (p, v) in pairs.iter().enumerate() {
-        out.add(p).write(_mm512_loadu_si512(v.as_ptr() as *const _));
+    for (j, vj) in v.iter().enumerate() {
+        out.add(j)
+            .write(_mm512_loadu_si512(vj.as_ptr() as *const _));
     }
-    out.add(4)
-        .write(_mm512_loadu_si512(bias.as_ptr() as *const _));
 }
 
 #[inline(always)]
@@ -159,38 +153,39 @@ unsafe fn k4_activations(qs: *const u8, out: *mut __m512i) {
     }
 }
 
-/// The Q4_K / Q5_K integer dots. Per class `l` and sub-block pair `(j, j') = (2p, 2p + 1)`:
-/// `vpdpbusd` gives `D' = Σ q·a` over the 4 values of `j'` (|D| < 2¹⁴) on top of `2¹⁴`, a shift
-/// by 16 bits moves `2¹⁴ + D'` to the high i16 and an add puts `2¹⁴` in the low one, a second
-/// `vpdpbusd` adds `D` of `j` to the low one (`2¹⁴ + D`, still in 0..2¹⁵, so no carry), and
-/// `vpdpwssd` with the lane's `(sc_j, sc_j')` adds `sc_j·(2¹⁴ + D) + sc_j'·(2¹⁴ + D')`. The
-/// biases sum to `2¹⁴·Σ_j sc_j` per class, which the start value removes for all 8 classes: three multiplies per
-/// 8 values instead of four, exact. (Shift and add, not one rotation: on Zen 4 a rotation
-/// takes a slot of the two pipes that run the multiplies, shifts and adds do not.)
+/// The Q4_K / Q5_K integer dots. Per sub-block pair `(2p, 2p + 1)`, `vpdpbusd` adds each
+/// class's 4 values of a sub-block to that sub-block's dot (at most 32·31·128, i32), and one
+/// `vpmulld` per sub-block scales it: 2 multiplies per 8 values and 2 per sub-block.
 #[inline(always)]
 unsafe fn k4_dots<const NC: usize>(w: *const __m512i, a: &[*const i32; NC]) -> [__m512i; NC] {
-    let start = w.add(68).read();
-    let bias = _mm512_set1_epi32(PAIR_BIAS);
-    // two sums per activation (even and odd classes): shorter dependency chains
-    let mut aux = [[start, _mm512_setzero_si512()]; NC];
+    let zero = _mm512_setzero_si512();
+    let mut isum = [zero; NC];
     // an opaque trip count keeps LLVM from unrolling the four pairs: fully unrolled, its
     // schedule runs out of registers
     for p in 0..core::hint::black_box(4) {
-        let sc = w.add(64 + p).read();
+        // per activation: sub-block 2p's dot in d[0] + d[1], 2p + 1's in d[2] + d[3] (two sums
+        // each, even and odd classes: shorter dependency chains)
+        let mut d = [[zero; 4]; NC];
         for l in 0..8 {
             let w_lo = w.add(16 * p + l).read();
             let w_hi = w.add(16 * p + 8 + l).read();
             for c in 0..NC {
-                let a_hi = _mm512_set1_epi32(a[c].add(16 * p + 8 + l).read());
                 let a_lo = _mm512_set1_epi32(a[c].add(16 * p + l).read());
-                let x = _mm512_dpbusd_epi32(bias, w_hi, a_hi);
-                let x = _mm512_add_epi32(_mm512_slli_epi32::<16>(x), bias);
-                let x = _mm512_dpbusd_epi32(x, w_lo, a_lo);
-                aux[c][l % 2] = _mm512_dpwssd_epi32(aux[c][l % 2], x, sc);
+                let a_hi = _mm512_set1_epi32(a[c].add(16 * p + 8 + l).read());
+                d[c][l % 2] = _mm512_dpbusd_epi32(d[c][l % 2], w_lo, a_lo);
+                d[c][2 + l % 2] = _mm512_dpbusd_epi32(d[c][2 + l % 2], w_hi, a_hi);
             }
         }
+        let sc_lo = w.add(64 + 2 * p).read();
+        let sc_hi = w.add(64 + 2 * p + 1).read();
+        for c in 0..NC {
+            let [d0, d1, d2, d3] = d[c];
+            let lo = _mm512_mullo_epi32(_mm512_add_epi32(d0, d1), sc_lo);
+            let hi = _mm512_mullo_epi32(_mm512_add_epi32(d2, d3), sc_hi);
+            isum[c] = _mm512_add_epi32(isum[c], _mm512_add_epi32(lo, hi));
+        }
     }
-    aux.map(|[e, o]| _mm512_add_epi32(e, o))
+    isum
 }
 
 /// A Q4_K (`FIVE = false`) or Q5_K super-block's 256 values, unsigned, as 4 vectors of
@@ -226,7 +221,7 @@ macro_rules! k4_kquant {
             const W_BYTES: usize = $bytes;
             const MINS: bool = true;
             const ROW_VECS: usize = 4;
-            const W_VECS: usize = 69;
+            const W_VECS: usize = 72;
             const A_VECS: usize = 4;
             const KC: usize = 4;
             const COLS: usize = 2;

@@ -384,8 +384,8 @@ unsafe fn k4_direct<const FIVE: bool>(
 /// Super-blocks `b0..b0 + nbc` of a Q4_Kx16 group as a chunk of the file layout's packed GEMM
 /// (`packed_kquant`, Q4_K): a record chunk `(c, l)` already holds, per lane, the class-`l`
 /// values of sub-blocks `2c` (low nibbles) and `2c + 1` (high nibbles), which are the packed
-/// vectors `16c + l` and `16c + 8 + l`; the scale pairs are the record's, zero-extended; then
-/// the pair bias of all 8 classes `−8·2¹⁴·Σ sc`, the min pairs `(m_2k, m_2k+1)` and `d`, `dmin` as f32.
+/// vectors `16c + l` and `16c + 8 + l`; the scales are the record's as i32 lanes; then the min
+/// pairs `(m_2k, m_2k+1)` and `d`, `dmin` as f32.
 /// With `FIVE`: the same for a Q5_Kx16 group and the packed GEMM's Q5_K chunks (the same
 /// vectors, with values 0..32).
 #[inline(always)]
@@ -402,20 +402,19 @@ unsafe fn k4_chunk<const FIVE: bool>(
     for b in 0..nbc {
         let rec = group.add((b0 + b) * record);
         let w = ch.w.add(b * packed_kquant::Q4K::W_VECS);
-        let mut sc_sum = _mm512_setzero_si512();
         for c in 0..4 {
             for l in 0..8 {
                 let (lo, hi) = k4_chunk_values::<FIVE>(rec, c, l);
                 w.add(16 * c + l).write(lo);
                 w.add(16 * c + 8 + l).write(hi);
             }
+            // lane r: (sc[2c], sc[2c+1]) as two i16 → each as i32
             let sc =
                 _mm512_cvtepu8_epi16(_mm256_loadu_si256(rec.add(64 + 32 * c) as *const __m256i));
-            w.add(64 + c).write(sc);
-            sc_sum = _mm512_add_epi32(sc_sum, _mm512_madd_epi16(sc, _mm512_set1_epi16(1)));
+            w.add(64 + 2 * c)
+                .write(_mm512_and_si512(sc, _mm512_set1_epi32(0xffff)));
+            w.add(64 + 2 * c + 1).write(_mm512_srli_epi32::<16>(sc));
         }
-        let bias = _mm512_mullo_epi32(sc_sum, _mm512_set1_epi32(-8 * packed_kquant::PAIR_BIAS));
-        w.add(68).write(bias);
         for k in 0..4 {
             let m = |j: usize| {
                 _mm512_cvtepu8_epi32(_mm_loadu_si128(rec.add(192 + 16 * j) as *const __m128i))
