@@ -43,19 +43,12 @@ const STATE: usize = 2;
 /// Bytes of activation records per group of activation rows.
 const GROUP_BYTES: usize = 4 << 20;
 
-/// Byte order within each 16 bytes that puts elements `l` and `l + 8` side by side.
-#[inline(always)]
-unsafe fn pair_order(v: __m256i) -> __m256i {
-    let t = _mm_setr_epi8(0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
-    _mm256_shuffle_epi8(v, _mm256_set_m128i(t, t))
-}
-
-/// One row's super-block after [`KQuant::unpack`]: its f16 scales and (Q4_K, Q5_K) the
-/// 6-bit sub-block scales and mins.
+/// One row's super-block after [`KQuant::unpack`]: its f16 scales, the sub-block scales (Q4_K,
+/// Q5_K: 8 six-bit ones; Q6_K: 16 signed bytes) and (Q4_K, Q5_K) the 6-bit mins.
 pub(crate) struct RowBlock {
     d: u16,
     dmin: u16,
-    sc: [u8; 8],
+    sc: [u8; 16],
     mins: [u8; 8],
 }
 
@@ -79,7 +72,7 @@ pub(crate) trait KQuant {
     /// Unpacks the super-block at `blk` into `ROW_VECS` vectors at `out`.
     unsafe fn unpack(blk: *const u8, out: *mut __m512i) -> RowBlock;
     /// Writes the vectors that follow the transposed ones (from the 16 rows' scales).
-    unsafe fn scale_vectors(sc: &[[u8; 8]; ROWS], out: *mut __m512i);
+    unsafe fn scale_vectors(sc: &[[u8; 16]; ROWS], out: *mut __m512i);
     /// Writes the `A_VECS` vectors of the Q8_K values at `qs`.
     unsafe fn activations(qs: *const u8, out: *mut __m512i);
     /// `isum[c]`: lane `r` = the reference's integer dot (scaled by the sub-block scales) of
@@ -94,7 +87,7 @@ pub(crate) struct Q6K;
 
 /// The 8 six-bit scales and mins of Q4_K / Q5_K (ggml's `get_scale_min_k4` for j = 0..8).
 #[inline(always)]
-unsafe fn scales_mins_k4(p: *const u8) -> ([u8; 8], [u8; 8]) {
+unsafe fn scales_mins_k4(p: *const u8) -> ([u8; 16], [u8; 8]) {
     let w0 = (p as *const u32).read_unaligned();
     let w1 = (p.add(4) as *const u32).read_unaligned();
     let w2 = (p.add(8) as *const u32).read_unaligned();
@@ -103,7 +96,9 @@ unsafe fn scales_mins_k4(p: *const u8) -> ([u8; 8], [u8; 8]) {
     let sc_hi = (w2 & 0x0f0f_0f0f) | (((w0 >> 6) & 0x0303_0303) << 4);
     let m_hi = ((w2 >> 4) & 0x0f0f_0f0f) | (((w1 >> 6) & 0x0303_0303) << 4);
     let join = |lo: u32, hi: u32| ((hi as u64) << 32 | lo as u64).to_le_bytes();
-    (join(sc_lo, sc_hi), join(m_lo, m_hi))
+    let mut sc = [0u8; 16];
+    sc[..8].copy_from_slice(&join(sc_lo, sc_hi));
+    (sc, join(m_lo, m_hi))
 }
 
 /// Q4_K / Q5_K values (0..32) of sub-block `j` (`qs` chunk `j / 2`, low or high nibble, plus
@@ -130,7 +125,7 @@ unsafe fn k4_values(qs: *const u8, qh: Option<__m256i>, j: usize) -> __m256i {
 /// `sc_j` (i32 lanes). Activations: the same dwords of the signed values (each 32 in
 /// [`mod8_order`]).
 #[inline(always)]
-unsafe fn k4_scale_vectors(sc: &[[u8; 8]; ROWS], out: *mut __m512i) {
+unsafe fn k4_scale_vectors(sc: &[[u8; 16]; ROWS], out: *mut __m512i) {
     let mut v = [[0i32; ROWS]; 8];
     for (r, s) in sc.iter().enumerate() {
         for j in 0..8 {
@@ -232,7 +227,7 @@ macro_rules! k4_kquant {
             }
 
             #[inline(always)]
-            unsafe fn scale_vectors(sc: &[[u8; 8]; ROWS], out: *mut __m512i) {
+            unsafe fn scale_vectors(sc: &[[u8; 16]; ROWS], out: *mut __m512i) {
                 k4_scale_vectors(sc, out)
             }
 
@@ -255,24 +250,33 @@ macro_rules! k4_kquant {
 k4_kquant!(Q4K, 144, false);
 k4_kquant!(Q5K, 176, true);
 
-/// Q6_K layout: the products `w = sc·(q − 32)` as i16, paired `(w(16s + l), w(16s + l + 8))`
-/// (two values of class `l` in 16-value sub-block `s`); packed vector `8s + l` holds row `r`'s
-/// pair in lane `r`. Activations: the same pairs of i16. One `vpdpwssd` per pair vector.
+/// Q6_K layout: dword `4S + j` of a super-block holds the values `q + 32` (0..64, unsigned) of
+/// elements `16S + {j, j + 8, j + 4, j + 12}` of 16-value sub-block `S` (the order in which
+/// the ×16 records' class chunks `j` and `j + 4` combine, see `repacked::q6k_chunk`); packed
+/// vector `4S + j` holds row `r`'s in lane `r`. Then vector `64 + S` the rows' scales `sc_S`
+/// (i32 lanes) and vector `80 + k` the i16 pairs `(sc_2k, sc_2k+1)`. Activations: the same
+/// dwords of the signed values, then one vector of the i16 pairs `(A_2k, A_2k+1)`, `A_S` the
+/// sum of sub-block `S`'s 16 activations (from the values; the reference never reads `bsums`).
+///
+/// Per sub-block, 4 `vpdpbusd` give `Σ q·a` and one `vpmulld` scales it; the offset 32 comes
+/// off at the end as `32·Σ sc·A` (8 `vpdpwssd`): 88 multiplies per super-block and activation,
+/// where the products `sc·(q − 32)` as i16 pairs took 128.
 impl KQuant for Q6K {
     const W_BYTES: usize = 210;
     const MINS: bool = false;
-    const ROW_VECS: usize = 8;
-    const W_VECS: usize = 128;
-    const A_VECS: usize = 8;
-    const KC: usize = 2;
+    const ROW_VECS: usize = 4;
+    const W_VECS: usize = 88;
+    const A_VECS: usize = 5;
+    const KC: usize = 3;
     const COLS: usize = 3;
 
     #[inline(always)]
     unsafe fn unpack(blk: *const u8, out: *mut __m512i) -> RowBlock {
         let m4 = _mm256_set1_epi8(0x0f);
-        let sc = blk.add(192) as *const i8;
+        let mut sc = [0u8; 16];
+        core::ptr::copy_nonoverlapping(blk.add(192), sc.as_mut_ptr(), 16);
         for h in 0..2 {
-            let ld = |p: *const u8| pair_order(_mm256_loadu_si256(p as *const __m256i));
+            let ld = |p: *const u8| _mm256_loadu_si256(p as *const __m256i);
             let ql0 = ld(blk.add(64 * h));
             let ql1 = ld(blk.add(64 * h + 32));
             let qh = ld(blk.add(128 + 32 * h));
@@ -287,57 +291,97 @@ impl KQuant for Q6K {
                     _mm256_srli_epi16::<2>(hb(-0x40)),
                 ),
             ];
-            for (k, qk) in q.iter().enumerate() {
-                let g = 4 * h + k;
-                // sub-blocks 2g (first 16 values) and 2g + 1
-                let s = _mm512_inserti64x4::<1>(
-                    _mm512_castsi256_si512(_mm256_set1_epi16(*sc.add(2 * g) as i16)),
-                    _mm256_set1_epi16(*sc.add(2 * g + 1) as i16),
-                );
-                let v = _mm512_sub_epi16(_mm512_cvtepu8_epi16(*qk), _mm512_set1_epi16(32));
-                out.add(g).write(_mm512_mullo_epi16(v, s));
+            for k in 0..2 {
+                let v = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(q[2 * k]), q[2 * k + 1]);
+                out.add(2 * h + k).write(q6k_dword_order(v));
             }
         }
         RowBlock {
             d: (blk.add(208) as *const u16).read_unaligned(),
             dmin: 0,
-            sc: [0; 8],
+            sc,
             mins: [0; 8],
         }
     }
 
     #[inline(always)]
-    unsafe fn scale_vectors(_sc: &[[u8; 8]; ROWS], _out: *mut __m512i) {}
+    unsafe fn scale_vectors(sc: &[[u8; 16]; ROWS], out: *mut __m512i) {
+        let mut single = [[0i32; ROWS]; 16];
+        let mut pairs = [[0i32; ROWS]; 8];
+        for (r, s) in sc.iter().enumerate() {
+            for k in 0..16 {
+                single[k][r] = s[k] as i8 as i32;
+            }
+            for k in 0..8 {
+                let (lo, hi) = (
+                    s[2 * k] as i8 as i16 as u16,
+                    s[2 * k + 1] as i8 as i16 as u16,
+                );
+                pairs[k][r] = (lo as u32 | (hi as u32) << 16) as i32;
+            }
+        }
+        for (k, v) in single.iter().chain(&pairs).enumerate() {
+            out.add(k).write(_mm512_loadu_si512(v.as_ptr() as *const _));
+        }
+    }
 
     #[inline(always)]
     unsafe fn activations(qs: *const u8, out: *mut __m512i) {
-        for g in 0..8 {
-            let v = pair_order(_mm256_loadu_si256(qs.add(32 * g) as *const __m256i));
-            out.add(g).write(_mm512_cvtepi8_epi16(v));
+        for v in 0..4 {
+            let x = _mm512_loadu_si512(qs.add(64 * v) as *const _);
+            out.add(v).write(q6k_dword_order(x));
         }
+        let mut pairs = [0i32; 16];
+        for k in 0..8 {
+            let sum = |s: usize| {
+                (0..16)
+                    .map(|i| *qs.add(16 * s + i) as i8 as i32)
+                    .sum::<i32>()
+            };
+            let (lo, hi) = (sum(2 * k) as i16 as u16, sum(2 * k + 1) as i16 as u16);
+            pairs[k] = (lo as u32 | (hi as u32) << 16) as i32;
+        }
+        out.add(4)
+            .write(_mm512_loadu_si512(pairs.as_ptr() as *const _));
     }
 
     #[inline(always)]
     unsafe fn dots<const NC: usize>(w: *const __m512i, a: &[*const i32; NC]) -> [__m512i; NC] {
-        // four sums per activation (classes l mod 4): 128 dependent `vpdpwssd` in one sum
-        // would leave the multiply pipes waiting on their latency
-        let mut aux = [[_mm512_setzero_si512(); 4]; NC];
+        let zero = _mm512_setzero_si512();
+        let mut isum = [zero; NC];
         for s in 0..16 {
-            for l in 0..8 {
-                let wv = w.add(8 * s + l).read();
+            let mut d = [[zero; 2]; NC];
+            for j in 0..4 {
+                let wv = w.add(4 * s + j).read();
                 for c in 0..NC {
-                    let av = _mm512_set1_epi32(a[c].add(8 * s + l).read());
-                    aux[c][l % 4] = _mm512_dpwssd_epi32(aux[c][l % 4], wv, av);
+                    let av = _mm512_set1_epi32(a[c].add(4 * s + j).read());
+                    d[c][j % 2] = _mm512_dpbusd_epi32(d[c][j % 2], wv, av);
                 }
             }
+            let sc = w.add(64 + s).read();
+            for c in 0..NC {
+                let dot = _mm512_add_epi32(d[c][0], d[c][1]);
+                isum[c] = _mm512_add_epi32(isum[c], _mm512_mullo_epi32(dot, sc));
+            }
         }
-        let mut isum = [_mm512_setzero_si512(); NC];
         for c in 0..NC {
-            let [x0, x1, x2, x3] = aux[c];
-            isum[c] = _mm512_add_epi32(_mm512_add_epi32(x0, x1), _mm512_add_epi32(x2, x3));
+            // Σ sc·(q − 32)·a = Σ sc·q·a − 32·Σ sc·A
+            let mut off = zero;
+            for k in 0..8 {
+                let pair = _mm512_set1_epi32(a[c].add(64 + k).read());
+                off = _mm512_dpwssd_epi32(off, w.add(80 + k).read(), pair);
+            }
+            isum[c] = _mm512_sub_epi32(isum[c], _mm512_slli_epi32::<5>(off));
         }
         isum
     }
+}
+
+/// Every 16 bytes (a Q6_K sub-block) in the order `0, 8, 4, 12, 1, 9, 5, 13, …` (see [`Q6K`]).
+#[inline(always)]
+pub(crate) unsafe fn q6k_dword_order(v: __m512i) -> __m512i {
+    let t = _mm_setr_epi8(0, 8, 4, 12, 1, 9, 5, 13, 2, 10, 6, 14, 3, 11, 7, 15);
+    _mm512_shuffle_epi8(v, _mm512_broadcast_i32x4(t))
 }
 
 /// Transposes 16 vectors of 16 i32 lanes: lane `r` of output `i` is lane `i` of input `r`.
@@ -392,7 +436,7 @@ unsafe fn pack_chunk<F: KQuant>(rows: &[*const u8; ROWS], b0: usize, nbc: usize,
     for b in 0..nbc {
         let mut d = [0u16; ROWS];
         let mut dmin = [0u16; ROWS];
-        let mut sc = [[0u8; 8]; ROWS];
+        let mut sc = [[0u8; 16]; ROWS];
         let mut mins = [[0u32; ROWS]; 4];
         for (r, row) in rows.iter().enumerate() {
             let rb = F::unpack(row.add((b0 + b) * F::W_BYTES), ch.rows.add(F::ROW_VECS * r));

@@ -504,41 +504,42 @@ unsafe fn q6k_values(
 }
 
 /// Super-blocks `b0..b0 + nbc` of a Q6_Kx16 group as a chunk of the file layout's packed GEMM
-/// (`packed_kquant`, Q6_K): vector `8S + l` = the i16 pairs `sc_S·(q − 32)` of elements
-/// `16S + l` and `16S + l + 8` (16-value sub-block `S`, class `l`), lane `r` = row `r`; and the
+/// (`packed_kquant`, Q6_K): vector `4S + j` = the values of elements `16S + {j, j+8, j+4, j+12}`
+/// of 16-value sub-block `S`, lane `r` = row `r`; the scales as i32 and as i16 pairs; and the
 /// rows' `d` as f32. A record chunk `x = 8s + l` holds, per lane, the class-`l` values
-/// `(t₀, t₁)` of sub-block `2s` and `(t₂, t₃)` of `2s + 1`, with the scale pair
-/// `(sc_2s, sc_2s+1)` per lane at the same place, so two multiplies and two blends give both
-/// vectors.
+/// `(t₀, t₁)` of sub-block `2s` and `(t₂, t₃)` of `2s + 1`, so chunks `j` and `j + 4` give both
+/// sub-blocks' vectors `j` with one blend of i16 halves each.
 #[inline(always)]
 unsafe fn q6k_chunk(group: *const u8, b0: usize, nbc: usize, ch: &packed_kquant::Chunk) {
     use crate::repack::Q6K_RECORD;
     use packed_kquant::KQuant;
     let nib = _mm512_set1_epi8(0x0f);
     let two = _mm512_set1_epi8(0x03);
-    let off = _mm512_set1_epi8(32);
     // the high i16 half of every dword
     let odd: __mmask32 = 0xaaaa_aaaa;
+    let chunk = |rec: *const u8, x: usize| {
+        let (u, k) = (x % 16, x / 16);
+        let h = _mm512_loadu_si512(rec.add(2336 + 64 * u) as *const _);
+        q6k_values(rec, h, u, k, nib, two)
+    };
     for b in 0..nbc {
         let rec = group.add((b0 + b) * Q6K_RECORD);
         let w = ch.w.add(b * packed_kquant::Q6K::W_VECS);
-        for u in 0..16 {
-            let h = _mm512_loadu_si512(rec.add(2336 + 64 * u) as *const _);
-            for k in 0..4 {
-                let x = u + 16 * k;
-                let (s, l) = (x / 8, x % 8);
-                let sc = _mm512_cvtepi8_epi16(_mm256_loadu_si256(
-                    rec.add(32 + 32 * s) as *const __m256i
-                ));
-                let v = _mm512_sub_epi8(q6k_values(rec, h, u, k, nib, two), off);
-                // i16 halves of lane r: (t₀, t₂)·(sc_2s, sc_2s+1) and (t₁, t₃)·(…)
-                let p02 = _mm512_mullo_epi16(_mm512_srai_epi16::<8>(_mm512_slli_epi16::<8>(v)), sc);
-                let p13 = _mm512_mullo_epi16(_mm512_srai_epi16::<8>(v), sc);
-                let lo = _mm512_mask_blend_epi16(odd, p02, _mm512_slli_epi32::<16>(p13));
-                let hi = _mm512_mask_blend_epi16(odd, _mm512_srli_epi32::<16>(p02), p13);
-                w.add(8 * (2 * s) + l).write(lo);
-                w.add(8 * (2 * s + 1) + l).write(hi);
+        for s in 0..8 {
+            for j in 0..4 {
+                let (a, c) = (chunk(rec, 8 * s + j), chunk(rec, 8 * s + j + 4));
+                let lo = _mm512_mask_blend_epi16(odd, a, _mm512_slli_epi32::<16>(c));
+                let hi = _mm512_mask_blend_epi16(odd, _mm512_srli_epi32::<16>(a), c);
+                w.add(4 * (2 * s) + j).write(lo);
+                w.add(4 * (2 * s + 1) + j).write(hi);
             }
+            // lane r: (sc[2s], sc[2s+1]) as two i16, and each as i32
+            let pair =
+                _mm512_cvtepi8_epi16(_mm256_loadu_si256(rec.add(32 + 32 * s) as *const __m256i));
+            w.add(64 + 2 * s)
+                .write(_mm512_srai_epi32::<16>(_mm512_slli_epi32::<16>(pair)));
+            w.add(64 + 2 * s + 1).write(_mm512_srai_epi32::<16>(pair));
+            w.add(80 + s).write(pair);
         }
         ch.d.add(b)
             .write(_mm512_cvtph_ps(_mm256_loadu_si256(rec as *const __m256i)));
