@@ -134,18 +134,25 @@ pub(crate) unsafe fn gemm_q5_k(t: &GemmArgs) -> bool {
 #[inline(always)]
 unsafe fn gemm_k4<const FIVE: bool>(t: &GemmArgs) -> bool {
     let a = prepare_q8k(t);
+    // Q5_K with several passes per group: its values unpacked once per group
+    let pre = FIVE && t.m > K4_COLS;
+    let mut unpacked = Vec::new();
     for (gi, r0) in (0..t.n).step_by(GROUP_ROWS).enumerate() {
         let nr = (t.n - r0).min(GROUP_ROWS);
         let group = t.w.add(gi * t.w_stride);
+        if pre {
+            unpack_group(group, t.nb, &mut unpacked);
+        }
+        let u = pre.then_some(unpacked.as_slice());
         let mut c0 = 0;
         while c0 + K4_COLS <= t.m {
-            k4_cols::<K4_COLS, FIVE>(t, group, &a, c0, r0, nr);
+            k4_cols::<K4_COLS, FIVE>(t, group, &a, c0, r0, nr, u);
             c0 += K4_COLS;
         }
         match t.m - c0 {
             0 => {}
-            1 => k4_cols::<1, FIVE>(t, group, &a, c0, r0, nr),
-            _ => k4_cols::<2, FIVE>(t, group, &a, c0, r0, nr),
+            1 => k4_cols::<1, FIVE>(t, group, &a, c0, r0, nr, u),
+            _ => k4_cols::<2, FIVE>(t, group, &a, c0, r0, nr, u),
         }
     }
     true
@@ -154,35 +161,20 @@ unsafe fn gemm_k4<const FIVE: bool>(t: &GemmArgs) -> bool {
 /// Activation rows per pass of [`k4_cols`] (each record chunk is unpacked once per pass).
 const K4_COLS: usize = 3;
 
-/// Activation rows `c0..c0+NC` against one Q4_Kx16 group (with `FIVE`, Q5_Kx16; rows
-/// `r0..r0+nr`, 8 per half): per row `sum += (d·d_a)·isum` and `mins −= (dmin·d_a)·Σ m·B`,
-/// then `mins + sum`.
-///
-/// Q5_K's values reach 31, so a pair sum reaches ±7936 and only 4 chunks add up in i16 (at
-/// most ±31744) before each `madd`. Its 5th bits: byte `l % 4` of a row's dword in the record's
-/// bit section (see `repack::Q5K_RECORD`), spread to the dword's 4 bytes, then bit `t` (low
-/// nibbles) or `4 + t` (high nibbles) of byte `t` tested.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn k4_cols<const NC: usize, const FIVE: bool>(
-    t: &GemmArgs,
-    group: *const u8,
-    a: &[Q8KPrepared],
-    c0: usize,
-    r0: usize,
-    nr: usize,
-) {
-    use crate::repack::{Q5K_HIGH_BITS, Q5K_RECORD};
-    let record = if FIVE { Q5K_RECORD } else { Q4K_RECORD };
-    let nb = t.nb;
-    let mask = _mm256_set1_epi8(0x0f);
-    let b16 = _mm256_set1_epi8(0x10);
-    let (bit_lo, bit_hi) = (
-        _mm256_set1_epi32(0x0804_0201),
-        _mm256_set1_epi32(0x8040_2010_u32 as i32),
-    );
-    // byte k of every dword to all its 4 bytes (`vpshufb` indexes within 128-bit lanes)
-    let spread_idx: [__m256i; 4] = {
+/// Constants of [`k4_values`].
+#[derive(Clone, Copy)]
+struct K4Consts {
+    mask: __m256i,
+    b16: __m256i,
+    bit_lo: __m256i,
+    bit_hi: __m256i,
+    /// byte `k` of every dword to all its 4 bytes (`vpshufb` indexes within 128-bit lanes)
+    spread_idx: [__m256i; 4],
+}
+
+impl K4Consts {
+    #[inline(always)]
+    unsafe fn new() -> Self {
         let dwords = _mm256_set_epi32(
             0x0c0c_0c0c,
             0x0808_0808,
@@ -193,12 +185,96 @@ unsafe fn k4_cols<const NC: usize, const FIVE: bool>(
             0x0404_0404,
             0,
         );
-        let mut v = [dwords; 4];
-        for (k, x) in v.iter_mut().enumerate() {
+        let mut spread_idx = [dwords; 4];
+        for (k, x) in spread_idx.iter_mut().enumerate() {
             *x = _mm256_add_epi8(dwords, _mm256_set1_epi8(k as i8));
         }
-        v
-    };
+        K4Consts {
+            mask: _mm256_set1_epi8(0x0f),
+            b16: _mm256_set1_epi8(0x10),
+            bit_lo: _mm256_set1_epi32(0x0804_0201),
+            bit_hi: _mm256_set1_epi32(0x8040_2010_u32 as i32),
+            spread_idx,
+        }
+    }
+}
+
+/// The values of record chunk `(c, l)`, rows `8h..8h+8`: sub-block `2c` (low nibbles) and
+/// `2c + 1` (high nibbles), with `FIVE` their 5th bits from the record's bit section (byte
+/// `l % 4` of each row's dword, spread to the dword's 4 bytes, then bit `t` / `4 + t` of byte
+/// `t` tested).
+#[inline(always)]
+unsafe fn k4_values<const FIVE: bool>(
+    rec: *const u8,
+    c: usize,
+    l: usize,
+    h: usize,
+    k: &K4Consts,
+) -> (__m256i, __m256i) {
+    use crate::repack::Q5K_HIGH_BITS;
+    let q = _mm256_loadu_si256(rec.add(320 + (c * 8 + l) * 64 + 32 * h) as *const _);
+    let mut lo = _mm256_and_si256(q, k.mask);
+    let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), k.mask);
+    if FIVE {
+        let at = Q5K_HIGH_BITS + (2 * c + l / 4) * 64 + 32 * h;
+        let bits = _mm256_loadu_si256(rec.add(at) as *const __m256i);
+        let spread = _mm256_shuffle_epi8(bits, k.spread_idx[l % 4]);
+        let set_lo = _mm256_cmpeq_epi8(_mm256_and_si256(spread, k.bit_lo), k.bit_lo);
+        let set_hi = _mm256_cmpeq_epi8(_mm256_and_si256(spread, k.bit_hi), k.bit_hi);
+        lo = _mm256_or_si256(lo, _mm256_and_si256(set_lo, k.b16));
+        hi = _mm256_or_si256(hi, _mm256_and_si256(set_hi, k.b16));
+    }
+    (lo, hi)
+}
+
+/// Bytes of one record's values after [`unpack_group`]: per chunk `(c, l)` and half `h`, the
+/// 32 low-nibble values then the 32 high-nibble ones.
+const UNPACKED_RECORD: usize = 32 * 2 * 64;
+
+/// Unpacks the values of a Q5_Kx16 group's `nb` records once (the 5th bits cost as much as
+/// the products), for the passes of [`k4_cols`] over its activation rows.
+#[inline(always)]
+unsafe fn unpack_group(group: *const u8, nb: usize, out: &mut Vec<__m256i>) {
+    use crate::repack::Q5K_RECORD;
+    let k = K4Consts::new();
+    out.clear();
+    out.reserve(nb * UNPACKED_RECORD / 32);
+    for b in 0..nb {
+        let rec = group.add(b * Q5K_RECORD);
+        for c in 0..4 {
+            for l in 0..8 {
+                for h in 0..2 {
+                    let (lo, hi) = k4_values::<true>(rec, c, l, h, &k);
+                    out.push(lo);
+                    out.push(hi);
+                }
+            }
+        }
+    }
+}
+
+/// Activation rows `c0..c0+NC` against one Q4_Kx16 group (with `FIVE`, Q5_Kx16; rows
+/// `r0..r0+nr`, 8 per half): per row `sum += (d·d_a)·isum` and `mins −= (dmin·d_a)·Σ m·B`,
+/// then `mins + sum`.
+///
+/// Q5_K's values reach 31, so a pair sum reaches ±7936 and only 4 chunks add up in i16 (at
+/// most ±31744) before each `madd`. Its values come from [`k4_values`], or from `unpacked`
+/// ([`unpack_group`]) when several passes share the group.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn k4_cols<const NC: usize, const FIVE: bool>(
+    t: &GemmArgs,
+    group: *const u8,
+    a: &[Q8KPrepared],
+    c0: usize,
+    r0: usize,
+    nr: usize,
+    unpacked: Option<&[__m256i]>,
+) {
+    use crate::repack::Q5K_RECORD;
+    let record = if FIVE { Q5K_RECORD } else { Q4K_RECORD };
+    let nb = t.nb;
+    let k4 = K4Consts::new();
     // per i32 lane (sc_lo, sc_hi) as i16 → (sc_lo, sc_lo) and (sc_hi, sc_hi)
     let dup = |lo: i8| {
         let (a, b) = (lo, lo + 1);
@@ -258,19 +334,13 @@ unsafe fn k4_cols<const NC: usize, const FIVE: bool>(
                         let line = ahead.wrapping_add(64 * (8 * c + l));
                         _mm_prefetch::<_MM_HINT_T1>(line as *const i8);
                     }
-                    let q =
-                        _mm256_loadu_si256(rec.add(320 + (c * 8 + l) * 64 + 32 * h) as *const _);
-                    let mut lo = _mm256_and_si256(q, mask);
-                    let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), mask);
-                    if FIVE {
-                        let at = Q5K_HIGH_BITS + (2 * c + l / 4) * 64 + 32 * h;
-                        let bits = _mm256_loadu_si256(rec.add(at) as *const __m256i);
-                        let spread = _mm256_shuffle_epi8(bits, spread_idx[l % 4]);
-                        let set_lo = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit_lo), bit_lo);
-                        let set_hi = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit_hi), bit_hi);
-                        lo = _mm256_or_si256(lo, _mm256_and_si256(set_lo, b16));
-                        hi = _mm256_or_si256(hi, _mm256_and_si256(set_hi, b16));
-                    }
+                    let (lo, hi) = match unpacked {
+                        Some(u) => {
+                            let i = ((b * 32 + c * 8 + l) * 2 + h) * 2;
+                            (u[i], u[i + 1])
+                        }
+                        None => k4_values::<FIVE>(rec, c, l, h, &k4),
+                    };
                     for (x, p) in ab.iter().enumerate() {
                         let dl = _mm256_maddubs_epi16(lo, _mm256_set1_epi32(p.qs[16 * c + l]));
                         let dh = _mm256_maddubs_epi16(hi, _mm256_set1_epi32(p.qs[16 * c + 8 + l]));
