@@ -426,6 +426,9 @@ unsafe fn prepare_q8k_q6(t: &GemmArgs) -> Vec<Q8KPreparedQ6> {
 #[inline(always)]
 pub(crate) unsafe fn gemm_q6_k(t: &GemmArgs) -> bool {
     let a = prepare_q8k_q6(t);
+    // several passes per group: its values unpacked once per group
+    let pre = t.m > Q6K_COLS;
+    let mut unpacked = Vec::new();
     for (gi, r0) in (0..t.n).step_by(GROUP_ROWS).enumerate() {
         let nr = (t.n - r0).min(GROUP_ROWS);
         let group = t.w.add(gi * t.w_stride);
@@ -433,16 +436,29 @@ pub(crate) unsafe fn gemm_q6_k(t: &GemmArgs) -> bool {
             q6k_gemv(t, group, &a, r0, nr);
             continue;
         }
+        if pre {
+            unpacked.clear();
+            unpacked.reserve(t.nb * 128);
+            for b in 0..t.nb {
+                let rec = group.add(b * crate::repack::Q6K_RECORD);
+                for x in 0..64 {
+                    for h in 0..2 {
+                        unpacked.push(q6k_value(rec, x, h));
+                    }
+                }
+            }
+        }
+        let u = pre.then_some(unpacked.as_slice());
         for h in 0..nr.div_ceil(8) {
             let mut c0 = 0;
             while c0 + Q6K_COLS <= t.m {
-                q6k_cols::<Q6K_COLS>(t, group, &a, c0, r0, nr, h);
+                q6k_cols::<Q6K_COLS>(t, group, &a, c0, r0, nr, h, u);
                 c0 += Q6K_COLS;
             }
             match t.m - c0 {
                 0 => {}
-                1 => q6k_cols::<1>(t, group, &a, c0, r0, nr, h),
-                _ => q6k_cols::<2>(t, group, &a, c0, r0, nr, h),
+                1 => q6k_cols::<1>(t, group, &a, c0, r0, nr, h, u),
+                _ => q6k_cols::<2>(t, group, &a, c0, r0, nr, h, u),
             }
         }
     }
@@ -451,6 +467,26 @@ pub(crate) unsafe fn gemm_q6_k(t: &GemmArgs) -> bool {
 
 /// Activation rows per pass of [`q6k_cols`].
 const Q6K_COLS: usize = 3;
+
+/// The values `q + 32` of record chunk `x = u + 16k`, rows `8h..8h+8`: the low 4 bits from
+/// vector `x % 32` (high nibbles from 32 on), the 2 high bits `2k, 2k+1` of vector `u` moved to
+/// bits 4, 5.
+#[inline(always)]
+unsafe fn q6k_value(rec: *const u8, x: usize, h: usize) -> __m256i {
+    let (u, k) = (x % 16, x / 16);
+    let lv = _mm256_loadu_si256(rec.add(288 + 64 * (x % 32) + 32 * h) as *const _);
+    let hb = _mm256_loadu_si256(rec.add(2336 + 64 * u + 32 * h) as *const _);
+    let (lo, hi) = match k {
+        0 => (lv, _mm256_slli_epi16::<4>(hb)),
+        1 => (lv, _mm256_slli_epi16::<2>(hb)),
+        2 => (_mm256_srli_epi16::<4>(lv), hb),
+        _ => (_mm256_srli_epi16::<4>(lv), _mm256_srli_epi16::<2>(hb)),
+    };
+    _mm256_or_si256(
+        _mm256_and_si256(lo, _mm256_set1_epi8(0x0f)),
+        _mm256_and_si256(hi, _mm256_set1_epi8(0x30)),
+    )
+}
 
 /// Activation rows `c0..c0+NC` against rows `8h..8h+8` of one Q6_Kx16 group (rows
 /// `r0..r0+nr`): per row `sum += (d·d_a)·isum`, then `0 + sum` (the reference's order).
@@ -472,11 +508,10 @@ unsafe fn q6k_cols<const NC: usize>(
     r0: usize,
     nr: usize,
     h: usize,
+    unpacked: Option<&[__m256i]>,
 ) {
     use crate::repack::Q6K_RECORD;
     let nb = t.nb;
-    let nib = _mm256_set1_epi8(0x0f);
-    let top = _mm256_set1_epi8(0x30);
     let mut sum = [_mm256_setzero_ps(); NC];
     for b in 0..nb {
         let rec = group.add(b * Q6K_RECORD);
@@ -500,18 +535,11 @@ unsafe fn q6k_cols<const NC: usize>(
                 }
                 let mut pairs = [_mm256_setzero_si256(); NC];
                 for l in 0..8 {
-                    let u = 8 * half + l;
-                    let x = u + 16 * k;
-                    let lv = _mm256_loadu_si256(rec.add(288 + 64 * (x % 32) + 32 * h) as *const _);
-                    let hb = _mm256_loadu_si256(rec.add(2336 + 64 * u + 32 * h) as *const _);
-                    // the low 4 bits, and the 2 high bits `2k, 2k+1` of `hb` moved to bits 4, 5
-                    let (lo, hi) = match k {
-                        0 => (lv, _mm256_slli_epi16::<4>(hb)),
-                        1 => (lv, _mm256_slli_epi16::<2>(hb)),
-                        2 => (_mm256_srli_epi16::<4>(lv), hb),
-                        _ => (_mm256_srli_epi16::<4>(lv), _mm256_srli_epi16::<2>(hb)),
+                    let x = 8 * half + l + 16 * k;
+                    let q = match unpacked {
+                        Some(u) => u[(b * 64 + x) * 2 + h],
+                        None => q6k_value(rec, x, h),
                     };
-                    let q = _mm256_or_si256(_mm256_and_si256(lo, nib), _mm256_and_si256(hi, top));
                     for (pr, p) in pairs.iter_mut().zip(&ab) {
                         let av = _mm256_set1_epi32(p.base.qs[x]);
                         *pr = _mm256_add_epi16(*pr, _mm256_maddubs_epi16(q, av));
