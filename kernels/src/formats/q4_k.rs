@@ -214,7 +214,7 @@ pub(crate) fn min_dot(scales: &[u8; K_SCALE_SIZE], bsums: &[i16; 16]) -> i32 {
 
 /// Q4_K × Q8_K: integer dots per sub-block scaled by the 6-bit scales, one f32 multiply per
 /// super-block, mins through Q8_K's `bsums` (ggml's `ggml_vec_dot_q4_K_q8_K_generic` up to the
-/// f32 order, see [`KDotAccumulator`]).
+/// f32 order, see `KDotAccumulator`).
 ///
 /// # Panics
 /// If the rows differ in block count.

@@ -121,7 +121,7 @@ pub fn dequantize_row_q6_k(src: &[Q6_KBlock], dst: &mut [f32]) {
 
 /// Q6_K × Q8_K: integer dots per 16-element sub-block scaled by the int8 scales, one f32
 /// multiply per super-block (ggml's `ggml_vec_dot_q6_K_q8_K_generic` up to the f32 order, see
-/// [`super::q4_k::KDotAccumulator`]).
+/// `formats::q4_k::KDotAccumulator`).
 ///
 /// # Panics
 /// If the rows differ in block count.

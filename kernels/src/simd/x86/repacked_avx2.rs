@@ -1,5 +1,5 @@
-//! AVX2 products on the Q4_0x16, Q4_Kx16, Q5_Kx16 and Q6_Kx16 repacked layouts of [`crate::repack`], for CPUs
-//! without AVX-512 (most laptops).
+//! AVX2 products on the Q4_0x16, Q4_Kx16, Q5_Kx16 and Q6_Kx16 repacked layouts of
+//! [`crate::repack`], for CPUs //! without AVX-512 (most laptops).
 //!
 //! In the layout, i32 lane `r` of a block's 64-byte chunk holds row `r`'s 4 values, so each
 //! 32-byte half of a chunk is 8 rows, one per i32 lane of a `ymm`. `maddubs` of a half with the
@@ -13,15 +13,19 @@
 //! the scale update is the reference's (`sumi·d_w` then `·d_a`, no FMA), so every output is
 //! bit-identical to the scalar `vec_dot`.
 //!
-//! Q4_Kx16 ([`gemm_q4_k`]) and Q5_Kx16 ([`gemm_q5_k`]; see [`k4_cols`] for its 5th bits): a
-//! record chunk `(c, l)` holds, per row lane, the 4 class-`l`
-//! values of sub-blocks `2c` (low nibbles) and `2c + 1` (high nibbles). Each half's `maddubs`
+//! Q4_Kx16 ([`gemm_q4_k`]) and Q5_Kx16 ([`gemm_q5_k`]; see [`k4_values`] for its 5th bits): a
+//! record chunk `(c, l)` holds, per row lane, the 4 class-`l` values of sub-blocks `2c` (low
+//! nibbles) and `2c + 1` (high nibbles). Each half's `maddubs`
 //! with the activation's matching 4 bytes gives two pair sums (at most ±3840) in the row's lane;
 //! the 8 chunks of a sub-block add up in i16 (at most ±30720) before one `madd` with the
 //! sub-block's scale in both i16 halves of the lane gives `sc·dot` in i32. That is the
 //! super-block's integer dot (exact in any order) at 2 `maddubs` + 2 `add` per chunk and one
 //! `madd` per sub-block; the f32 steps follow the reference's order as `repacked::k4_direct`
-//! does.
+//! does. Q6_Kx16 ([`gemm_q6_k`]): see [`q6k_cols`].
+//!
+//! Decode reads each record once, both 8-row halves back to back, with its prefetches spread
+//! over the chunk loop; a prompt's GEMM unpacks a Q5_K/Q6_K group's values once for all its
+//! passes.
 
 use core::arch::x86_64::*;
 
