@@ -217,64 +217,19 @@ impl RepackedMatrix {
             });
         }
         let nb = cols / ty.block_size();
-        let (gb, sb, qb) = (
-            layout.group_bytes(nb),
-            layout.scale_bytes(nb),
-            layout.qs_bytes(),
-        );
+        let gb = layout.group_bytes(nb);
         let groups = rows.div_ceil(GROUP_ROWS);
         let total = groups * gb;
         let mut data = HugePageBuf::new(total).map_err(|_| FormatError::Overflow {
             what: "repacked weights (out of memory)",
         })?;
-        let out = &mut data[..];
-        if let Some((record, write)) = match layout {
-            RepackLayout::Q4_Kx16 => {
-                Some((Q4K_RECORD, q4k_record_row as fn(&[u8], usize, &mut [u8])))
-            }
-            RepackLayout::Q5_Kx16 => {
-                Some((Q5K_RECORD, q5k_record_row as fn(&[u8], usize, &mut [u8])))
-            }
-            RepackLayout::Q6_Kx16 => {
-                Some((Q6K_RECORD, q6k_record_row as fn(&[u8], usize, &mut [u8])))
-            }
-            _ => None,
-        } {
-            let bs = ty.type_size();
-            for (g, dst) in out[..total].chunks_exact_mut(gb).enumerate() {
-                for r in 0..GROUP_ROWS {
-                    let src_row = (g * GROUP_ROWS + r).min(rows - 1);
-                    let src = &w[src_row * rb..(src_row + 1) * rb];
-                    for (b, blk) in src.chunks_exact(bs).enumerate() {
-                        write(blk, r, &mut dst[b * record..][..record]);
-                    }
-                }
-            }
-            return Ok(RepackedMatrix {
-                layout,
-                rows,
-                cols,
-                data,
-            });
-        }
-        let blk = 2 + qb;
-        let flip = layout.flip();
-        for (g, dst) in out[..total].chunks_exact_mut(gb).enumerate() {
-            let (scales, values) = dst.split_at_mut(sb);
-            for r in 0..GROUP_ROWS {
+        for (g, dst) in data[..total].chunks_exact_mut(gb).enumerate() {
+            // the last group repeats the last row
+            let row = |r: usize| {
                 let src_row = (g * GROUP_ROWS + r).min(rows - 1);
-                let src = &w[src_row * rb..(src_row + 1) * rb];
-                for (b, sblk) in src.chunks_exact(blk).enumerate() {
-                    scales[(b * GROUP_ROWS + r) * 2..][..2].copy_from_slice(&sblk[..2]);
-                    let vb = &mut values[b * GROUP_ROWS * qb..][..GROUP_ROWS * qb];
-                    for (c, q) in sblk[2..].chunks_exact(4).enumerate() {
-                        let d = &mut vb[c * 64 + r * 4..][..4];
-                        for (o, &v) in d.iter_mut().zip(q) {
-                            *o = v ^ flip;
-                        }
-                    }
-                }
-            }
+                &w[src_row * rb..(src_row + 1) * rb]
+            };
+            write_group(layout, nb, row, dst);
         }
         Ok(RepackedMatrix {
             layout,
@@ -364,6 +319,50 @@ impl RepackedMatrix {
             let vb = &values[b * GROUP_ROWS * qb..];
             for c in 0..qb / 4 {
                 out.extend(vb[c * 64 + lane * 4..][..4].iter().map(|v| v ^ flip));
+            }
+        }
+    }
+}
+
+/// Writes one group of `layout` (`nb` blocks per row, `dst` exactly
+/// [`RepackLayout::group_bytes`] long) from its 16 rows in the GGUF layout: `row(r)` is row
+/// `r`'s bytes, `r` in `0..16` (the caller repeats a last row where the matrix ends). Used at
+/// load time and, by GEMMs that pack the file layout per call, for one group at a time.
+pub(crate) fn write_group<'a>(
+    layout: RepackLayout,
+    nb: usize,
+    row: impl Fn(usize) -> &'a [u8],
+    dst: &mut [u8],
+) {
+    let ty = layout.ty();
+    let bs = ty.type_size();
+    debug_assert_eq!(dst.len(), layout.group_bytes(nb));
+    // the record writers OR bits into place (Q6_K's high bits)
+    dst.fill(0);
+    let record = match layout {
+        RepackLayout::Q4_Kx16 => Some((Q4K_RECORD, q4k_record_row as fn(&[u8], usize, &mut [u8]))),
+        RepackLayout::Q5_Kx16 => Some((Q5K_RECORD, q5k_record_row as fn(&[u8], usize, &mut [u8]))),
+        RepackLayout::Q6_Kx16 => Some((Q6K_RECORD, q6k_record_row as fn(&[u8], usize, &mut [u8]))),
+        RepackLayout::Q4_0x16 | RepackLayout::Q8_0x16 => None,
+    };
+    if let Some((record, write)) = record {
+        for r in 0..GROUP_ROWS {
+            for (b, blk) in row(r)[..nb * bs].chunks_exact(bs).enumerate() {
+                write(blk, r, &mut dst[b * record..][..record]);
+            }
+        }
+        return;
+    }
+    let qb = layout.qs_bytes();
+    let flip = u32::from_ne_bytes([layout.flip(); 4]);
+    let (scales, values) = dst.split_at_mut(layout.scale_bytes(nb));
+    for r in 0..GROUP_ROWS {
+        for (b, sblk) in row(r)[..nb * bs].chunks_exact(bs).enumerate() {
+            scales[(b * GROUP_ROWS + r) * 2..][..2].copy_from_slice(&sblk[..2]);
+            let vb = &mut values[b * GROUP_ROWS * qb..][..GROUP_ROWS * qb];
+            for (c, q) in sblk[2..].chunks_exact(4).enumerate() {
+                let v = u32::from_ne_bytes(q.try_into().expect("4 bytes")) ^ flip;
+                vb[c * 64 + r * 4..][..4].copy_from_slice(&v.to_ne_bytes());
             }
         }
     }

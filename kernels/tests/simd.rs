@@ -479,8 +479,9 @@ fn shapes(ty: GgmlType) -> Vec<(usize, usize, usize)> {
         (19, kb * 5, 9),
         (7, kb * 4, 3),
         (16, kb, 2),
-        // many activation rows (the packed GEMM at AVX-512): full and partial 16-row tiles,
-        // full and partial groups of 8 activation rows
+        // many activation rows (the packed GEMM at AVX-512; from 16, the AVX2 level packs
+        // 16-row groups per call): full and partial 16-row tiles, full and partial groups of
+        // 8 activation rows
         (16, kb * 2, 8),
         (37, kb * 3, 21),
         (5, kb, 13),
@@ -673,9 +674,22 @@ fn strided_rows_equal_contiguous_rows() {
     // weight rows `stride` bytes apart inside a larger buffer (a KV-cache head): the same
     // results as the rows copied together, at every level, float and quantized types
     let mut rng = StdRng::seed_from_u64(21);
-    for ty in [GgmlType::F16, GgmlType::F32, GgmlType::Q8_0, GgmlType::Q4_K] {
+    for ty in [
+        GgmlType::F16,
+        GgmlType::F32,
+        GgmlType::Q8_0,
+        GgmlType::Q4_0,
+        GgmlType::Q4_K,
+        GgmlType::Q6_K,
+    ] {
         let kb = ty.block_size().max(32);
-        for (n, k, m, pad) in [(1, kb, 1, 2), (13, kb * 3, 3, 6), (37, kb * 2, 9, 40)] {
+        // (20 activation rows: the AVX2 level packs the strided rows' 16-row groups too)
+        for (n, k, m, pad) in [
+            (1, kb, 1, 2),
+            (13, kb * 3, 3, 6),
+            (37, kb * 2, 9, 40),
+            (37, kb * 2, 20, 40),
+        ] {
             let w = if FLOATS.contains(&ty) {
                 float_weights(&mut rng, ty, n, k)
             } else {

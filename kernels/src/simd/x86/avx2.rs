@@ -2,7 +2,9 @@
 
 use core::arch::x86_64::*;
 
+use super::repacked_avx2::Groups;
 use super::{float, kquant, legacy, quant, repacked_avx2, Isa};
+use crate::repack::RepackLayout;
 use crate::simd::{CpuKernels, GemmArgs, Level, TileArgs};
 
 /// `maddubs` (u8 × i8 → i16 pair sums) then `madd` with ones (→ i32).
@@ -50,24 +52,49 @@ entry!(tile_f32, t, float::tile::<float::F32>(t));
 entry!(tile_f16, t, float::tile::<float::F16>(t));
 entry!(tile_bf16, t, float::tile::<float::BF16>(t));
 
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn repacked_q4_0(t: &GemmArgs) -> bool {
-    repacked_avx2::gemm_q4_0(t)
+/// The ×16 kernels of `repacked_avx2` on repacked matrices.
+macro_rules! repacked_entries {
+    ($($name:ident, $gemm:ident;)*) => {
+        $(
+            #[target_feature(enable = "avx2,fma,f16c")]
+            unsafe fn $name(t: &GemmArgs) -> bool {
+                repacked_avx2::$gemm(t, Groups::repacked())
+            }
+        )*
+    };
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn repacked_q4_k(t: &GemmArgs) -> bool {
-    repacked_avx2::gemm_q4_k(t)
+repacked_entries! {
+    repacked_q4_0, gemm_q4_0;
+    repacked_q8_0, gemm_q8_0;
+    repacked_q4_k, gemm_q4_k;
+    repacked_q5_k, gemm_q5_k;
+    repacked_q6_k, gemm_q6_k;
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn repacked_q5_k(t: &GemmArgs) -> bool {
-    repacked_avx2::gemm_q5_k(t)
+/// The same kernels on the file layout, each 16-row group packed per call, from `$min`
+/// activation rows (fewer decline to the tiles). The minimum is where the packing (scalar
+/// byte moves, more of them for the K-quant records) is paid back: per core on a Cascade
+/// Lake VM (`cpu_time`, 128 rows, best of four), Q4_0 36 → 63 GOPS, Q4_K 46 → 65; Q5_K gains
+/// only with more rows (the tile 42, the ×16 kernel 56–61, with the packing 44 at 128 rows).
+/// Q6_K (the tile 42, ×16 40) and Q8_0 keep their tiles: Q8_0's ×16 kernel has to widen
+/// every `maddubs` as the tile does, and a Phi-2 prompt did not run faster with it (6.9 t/s
+/// against 7.3).
+macro_rules! file_entries {
+    ($($name:ident, $gemm:ident, $layout:ident, $min:expr;)*) => {
+        $(
+            #[target_feature(enable = "avx2,fma,f16c")]
+            unsafe fn $name(t: &GemmArgs) -> bool {
+                t.m >= $min && repacked_avx2::$gemm(t, Groups::file(RepackLayout::$layout))
+            }
+        )*
+    };
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn repacked_q6_k(t: &GemmArgs) -> bool {
-    repacked_avx2::gemm_q6_k(t)
+file_entries! {
+    packed_q4_0, gemm_q4_0, Q4_0x16, 16;
+    packed_q4_k, gemm_q4_k, Q4_Kx16, 16;
+    packed_q5_k, gemm_q5_k, Q5_Kx16, 256;
 }
 
 pub(super) fn table(level: Level) -> CpuKernels {
@@ -86,7 +113,11 @@ pub(super) fn table(level: Level) -> CpuKernels {
     k.tile_f32 = Some(tile_f32);
     k.tile_f16 = Some(tile_f16);
     k.tile_bf16 = Some(tile_bf16);
+    k.packed_q4_0 = Some(packed_q4_0);
+    k.packed_q4_k = Some(packed_q4_k);
+    k.packed_q5_k = Some(packed_q5_k);
     k.repacked_q4_0 = Some(repacked_q4_0);
+    k.repacked_q8_0 = Some(repacked_q8_0);
     k.repacked_q4_k = Some(repacked_q4_k);
     k.repacked_q5_k = Some(repacked_q5_k);
     k.repacked_q6_k = Some(repacked_q6_k);

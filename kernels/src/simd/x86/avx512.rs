@@ -191,7 +191,7 @@ repacked_entry!(repacked_q8_0, legacy::Q8_0);
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn repacked_q4_k(t: &GemmArgs) -> bool {
     if t.m < 4 {
-        repacked_avx2::gemm_q4_k(t)
+        repacked_avx2::gemm_q4_k(t, repacked_avx2::Groups::repacked())
     } else {
         repacked::gemm_q4_k(t)
     }

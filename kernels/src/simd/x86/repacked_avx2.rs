@@ -1,5 +1,7 @@
-//! AVX2 products on the Q4_0x16, Q4_Kx16, Q5_Kx16 and Q6_Kx16 repacked layouts of
-//! [`crate::repack`], for CPUs //! without AVX-512 (most laptops).
+//! AVX2 products on the Q4_0x16, Q8_0x16, Q4_Kx16, Q5_Kx16 and Q6_Kx16 repacked layouts of
+//! [`crate::repack`], for CPUs without AVX-512 (most laptops). Every kernel also runs on a
+//! matrix in the GGUF layout, one 16-row group at a time written into a scratch ([`Groups`]):
+//! the prompt GEMMs of machines that keep the mmap path (under 12 GiB) use that.
 //!
 //! In the layout, i32 lane `r` of a block's 64-byte chunk holds row `r`'s 4 values, so each
 //! 32-byte half of a chunk is 8 rows, one per i32 lane of a `ymm`. `maddubs` of a half with the
@@ -21,7 +23,9 @@
 //! sub-block's scale in both i16 halves of the lane gives `sc·dot` in i32. That is the
 //! super-block's integer dot (exact in any order) at 2 `maddubs` + 2 `add` per chunk and one
 //! `madd` per sub-block; the f32 steps follow the reference's order as `repacked::k4_direct`
-//! does. Q6_Kx16 ([`gemm_q6_k`]): see [`q6k_cols`].
+//! does. Q6_Kx16 ([`gemm_q6_k`]): see [`q6k_cols`]. Q8_0x16 ([`gemm_q8_0`]): the signed values
+//! meet the activation as `|w| × sign(a, w)`, as in the file layout's tile, and each `maddubs`
+//! is widened by its own `madd` (a pair sum reaches ±32512).
 //!
 //! Decode reads each record once, both 8-row halves back to back, with its prefetches spread
 //! over the chunk loop; a prompt's GEMM unpacks a Q5_K/Q6_K group's values once for all its
@@ -29,34 +33,177 @@
 
 use core::arch::x86_64::*;
 
-use super::legacy::{self, Legacy};
+use super::legacy;
 use super::repacked::{
     prefetch_block_ahead, prepare_q8k, values, Q8KPrepared, Repacked, PREFETCH_BYTES, Q8K_BYTES,
 };
 use super::{packed, store_rows};
-use crate::repack::{GROUP_ROWS, Q4K_RECORD};
+use crate::repack::{write_group, RepackLayout, GROUP_ROWS, Q4K_RECORD};
 use crate::simd::GemmArgs;
 
 /// Activation rows per pass over a group's blocks (each block half is unpacked once per pass).
 const COLS: usize = 4;
 
-/// The whole product on a Q4_0x16 matrix (see [`GemmArgs`]; `t.w` is the first group).
+/// Where a GEMM's 16-row groups come from: a repacked matrix (`t.w` the first group,
+/// `t.w_stride` the group stride), or a matrix in the GGUF layout (`t.w` the first row,
+/// `t.w_stride` the row stride) whose groups are written one at a time into a scratch, in the
+/// layout a [`crate::repack::RepackedMatrix`] holds. The second lets machines that do not
+/// repack at load time (under 12 GiB, the mmap path) run prompts on the ×16 kernels.
+pub(crate) struct Groups {
+    file: Option<RepackLayout>,
+    scratch: Vec<u8>,
+}
+
+impl Groups {
+    /// Groups of a repacked matrix.
+    pub(crate) fn repacked() -> Self {
+        Groups {
+            file: None,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Groups written per call from the GGUF rows of a matrix whose type has `layout`.
+    pub(crate) fn file(layout: RepackLayout) -> Self {
+        Groups {
+            file: Some(layout),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Group `gi` (rows `r0..r0+nr`, `r0 = 16·gi`). With the file layout, the previous
+    /// group's pointer is no longer valid.
+    #[inline(always)]
+    unsafe fn get(&mut self, t: &GemmArgs, gi: usize, r0: usize, nr: usize) -> *const u8 {
+        let Some(layout) = self.file else {
+            return t.w.add(gi * t.w_stride);
+        };
+        let row_bytes = t.nb * layout.ty().type_size();
+        self.scratch.resize(layout.group_bytes(t.nb), 0);
+        // rows past the matrix repeat its last row, as in a repacked matrix
+        let row = |r: usize| {
+            // SAFETY: rows r0..r0+nr exist, `t.w_stride` apart, each `row_bytes` long
+            unsafe {
+                core::slice::from_raw_parts(t.w.add((r0 + r.min(nr - 1)) * t.w_stride), row_bytes)
+            }
+        };
+        write_group(layout, t.nb, row, &mut self.scratch);
+        self.scratch.as_ptr()
+    }
+}
+
+/// A 32-element format with a ×16 layout and an AVX2 kernel on it: how the 8 rows of a block
+/// half meet one activation row.
+trait Legacy16: Repacked {
+    /// The half's 8 group vectors (group `g` = values `4g..4g+4` of the 8 rows) from its
+    /// chunks (`qs` = the block's values, `h` = the half).
+    unsafe fn half(qs: *const u8, h: usize) -> [__m256i; 8];
+    /// `start + Σ_g w_g·a_g` for one activation block (`a` = its 32 values), lane `r` = row
+    /// `r`.
+    unsafe fn dot(w: &[__m256i; 8], a: *const u8, start: i32) -> __m256i;
+    /// `acc` plus the block's term, in the reference's order.
+    unsafe fn update8(acc: __m256, sumi: __m256i, dw: __m256, da: __m256) -> __m256;
+}
+
+impl Legacy16 for legacy::Q4_0 {
+    #[inline(always)]
+    unsafe fn half(qs: *const u8, h: usize) -> [__m256i; 8] {
+        // low nibbles of chunk g, then the high ones
+        let mask = _mm256_set1_epi8(0x0f);
+        let mut w = [_mm256_setzero_si256(); 8];
+        for c in 0..4 {
+            let q = _mm256_loadu_si256(qs.add(64 * c + 32 * h) as *const __m256i);
+            w[c] = _mm256_and_si256(q, mask);
+            w[c + 4] = _mm256_and_si256(_mm256_srli_epi16::<4>(q), mask);
+        }
+        w
+    }
+
+    #[inline(always)]
+    unsafe fn dot(w: &[__m256i; 8], a: *const u8, start: i32) -> __m256i {
+        // pair sums within ±3840: the 8 groups add up in i16 before one `madd`
+        let mut pairs = _mm256_setzero_si256();
+        for (g, wg) in w.iter().enumerate() {
+            let av = _mm256_set1_epi32((a.add(4 * g) as *const i32).read_unaligned());
+            pairs = _mm256_add_epi16(pairs, _mm256_maddubs_epi16(*wg, av));
+        }
+        let sums = _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
+        _mm256_add_epi32(_mm256_set1_epi32(start), sums)
+    }
+
+    #[inline(always)]
+    unsafe fn update8(acc: __m256, sumi: __m256i, dw: __m256, da: __m256) -> __m256 {
+        // sumf += sumi·d_w·d_a  (left to right, as `legacy::Q4_0::update`)
+        let s = _mm256_mul_ps(_mm256_cvtepi32_ps(sumi), dw);
+        _mm256_add_ps(acc, _mm256_mul_ps(s, da))
+    }
+}
+
+impl Legacy16 for legacy::Q8_0 {
+    #[inline(always)]
+    unsafe fn half(qs: *const u8, h: usize) -> [__m256i; 8] {
+        // the layout holds q + 128: back to the signed values
+        let flip = _mm256_set1_epi8(-128);
+        let mut w = [_mm256_setzero_si256(); 8];
+        for (c, wc) in w.iter_mut().enumerate() {
+            let q = _mm256_loadu_si256(qs.add(64 * c + 32 * h) as *const __m256i);
+            *wc = _mm256_xor_si256(q, flip);
+        }
+        w
+    }
+
+    #[inline(always)]
+    unsafe fn dot(w: &[__m256i; 8], a: *const u8, _start: i32) -> __m256i {
+        // signed × signed: `|w| × sign(a, w)` (as the file layout's AVX2 tile); a pair sum
+        // reaches ±32512, so each `maddubs` is widened by its own `madd`
+        let ones = _mm256_set1_epi16(1);
+        let mut sums = _mm256_setzero_si256();
+        for (g, wg) in w.iter().enumerate() {
+            let av = _mm256_set1_epi32((a.add(4 * g) as *const i32).read_unaligned());
+            let mag = _mm256_sign_epi8(*wg, *wg);
+            let pairs = _mm256_maddubs_epi16(mag, _mm256_sign_epi8(av, *wg));
+            sums = _mm256_add_epi32(sums, _mm256_madd_epi16(pairs, ones));
+        }
+        sums
+    }
+
+    #[inline(always)]
+    unsafe fn update8(acc: __m256, sumi: __m256i, dw: __m256, da: __m256) -> __m256 {
+        // sumf += sumi·(d_w·d_a)  (as `legacy::Q8_0::update`)
+        let dd = _mm256_mul_ps(dw, da);
+        _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(sumi), dd))
+    }
+}
+
+/// The whole product on a Q4_0x16 matrix, or on a Q4_0 one in the file layout (`groups`).
 #[inline(always)]
-pub(crate) unsafe fn gemm_q4_0(t: &GemmArgs) -> bool {
-    let (start, ad) = packed::activation_block_sums::<legacy::Q4_0>(t);
+pub(crate) unsafe fn gemm_q4_0(t: &GemmArgs, groups: Groups) -> bool {
+    gemm_legacy::<legacy::Q4_0>(t, groups)
+}
+
+/// The whole product on a Q8_0x16 matrix, or on a Q8_0 one in the file layout (`groups`).
+#[inline(always)]
+pub(crate) unsafe fn gemm_q8_0(t: &GemmArgs, groups: Groups) -> bool {
+    gemm_legacy::<legacy::Q8_0>(t, groups)
+}
+
+#[inline(always)]
+unsafe fn gemm_legacy<F: Legacy16>(t: &GemmArgs, mut groups: Groups) -> bool {
+    // Q8_0 needs no start: its signed dot has no offset to remove
+    let (start, ad) = packed::activation_block_sums::<F>(t);
     for (gi, r0) in (0..t.n).step_by(GROUP_ROWS).enumerate() {
         let nr = (t.n - r0).min(GROUP_ROWS);
-        let group = t.w.add(gi * t.w_stride);
+        let group = groups.get(t, gi, r0, nr);
         let mut c0 = 0;
         while c0 + COLS <= t.m {
-            group_cols::<COLS>(t, group, &start, &ad, c0, r0, nr);
+            group_cols::<F, COLS>(t, group, &start, &ad, c0, r0, nr);
             c0 += COLS;
         }
         match t.m - c0 {
             0 => {}
-            1 => group_cols::<1>(t, group, &start, &ad, c0, r0, nr),
-            2 => group_cols::<2>(t, group, &start, &ad, c0, r0, nr),
-            _ => group_cols::<3>(t, group, &start, &ad, c0, r0, nr),
+            1 => group_cols::<F, 1>(t, group, &start, &ad, c0, r0, nr),
+            2 => group_cols::<F, 2>(t, group, &start, &ad, c0, r0, nr),
+            _ => group_cols::<F, 3>(t, group, &start, &ad, c0, r0, nr),
         }
     }
     true
@@ -65,7 +212,7 @@ pub(crate) unsafe fn gemm_q4_0(t: &GemmArgs) -> bool {
 /// Activation rows `c0..c0+NC` against one group (rows `r0..r0+nr`): both 8-row halves, block
 /// by block.
 #[inline(always)]
-unsafe fn group_cols<const NC: usize>(
+unsafe fn group_cols<F: Legacy16, const NC: usize>(
     t: &GemmArgs,
     group: *const u8,
     start: &[i32],
@@ -75,40 +222,21 @@ unsafe fn group_cols<const NC: usize>(
     nr: usize,
 ) {
     let nb = t.nb;
-    let mask = _mm256_set1_epi8(0x0f);
-    let ones = _mm256_set1_epi16(1);
     // rows 8..16 exist only when the group has more than 8 (the layout repeats the last row
     // past the end, so computing them would be safe, but it is wasted work)
     let halves = nr.div_ceil(8);
     let mut acc = [[_mm256_setzero_ps(); NC]; 2];
-    let a: [*const u8; NC] =
-        core::array::from_fn(|c| t.a.add((c0 + c) * t.a_stride + legacy::Q4_0::A_QS));
+    let a: [*const u8; NC] = core::array::from_fn(|c| t.a.add((c0 + c) * t.a_stride + F::A_QS));
     for b in 0..nb {
-        let qs = values::<legacy::Q4_0>(group, nb, b);
-        prefetch_block_ahead(group, b, qs, <legacy::Q4_0 as Repacked>::QS_BYTES);
+        let qs = values::<F>(group, nb, b);
+        prefetch_block_ahead(group, b, qs, F::QS_BYTES);
         for (h, acc_h) in acc.iter_mut().enumerate().take(halves) {
-            // group g = values 4g..4g+4 of the half's 8 rows: low nibbles of chunk g, then
-            // the high ones
-            let mut w = [_mm256_setzero_si256(); 8];
-            for c in 0..4 {
-                let q = _mm256_loadu_si256(qs.add(64 * c + 32 * h) as *const __m256i);
-                w[c] = _mm256_and_si256(q, mask);
-                w[c + 4] = _mm256_and_si256(_mm256_srli_epi16::<4>(q), mask);
-            }
+            let w = F::half(qs, h);
             let dw = _mm256_cvtph_ps(_mm_loadu_si128(group.add(b * 32 + 16 * h) as *const _));
             for (c, acc_c) in acc_h.iter_mut().enumerate() {
-                let ab = a[c].add(b * legacy::Q4_0::A_BYTES);
-                let mut pairs = _mm256_setzero_si256();
-                for (g, wg) in w.iter().enumerate() {
-                    let av = _mm256_set1_epi32((ab.add(4 * g) as *const i32).read_unaligned());
-                    pairs = _mm256_add_epi16(pairs, _mm256_maddubs_epi16(*wg, av));
-                }
                 let i = (c0 + c) * nb + b;
-                let sumi =
-                    _mm256_add_epi32(_mm256_set1_epi32(start[i]), _mm256_madd_epi16(pairs, ones));
-                // sumf += sumi·d_w·d_a  (left to right, as `legacy::Q4_0::update`)
-                let s = _mm256_mul_ps(_mm256_cvtepi32_ps(sumi), dw);
-                *acc_c = _mm256_add_ps(*acc_c, _mm256_mul_ps(s, _mm256_set1_ps(ad[i])));
+                let sumi = F::dot(&w, a[c].add(b * F::A_BYTES), start[i]);
+                *acc_c = F::update8(*acc_c, sumi, dw, _mm256_set1_ps(ad[i]));
             }
         }
     }
@@ -123,27 +251,27 @@ unsafe fn group_cols<const NC: usize>(
 // Q4_Kx16 / Q5_Kx16 × Q8_K
 // ---------------------------------------------------------------------------------------------
 
-/// The whole product on a Q4_Kx16 matrix (see [`GemmArgs`]; `t.w` is the first group).
+/// The whole product on a Q4_Kx16 matrix, or on one in the file layout (`groups`).
 #[inline(always)]
-pub(crate) unsafe fn gemm_q4_k(t: &GemmArgs) -> bool {
-    gemm_k4::<false>(t)
+pub(crate) unsafe fn gemm_q4_k(t: &GemmArgs, groups: Groups) -> bool {
+    gemm_k4::<false>(t, groups)
 }
 
-/// The whole product on a Q5_Kx16 matrix (see [`GemmArgs`]; `t.w` is the first group).
+/// The whole product on a Q5_Kx16 matrix, or on one in the file layout (`groups`).
 #[inline(always)]
-pub(crate) unsafe fn gemm_q5_k(t: &GemmArgs) -> bool {
-    gemm_k4::<true>(t)
+pub(crate) unsafe fn gemm_q5_k(t: &GemmArgs, groups: Groups) -> bool {
+    gemm_k4::<true>(t, groups)
 }
 
 #[inline(always)]
-unsafe fn gemm_k4<const FIVE: bool>(t: &GemmArgs) -> bool {
+unsafe fn gemm_k4<const FIVE: bool>(t: &GemmArgs, mut groups: Groups) -> bool {
     let a = prepare_q8k(t);
     // Q5_K with several passes per group: its values unpacked once per group
     let pre = FIVE && t.m > K4_COLS;
     let mut unpacked = Vec::new();
     for (gi, r0) in (0..t.n).step_by(GROUP_ROWS).enumerate() {
         let nr = (t.n - r0).min(GROUP_ROWS);
-        let group = t.w.add(gi * t.w_stride);
+        let group = groups.get(t, gi, r0, nr);
         if pre {
             unpack_group(group, t.nb, &mut unpacked);
         }
@@ -426,16 +554,16 @@ unsafe fn prepare_q8k_q6(t: &GemmArgs) -> Vec<Q8KPreparedQ6> {
     out
 }
 
-/// The whole product on a Q6_Kx16 matrix (see [`GemmArgs`]; `t.w` is the first group).
+/// The whole product on a Q6_Kx16 matrix, or on one in the file layout (`groups`).
 #[inline(always)]
-pub(crate) unsafe fn gemm_q6_k(t: &GemmArgs) -> bool {
+pub(crate) unsafe fn gemm_q6_k(t: &GemmArgs, mut groups: Groups) -> bool {
     let a = prepare_q8k_q6(t);
     // several passes per group: its values unpacked once per group
     let pre = t.m > Q6K_COLS;
     let mut unpacked = Vec::new();
     for (gi, r0) in (0..t.n).step_by(GROUP_ROWS).enumerate() {
         let nr = (t.n - r0).min(GROUP_ROWS);
-        let group = t.w.add(gi * t.w_stride);
+        let group = groups.get(t, gi, r0, nr);
         if t.m == 1 {
             q6k_gemv(t, group, &a, r0, nr);
             continue;
