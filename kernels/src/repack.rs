@@ -337,8 +337,6 @@ pub(crate) fn write_group<'a>(
     let ty = layout.ty();
     let bs = ty.type_size();
     debug_assert_eq!(dst.len(), layout.group_bytes(nb));
-    // the record writers OR bits into place (Q6_K's high bits)
-    dst.fill(0);
     let record = match layout {
         RepackLayout::Q4_Kx16 => Some((Q4K_RECORD, q4k_record_row as fn(&[u8], usize, &mut [u8]))),
         RepackLayout::Q5_Kx16 => Some((Q5K_RECORD, q5k_record_row as fn(&[u8], usize, &mut [u8]))),
@@ -346,6 +344,9 @@ pub(crate) fn write_group<'a>(
         RepackLayout::Q4_0x16 | RepackLayout::Q8_0x16 => None,
     };
     if let Some((record, write)) = record {
+        // the record writers OR bits into place (Q6_K's high bits); the 32-element layouts
+        // below write every byte
+        dst.fill(0);
         for r in 0..GROUP_ROWS {
             for (b, blk) in row(r)[..nb * bs].chunks_exact(bs).enumerate() {
                 write(blk, r, &mut dst[b * record..][..record]);
