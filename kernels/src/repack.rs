@@ -343,10 +343,8 @@ pub(crate) fn write_group<'a>(
         RepackLayout::Q6_Kx16 => Some((Q6K_RECORD, q6k_record_row as fn(&[u8], usize, &mut [u8]))),
         RepackLayout::Q4_0x16 | RepackLayout::Q8_0x16 => None,
     };
+    // every writer below sets every byte of its part of `dst`
     if let Some((record, write)) = record {
-        // the record writers OR bits into place (Q6_K's high bits); the 32-element layouts
-        // below write every byte
-        dst.fill(0);
         for r in 0..GROUP_ROWS {
             for (b, blk) in row(r)[..nb * bs].chunks_exact(bs).enumerate() {
                 write(blk, r, &mut dst[b * record..][..record]);
@@ -390,6 +388,17 @@ fn q4k_record_row(blk: &[u8], r: usize, rec: &mut [u8]) {
     }
 }
 
+/// `N` little-endian u64 words from `8·N` bytes.
+#[inline]
+fn byte_words<const N: usize>(b: &[u8]) -> [u64; N] {
+    core::array::from_fn(|t| u64::from_le_bytes(b[8 * t..8 * t + 8].try_into().expect("8 bytes")))
+}
+
+#[inline]
+fn write_u32(rec: &mut [u8], at: usize, v: u32) {
+    rec[at..at + 4].copy_from_slice(&v.to_le_bytes());
+}
+
 /// Appends lane `r`'s 144-byte Q4_K block from a Q4_Kx16 record (the inverse of
 /// [`q4k_record_row`]).
 fn q4k_row_from_record(rec: &[u8], r: usize, out: &mut Vec<u8>) {
@@ -422,16 +431,19 @@ fn q5k_record_row(blk: &[u8], r: usize, rec: &mut [u8]) {
     q4[..16].copy_from_slice(&blk[..16]);
     q4[16..].copy_from_slice(&blk[48..176]);
     q4k_record_row(&q4, r, &mut rec[..Q4K_RECORD]);
-    let qh = &blk[16..48];
+    // word t holds qh[8t + l] in byte l; output byte l of chunk pair c: bit t = bit 2c of
+    // qh[l + 8t], bit 4 + t = bit 2c + 1, all 8 bytes at once
+    let words = byte_words::<4>(&blk[16..48]);
+    const LOW: u64 = 0x0101_0101_0101_0101;
     for c in 0..4 {
-        for l in 0..8 {
-            let mut bits = 0u8;
-            for t in 0..4 {
-                bits |= ((qh[l + 8 * t] >> (2 * c)) & 1) << t;
-                bits |= ((qh[l + 8 * t] >> (2 * c + 1)) & 1) << (4 + t);
-            }
-            rec[Q5K_HIGH_BITS + (2 * c + l / 4) * 64 + 4 * r + l % 4] = bits;
+        let mut bits = 0u64;
+        for (t, w) in words.iter().enumerate() {
+            bits |= ((w >> (2 * c)) & LOW) << t;
+            bits |= ((w >> (2 * c + 1)) & LOW) << (4 + t);
         }
+        let at = Q5K_HIGH_BITS + 2 * c * 64 + 4 * r;
+        write_u32(rec, at, bits as u32);
+        write_u32(rec, at + 64, (bits >> 32) as u32);
     }
 }
 
@@ -488,14 +500,20 @@ fn q6k_record_row(blk: &[u8], r: usize, rec: &mut [u8]) {
         rec[32 + (j / 2) * 32 + 2 * r + j % 2] = blk[192 + j];
     }
     let v = q6k_values(blk);
-    for x in 0..64 {
-        for t in 0..4 {
-            let q = v[q6k_element(x, t)];
-            let lo = &mut rec[288 + (x % 32) * 64 + 4 * r + t];
-            *lo |= (q & 0x0f) << (4 * (x / 32));
-            let hi = &mut rec[2336 + (x % 16) * 64 + 4 * r + t];
-            *hi |= (q >> 4) << (2 * (x / 16));
-        }
+    // each byte written once: low 4 bits of chunks v and v + 32, high 2 bits of u + 16k
+    for x in 0..32 {
+        let lo: [u8; 4] = core::array::from_fn(|t| {
+            (v[q6k_element(x, t)] & 0x0f) | (v[q6k_element(x + 32, t)] & 0x0f) << 4
+        });
+        rec[288 + x * 64 + 4 * r..][..4].copy_from_slice(&lo);
+    }
+    for u in 0..16 {
+        let hi: [u8; 4] = core::array::from_fn(|t| {
+            (0..4).fold(0u8, |b, k| {
+                b | (v[q6k_element(u + 16 * k, t)] >> 4) << (2 * k)
+            })
+        });
+        rec[2336 + u * 64 + 4 * r..][..4].copy_from_slice(&hi);
     }
 }
 
