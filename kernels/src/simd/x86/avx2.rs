@@ -75,8 +75,8 @@ repacked_entries! {
 /// The same kernels on the file layout, each 16-row group packed per call, from `$min`
 /// activation rows (fewer decline to the tiles). The minimum is where the packing (scalar
 /// byte moves, more of them for the K-quant records) is paid back: per core on a Cascade
-/// Lake VM (`cpu_time`, 128 rows, best of four), Q4_0 36 → 63 GOPS, Q4_K 46 → 65; Q5_K gains
-/// only with more rows (the tile 42, the ×16 kernel 56–61, with the packing 44 at 128 rows).
+/// Lake VM (`cpu_time`, 128 rows, best of four), Q4_0 36 → 63 GOPS, Q4_K 46 → 65, Q5_K
+/// 42 → 53 (its records cost the most to write: at 64 rows 41 → 48).
 /// Q6_K (the tile 42, ×16 40) and Q8_0 keep their tiles: Q8_0's ×16 kernel has to widen
 /// every `maddubs` as the tile does, and a Phi-2 prompt did not run faster with it (6.9 t/s
 /// against 7.3).
@@ -94,7 +94,7 @@ macro_rules! file_entries {
 file_entries! {
     packed_q4_0, gemm_q4_0, Q4_0x16, 16;
     packed_q4_k, gemm_q4_k, Q4_Kx16, 16;
-    packed_q5_k, gemm_q5_k, Q5_Kx16, 256;
+    packed_q5_k, gemm_q5_k, Q5_Kx16, 64;
 }
 
 pub(super) fn table(level: Level) -> CpuKernels {
