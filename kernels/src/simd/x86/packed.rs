@@ -28,6 +28,10 @@ pub(crate) const COLS: usize = 8;
 pub(crate) trait Packed: Legacy {
     /// `acc` plus this block's term for 16 rows, in the reference's operation order.
     unsafe fn update16(acc: __m512, sumi: __m512i, dw: __m512, da: __m512) -> __m512;
+
+    /// [`COLS`] activation rows of a panel against a packed tile, all `nb` blocks: the block
+    /// loop of [`tile_cols`] in one piece of assembly (see [`panel_loop!`]).
+    unsafe fn panel_blocks(acc: &mut [__m512; COLS], loop_args: PanelLoop);
 }
 
 impl Packed for legacy::Q4_0 {
@@ -36,6 +40,11 @@ impl Packed for legacy::Q4_0 {
         // sumf += sumi·d_w·d_a  (left to right)
         let t = _mm512_mul_ps(_mm512_cvtepi32_ps(sumi), dw);
         _mm512_add_ps(acc, _mm512_mul_ps(t, da))
+    }
+
+    #[inline(always)]
+    unsafe fn panel_blocks(acc: &mut [__m512; COLS], loop_args: PanelLoop) {
+        panel_loop_dw_first(acc, loop_args)
     }
 }
 
@@ -46,6 +55,11 @@ impl Packed for legacy::Q5_0 {
         let dd = _mm512_mul_ps(dw, da);
         _mm512_add_ps(acc, _mm512_mul_ps(dd, _mm512_cvtepi32_ps(sumi)))
     }
+
+    #[inline(always)]
+    unsafe fn panel_blocks(acc: &mut [__m512; COLS], loop_args: PanelLoop) {
+        panel_loop_dd_first(acc, loop_args)
+    }
 }
 
 impl Packed for legacy::Q8_0 {
@@ -54,6 +68,11 @@ impl Packed for legacy::Q8_0 {
         // sumf += sumi·(d_w·d_a)
         let dd = _mm512_mul_ps(dw, da);
         _mm512_add_ps(acc, _mm512_mul_ps(_mm512_cvtepi32_ps(sumi), dd))
+    }
+
+    #[inline(always)]
+    unsafe fn panel_blocks(acc: &mut [__m512; COLS], loop_args: PanelLoop) {
+        panel_loop_dd_first(acc, loop_args)
     }
 }
 
@@ -144,41 +163,190 @@ pub(crate) unsafe fn pack_tile<F: Legacy>(
     }
 }
 
-/// `NC` activation rows starting at `c0` against one packed tile; stores lanes `0..nr`.
+// ---------------------------------------------------------------------------------------------
+// Activation panels
+// ---------------------------------------------------------------------------------------------
+
+/// Bytes of one block of a panel: the [`COLS`] rows' accumulator starts `−o·Σa` (i32) at
+/// [`PANEL_STARTS`], their scales (f32) at [`PANEL_SCALES`] and their 32 values each at
+/// [`PANEL_VALUES`]` + 32·c`.
+pub(crate) const PANEL_BLOCK: usize = 64 + 32 * COLS;
+const PANEL_STARTS: usize = 0;
+const PANEL_SCALES: usize = 32;
+const PANEL_VALUES: usize = 64;
+const _: () = assert!(COLS == 8 && PANEL_BLOCK.is_multiple_of(64));
+
+/// The activations regrouped for the tile loop: per [`COLS`] rows (one panel) and block, all
+/// that the block needs in [`PANEL_BLOCK`] consecutive bytes, so that one pointer walks the
+/// loop (eight row pointers, their start and scale indices cost more registers than x86-64
+/// has, and LLVM spilled them inside the loop). Built once per product.
+pub(crate) struct ActivationPanels {
+    // uninitialized where the last panel has no rows: those bytes are never read
+    buf: Box<[core::mem::MaybeUninit<__m512i>]>,
+    panel_bytes: usize,
+}
+
+impl ActivationPanels {
+    #[inline(always)]
+    pub(crate) unsafe fn new<F: Legacy>(t: &GemmArgs) -> Self {
+        let panel_bytes = t.nb * PANEL_BLOCK;
+        let panels = t.m.div_ceil(COLS);
+        let mut buf = Box::new_uninit_slice(panels * panel_bytes / 64);
+        let base = buf.as_mut_ptr() as *mut u8;
+        let o = offset::<F>();
+        for c in 0..t.m {
+            let row = t.a.add(c * t.a_stride);
+            let (panel, lane) = (c / COLS, c % COLS);
+            for b in 0..t.nb {
+                let src = row.add(b * F::A_BYTES);
+                let dst = base.add(panel * panel_bytes + b * PANEL_BLOCK);
+                let v = _mm256_loadu_si256(src.add(F::A_QS) as *const __m256i);
+                (dst.add(PANEL_STARTS + 4 * lane) as *mut i32).write(-o * super::hsum_i8(v));
+                (dst.add(PANEL_SCALES + 4 * lane) as *mut f32).write(super::load_f16(src));
+                _mm256_storeu_si256(dst.add(PANEL_VALUES + 32 * lane) as *mut __m256i, v);
+            }
+        }
+        ActivationPanels { buf, panel_bytes }
+    }
+
+    /// Panel `p` (activation rows `p·COLS..`).
+    #[inline(always)]
+    fn panel(&self, p: usize) -> *const u8 {
+        (self.buf.as_ptr() as *const u8).wrapping_add(p * self.panel_bytes)
+    }
+}
+
+/// What the block loop of a full panel reads: the panel, the packed tile's group vectors
+/// (`8·nb`) and scales (`nb`), and `nb ≥ 1`.
+#[derive(Clone, Copy)]
+pub(crate) struct PanelLoop {
+    panel: *const u8,
+    wq: *const __m512i,
+    wd: *const __m512,
+    nb: usize,
+}
+
+/// Defines the block loop of a full panel for one order of the scale update (`$update`: the
+/// lines between the conversion `zmm\c = f32(sumi)` and `acc_c (zmm2\c) += zmm\c`; `zmm17`
+/// holds the rows' scales `d_w`).
+///
+/// In assembly because LLVM schedules the intrinsic version row by row (each row's 8
+/// dependent `vpdpbusd` back to back) and spills the loop's pointers: on Cascade Lake, whose
+/// two 512-bit pipes each take a `vpdpbusd` per cycle at a latency of 5, that ran at
+/// 1.0–1.2 `vpdpbusd` per ns from L1, against 2.3–2.5 for this order
+/// (`bench/REPORT.md`, eleventh session). Per block: the 8 starts, then for each group vector
+/// its 8 `vpdpbusd` (one per row, the activation's 4 bytes broadcast from the panel), then the
+/// 8 lane-wise updates in the reference's order.
+macro_rules! panel_loop {
+    ($name:ident, $($update:literal),+) => {
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+        unsafe fn $name(acc: &mut [__m512; COLS], l: PanelLoop) {
+            // SAFETY (caller): `l` describes `nb ≥ 1` blocks of readable panel, group vectors
+            // and scales; the assembly reads only those and writes only the named registers.
+            core::arch::asm!(
+                "2:",
+                ".irp c,0,1,2,3,4,5,6,7",
+                "vpbroadcastd zmm\\c, dword ptr [{p} + {starts} + 4*\\c]",
+                ".endr",
+                ".irp g,0,1,2,3,4,5,6,7",
+                "vmovdqu64 zmm16, zmmword ptr [{w} + 64*\\g]",
+                ".irp c,0,1,2,3,4,5,6,7",
+                "vpdpbusd zmm\\c, zmm16, dword ptr [{p} + {values} + 32*\\c + 4*\\g]{{1to16}}",
+                ".endr",
+                ".endr",
+                "vmovups zmm17, zmmword ptr [{d}]",
+                ".irp c,0,1,2,3,4,5,6,7",
+                "vcvtdq2ps zmm\\c, zmm\\c",
+                $($update,)+
+                "vaddps zmm2\\c, zmm2\\c, zmm\\c",
+                ".endr",
+                "add {p}, {block}",
+                "add {w}, 512",
+                "add {d}, 64",
+                "dec {n}",
+                "jnz 2b",
+                p = inout(reg) l.panel => _,
+                w = inout(reg) l.wq => _,
+                d = inout(reg) l.wd => _,
+                n = inout(reg) l.nb => _,
+                starts = const PANEL_STARTS,
+                scales = const PANEL_SCALES,
+                values = const PANEL_VALUES,
+                block = const PANEL_BLOCK,
+                inout("zmm20") acc[0],
+                inout("zmm21") acc[1],
+                inout("zmm22") acc[2],
+                inout("zmm23") acc[3],
+                inout("zmm24") acc[4],
+                inout("zmm25") acc[5],
+                inout("zmm26") acc[6],
+                inout("zmm27") acc[7],
+                out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _,
+                out("zmm4") _, out("zmm5") _, out("zmm6") _, out("zmm7") _,
+                out("zmm16") _, out("zmm17") _, out("zmm18") _,
+                options(nostack, readonly),
+            );
+        }
+    };
+}
+
+// Q4_0: sumf += sumi·d_w·d_a (left to right)
+panel_loop!(
+    panel_loop_dw_first,
+    "vmulps zmm\\c, zmm\\c, zmm17",
+    "vmulps zmm\\c, zmm\\c, dword ptr [{p} + {scales} + 4*\\c]{{1to16}}"
+);
+// Q5_0, Q8_0: sumf += (d_w·d_a)·sumi
+panel_loop!(
+    panel_loop_dd_first,
+    "vmulps zmm18, zmm17, dword ptr [{p} + {scales} + 4*\\c]{{1to16}}",
+    "vmulps zmm\\c, zmm\\c, zmm18"
+);
+
+/// `NC ≤ COLS` activation rows of a panel (rows `c0..`) against one packed tile; stores lanes
+/// `0..nr`. A full panel runs [`Packed::panel_blocks`]; the last, partial one the same loop
+/// in intrinsics.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn tile_cols<F: Packed, const NC: usize>(
     t: &GemmArgs,
     wq: &[__m512i],
     wd: &[__m512],
-    start: &[i32],
-    ad: &[f32],
+    panel: *const u8,
     c0: usize,
     r0: usize,
     nr: usize,
 ) {
+    debug_assert!(wq.len() >= t.nb * 8 && wd.len() >= t.nb && t.nb >= 1);
     let mut acc = [_mm512_setzero_ps(); NC];
-    let mut a = [t.a; NC];
-    for (c, ac) in a.iter_mut().enumerate() {
-        *ac = t.a.add((c0 + c) * t.a_stride + F::A_QS);
-    }
-    for b in 0..t.nb {
-        let mut sumi = [_mm512_setzero_si512(); NC];
-        for c in 0..NC {
-            sumi[c] = _mm512_set1_epi32(start[(c0 + c) * t.nb + b]);
-        }
-        let ab = b * F::A_BYTES;
-        for g in 0..8 {
-            let w = wq[b * 8 + g];
-            for c in 0..NC {
-                let av = (a[c].add(ab + 4 * g) as *const i32).read_unaligned();
-                sumi[c] = _mm512_dpbusd_epi32(sumi[c], w, _mm512_set1_epi32(av));
+    if NC == COLS {
+        let l = PanelLoop {
+            panel,
+            wq: wq.as_ptr(),
+            wd: wd.as_ptr(),
+            nb: t.nb,
+        };
+        F::panel_blocks(&mut *(acc.as_mut_ptr() as *mut [__m512; COLS]), l);
+    } else {
+        for b in 0..t.nb {
+            let blk = panel.add(b * PANEL_BLOCK);
+            let mut sumi = [_mm512_setzero_si512(); NC];
+            for (c, s) in sumi.iter_mut().enumerate() {
+                *s = _mm512_set1_epi32((blk.add(PANEL_STARTS) as *const i32).add(c).read());
             }
-        }
-        let dw = wd[b];
-        for c in 0..NC {
-            let da = _mm512_set1_ps(ad[(c0 + c) * t.nb + b]);
-            acc[c] = F::update16(acc[c], sumi[c], dw, da);
+            for g in 0..8 {
+                let w = wq[b * 8 + g];
+                for (c, s) in sumi.iter_mut().enumerate() {
+                    let av = (blk.add(PANEL_VALUES + 32 * c + 4 * g) as *const i32).read();
+                    *s = _mm512_dpbusd_epi32(*s, w, _mm512_set1_epi32(av));
+                }
+            }
+            let dw = wd[b];
+            for c in 0..NC {
+                let da = _mm512_set1_ps((blk.add(PANEL_SCALES) as *const f32).add(c).read());
+                acc[c] = F::update16(acc[c], sumi[c], dw, da);
+            }
         }
     }
     let mask: __mmask16 = if nr >= ROWS { 0xffff } else { (1u16 << nr) - 1 };
@@ -188,8 +356,8 @@ pub(crate) unsafe fn tile_cols<F: Packed, const NC: usize>(
 }
 
 /// Per activation row and block: the integer accumulator's start `−o·Σa` (which removes the
-/// weights' offset) and the scale as f32, `m × nb` each. Kept in memory, the start is a
-/// broadcast load in the tile loop instead of a multiply and a register broadcast.
+/// weights' offset) and the scale as f32, `m × nb` each (for the kernels that do not use
+/// panels).
 #[inline(always)]
 pub(crate) unsafe fn activation_block_sums<F: Legacy>(t: &GemmArgs) -> (Vec<i32>, Vec<f32>) {
     let nb = t.nb;
@@ -208,44 +376,41 @@ pub(crate) unsafe fn activation_block_sums<F: Legacy>(t: &GemmArgs) -> (Vec<i32>
     (start, ad)
 }
 
-/// Every activation row against one packed tile (rows `r0..r0+nr`), [`COLS`] at a time.
+/// Every activation row against one packed tile (rows `r0..r0+nr`), a panel at a time.
 #[inline(always)]
 pub(crate) unsafe fn tile_all_cols<F: Packed>(
     t: &GemmArgs,
     wq: &[__m512i],
     wd: &[__m512],
-    start: &[i32],
-    ad: &[f32],
+    panels: &ActivationPanels,
     r0: usize,
     nr: usize,
 ) {
-    let mut c0 = 0;
-    while c0 + COLS <= t.m {
-        tile_cols::<F, COLS>(t, wq, wd, start, ad, c0, r0, nr);
-        c0 += COLS;
-    }
-    match t.m - c0 {
-        0 => {}
-        1 => tile_cols::<F, 1>(t, wq, wd, start, ad, c0, r0, nr),
-        2 => tile_cols::<F, 2>(t, wq, wd, start, ad, c0, r0, nr),
-        3 => tile_cols::<F, 3>(t, wq, wd, start, ad, c0, r0, nr),
-        4 => tile_cols::<F, 4>(t, wq, wd, start, ad, c0, r0, nr),
-        5 => tile_cols::<F, 5>(t, wq, wd, start, ad, c0, r0, nr),
-        6 => tile_cols::<F, 6>(t, wq, wd, start, ad, c0, r0, nr),
-        _ => tile_cols::<F, 7>(t, wq, wd, start, ad, c0, r0, nr),
+    for (p, c0) in (0..t.m).step_by(COLS).enumerate() {
+        let panel = panels.panel(p);
+        match t.m - c0 {
+            1 => tile_cols::<F, 1>(t, wq, wd, panel, c0, r0, nr),
+            2 => tile_cols::<F, 2>(t, wq, wd, panel, c0, r0, nr),
+            3 => tile_cols::<F, 3>(t, wq, wd, panel, c0, r0, nr),
+            4 => tile_cols::<F, 4>(t, wq, wd, panel, c0, r0, nr),
+            5 => tile_cols::<F, 5>(t, wq, wd, panel, c0, r0, nr),
+            6 => tile_cols::<F, 6>(t, wq, wd, panel, c0, r0, nr),
+            7 => tile_cols::<F, 7>(t, wq, wd, panel, c0, r0, nr),
+            _ => tile_cols::<F, COLS>(t, wq, wd, panel, c0, r0, nr),
+        }
     }
 }
 
 /// The whole `n × m` product (see [`GemmArgs`]); never declines.
 #[inline(always)]
 pub(crate) unsafe fn gemm<F: Packed>(t: &GemmArgs) -> bool {
-    let (start, ad) = activation_block_sums::<F>(t);
+    let panels = ActivationPanels::new::<F>(t);
     let mut wq = vec![_mm512_setzero_si512(); t.nb * 8];
     let mut wd = vec![_mm512_setzero_ps(); t.nb];
     for r0 in (0..t.n).step_by(ROWS) {
         let nr = (t.n - r0).min(ROWS);
         pack_tile::<F>(t, r0, nr, &mut wq, &mut wd);
-        tile_all_cols::<F>(t, &wq, &wd, &start, &ad, r0, nr);
+        tile_all_cols::<F>(t, &wq, &wd, &panels, r0, nr);
     }
     true
 }

@@ -150,28 +150,26 @@ unsafe fn direct<F: Repacked, const NC: usize>(
 #[inline(always)]
 pub(crate) unsafe fn gemm<F: Repacked>(t: &GemmArgs) -> bool {
     let nb = t.nb;
-    let (start, ad) = packed::activation_block_sums::<F>(t);
-    let mut scratch = if t.m >= packed::COLS {
-        (
-            vec![_mm512_setzero_si512(); nb * 8],
-            vec![_mm512_setzero_ps(); nb],
-        )
-    } else {
-        (Vec::new(), Vec::new())
-    };
-    for (gi, r0) in (0..t.n).step_by(GROUP_ROWS).enumerate() {
-        let nr = (t.n - r0).min(GROUP_ROWS);
-        let group = t.w.add(gi * t.w_stride);
-        if t.m >= packed::COLS {
-            let (wq, wd) = &mut scratch;
+    if t.m >= packed::COLS {
+        let panels = packed::ActivationPanels::new::<F>(t);
+        let mut wq = vec![_mm512_setzero_si512(); nb * 8];
+        let mut wd = vec![_mm512_setzero_ps(); nb];
+        for (gi, r0) in (0..t.n).step_by(GROUP_ROWS).enumerate() {
+            let nr = (t.n - r0).min(GROUP_ROWS);
+            let group = t.w.add(gi * t.w_stride);
             for b in 0..nb {
                 let g = F::groups(values::<F>(group, nb, b));
                 wq[b * 8..b * 8 + 8].copy_from_slice(&g);
                 wd[b] = scales(group, b);
             }
-            packed::tile_all_cols::<F>(t, wq, wd, &start, &ad, r0, nr);
-            continue;
+            packed::tile_all_cols::<F>(t, &wq, &wd, &panels, r0, nr);
         }
+        return true;
+    }
+    let (start, ad) = packed::activation_block_sums::<F>(t);
+    for (gi, r0) in (0..t.n).step_by(GROUP_ROWS).enumerate() {
+        let nr = (t.n - r0).min(GROUP_ROWS);
+        let group = t.w.add(gi * t.w_stride);
         let mut c0 = 0;
         while c0 + 4 <= t.m {
             direct::<F, 4>(t, group, &start, &ad, c0, r0, nr);
