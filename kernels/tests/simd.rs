@@ -731,3 +731,80 @@ fn strided_rows_equal_contiguous_rows() {
         }
     }
 }
+
+#[test]
+fn prepared_activations_give_the_same_products() {
+    // the activations prepared once (as a threaded matmul does) and the weight rows taken in
+    // blocks, on the file layout and the ×16 layout: the reference's bits at every level
+    let mut rng = StdRng::seed_from_u64(33);
+    for ty in [
+        GgmlType::Q4_0,
+        GgmlType::Q5_0,
+        GgmlType::Q8_0,
+        GgmlType::Q4_K,
+    ] {
+        let k = ty.block_size() * 3;
+        let n = 37;
+        let w = reference_quantized(&mut rng, ty, n, k);
+        let w_rb = row_bytes(ty, k).unwrap();
+        let repacked =
+            RepackLayout::for_type(ty).map(|_| RepackedMatrix::new(ty, &w, n, k).unwrap());
+        for m in [3, 8, 13, 20] {
+            let x = noise(&mut rng, m * k, 32);
+            let a_rb = row_bytes(ty.vec_dot_type(), k).unwrap();
+            let mut act = vec![0u8; m * a_rb];
+            for (xr, ar) in x.chunks(k).zip(act.chunks_mut(a_rb)) {
+                formats::quantize_row(ty.vec_dot_type(), xr, ar).unwrap();
+            }
+            let want = reference_products(ty, k, &w, n, &act, m);
+            for kern in levels() {
+                let prep = kern.prepare_activations(ty, k, &act, m).unwrap();
+                let legacy = matches!(ty, GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0);
+                if kern.level() == Level::Avx512 && legacy && m >= 8 {
+                    assert!(prep.has_layout(), "{ty} m={m}: AVX-512 prepares panels");
+                }
+                for (r0, r1) in [(0, 16), (16, n)] {
+                    let rows = r1 - r0;
+                    let mut got = vec![f32::NAN; m * rows];
+                    kern.gemm_prepared(&w[r0 * w_rb..r1 * w_rb], rows, &prep, &mut got)
+                        .unwrap();
+                    let mut got_rp = vec![f32::NAN; m * rows];
+                    if let Some(rp) = &repacked {
+                        kern.gemm_repacked_prepared(rp, r0, rows, &prep, &mut got_rp)
+                            .unwrap();
+                    }
+                    for c in 0..m {
+                        for r in 0..rows {
+                            let e = want[c * n + r0 + r];
+                            let g = got[c * rows + r];
+                            assert!(
+                                same_f32(g, e),
+                                "{} {ty} prepared m={m} rows {r0}.. [{c}][{r}]: {g} vs {e}",
+                                kern.level()
+                            );
+                            if repacked.is_some() {
+                                let g = got_rp[c * rows + r];
+                                assert!(
+                                    same_f32(g, e),
+                                    "{} {ty} repacked prepared m={m} [{c}][{r}]: {g} vs {e}",
+                                    kern.level()
+                                );
+                            }
+                        }
+                    }
+                }
+                // activations of the wrong length, and a matrix of another row length, are
+                // errors
+                assert!(kern.prepare_activations(ty, k, &act[1..], m).is_err());
+                if let Some(rp) = &repacked {
+                    let wide = vec![0u8; m * a_rb * 2];
+                    let other = kern.prepare_activations(ty, k * 2, &wide, m).unwrap();
+                    let mut out = vec![0f32; m * 16];
+                    assert!(kern
+                        .gemm_repacked_prepared(rp, 0, 16, &other, &mut out)
+                        .is_err());
+                }
+            }
+        }
+    }
+}

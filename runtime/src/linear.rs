@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 use kernels::formats;
 use kernels::repack::{RepackLayout, RepackedMatrix, GROUP_ROWS};
-use kernels::simd::{self, TILE_ROWS};
+use kernels::simd::{self, PreparedActivations, TILE_ROWS};
 use kernels::GgmlType;
 
 pub use crate::ops::Activation;
@@ -216,6 +216,22 @@ pub fn matmul_many(parts: &mut [MatmulPart], x: &[f32], m: usize) {
         return;
     }
     let qx = quantize_activations(&first, x, m);
+    // the layout some kernels regroup the activations into, built once per weight type here
+    // instead of once per row block
+    let kern = simd::kernels();
+    let mut prepared: Vec<PreparedActivations> = Vec::new();
+    for p in parts.iter() {
+        if !prepared.iter().any(|q| q.ty() == p.w.ty) {
+            prepared.push(
+                kern.prepare_activations(p.w.ty, p.w.cols, &qx, m)
+                    .expect("matmul: activation shape"),
+            );
+        }
+    }
+    let prep_of: Vec<usize> = parts
+        .iter()
+        .map(|p| prepared.iter().position(|q| q.ty() == p.w.ty).unwrap_or(0))
+        .collect();
 
     // Blocks of weight rows (whole tiles) of every matrix; each block computes all m outputs
     // for its rows.
@@ -233,7 +249,7 @@ pub fn matmul_many(parts: &mut [MatmulPart], x: &[f32], m: usize) {
         let (w, bias, act, out) = &outs[i];
         // SAFETY: blocks of one matrix have disjoint row ranges, and every matrix writes only
         // its own output (checked to hold m × rows elements above).
-        unsafe { row_block(w, *bias, *act, &qx, m, r0, r1, *out) };
+        unsafe { row_block(w, *bias, *act, &prepared[prep_of[i]], r0, r1, *out) };
     });
 }
 
@@ -297,8 +313,7 @@ unsafe fn row_block(
     w: &Weight,
     bias: Option<&[f32]>,
     act: Activation,
-    qx: &[u8],
-    m: usize,
+    qx: &PreparedActivations,
     r0: usize,
     r1: usize,
     out: SharedPtr<f32>,
@@ -309,7 +324,8 @@ unsafe fn row_block(
         static TILE: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
     }
     let kern = simd::kernels();
-    let (n, k) = (w.rows, w.cols);
+    let n = w.rows;
+    let m = qx.rows();
     let rows = r1 - r0;
     let wrb = w.row_bytes();
     let mut tile = TILE.take();
@@ -318,8 +334,8 @@ unsafe fn row_block(
     }
     let local = &mut tile[..m * rows];
     match repacked_here(w) {
-        Some(rp) => kern.gemm_repacked(rp, r0, rows, qx, m, local),
-        None => kern.gemm(w.ty, k, &w.data[r0 * wrb..r1 * wrb], rows, qx, m, local),
+        Some(rp) => kern.gemm_repacked_prepared(rp, r0, rows, qx, local),
+        None => kern.gemm_prepared(&w.data[r0 * wrb..r1 * wrb], rows, qx, local),
     }
     .expect("matmul: weight shape");
     let bias = bias.map(|b| &b[r0..r1]);

@@ -242,6 +242,57 @@ pub(crate) struct GemmArgs {
     pub m: usize,
     pub out: *mut f32,
     pub ldo: usize,
+    /// The activations in this level's own layout for the weight type ([`PrepareFn`]), built
+    /// once for several products; null where the kernel builds it itself (if it wants one).
+    pub prepared: *const u8,
+}
+
+/// One 64-byte line: the unit (and alignment) of prepared activations.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+pub(crate) struct Line64(#[allow(dead_code)] [u8; 64]);
+
+/// Builds the layout of the activations (`GemmArgs::a`, `a_stride`, `m`, `nb`) that a level's
+/// packed kernels for one weight type use (AVX-512: the panels of `x86/packed.rs` for Q4_0,
+/// Q5_0 and Q8_0), so that the row blocks of one matmul share it.
+///
+/// # Safety
+/// The activation rows must exist as described and the CPU must support the table's level.
+pub(crate) type PrepareFn = unsafe fn(&GemmArgs) -> Box<[core::mem::MaybeUninit<Line64>]>;
+
+/// Activation rows (as [`CpuKernels::quantize_activations`] wrote them for weights of one
+/// type) prepared once for several products with such weights, e.g. every row block of one
+/// matmul: [`CpuKernels::gemm_prepared`] and [`CpuKernels::gemm_repacked_prepared`] then skip
+/// the regrouping that some packed kernels otherwise do on each call.
+pub struct PreparedActivations<'a> {
+    ty: GgmlType,
+    k: usize,
+    act: &'a [u8],
+    m: usize,
+    layout: Option<Box<[core::mem::MaybeUninit<Line64>]>>,
+}
+
+impl PreparedActivations<'_> {
+    /// The weight type the rows were prepared for.
+    pub fn ty(&self) -> GgmlType {
+        self.ty
+    }
+
+    /// The number of activation rows.
+    pub fn rows(&self) -> usize {
+        self.m
+    }
+
+    /// Whether this level's kernels use a layout of their own (built here) for these rows.
+    pub fn has_layout(&self) -> bool {
+        self.layout.is_some()
+    }
+
+    fn layout_ptr(&self) -> *const u8 {
+        self.layout
+            .as_ref()
+            .map_or(core::ptr::null(), |l| l.as_ptr() as *const u8)
+    }
 }
 
 /// A packed GEMM kernel (weight tiles unpacked once into a scratch layout, then multiplied with
@@ -308,6 +359,11 @@ pub struct CpuKernels {
     pub(crate) repacked_q4_k: Option<GemmFn>,
     pub(crate) repacked_q5_k: Option<GemmFn>,
     pub(crate) repacked_q6_k: Option<GemmFn>,
+    /// Activation layouts that the packed and repacked kernels of these types read when
+    /// `GemmArgs::prepared` is set.
+    pub(crate) prepare_q4_0: Option<PrepareFn>,
+    pub(crate) prepare_q5_0: Option<PrepareFn>,
+    pub(crate) prepare_q8_0: Option<PrepareFn>,
 }
 
 impl CpuKernels {
@@ -343,6 +399,9 @@ impl CpuKernels {
             repacked_q4_k: None,
             repacked_q5_k: None,
             repacked_q6_k: None,
+            prepare_q4_0: None,
+            prepare_q5_0: None,
+            prepare_q8_0: None,
         }
     }
 }
@@ -435,6 +494,17 @@ fn weight_rows(
     Ok(w_stride)
 }
 
+/// Activations without a prepared layout (lengths are checked where they are used).
+fn unprepared(ty: GgmlType, k: usize, act: &[u8], m: usize) -> PreparedActivations<'_> {
+    PreparedActivations {
+        ty,
+        k,
+        act,
+        m,
+        layout: None,
+    }
+}
+
 fn length_error(what: &'static str, expected: usize, actual: usize) -> FormatError {
     FormatError::Length {
         what,
@@ -485,6 +555,15 @@ impl CpuKernels {
             RepackLayout::Q4_Kx16 => self.repacked_q4_k,
             RepackLayout::Q5_Kx16 => self.repacked_q5_k,
             RepackLayout::Q6_Kx16 => self.repacked_q6_k,
+        }
+    }
+
+    fn prepare(&self, ty: GgmlType) -> Option<PrepareFn> {
+        match ty {
+            GgmlType::Q4_0 => self.prepare_q4_0,
+            GgmlType::Q5_0 => self.prepare_q5_0,
+            GgmlType::Q8_0 => self.prepare_q8_0,
+            _ => None,
         }
     }
 
@@ -608,7 +687,64 @@ impl CpuKernels {
         out: &mut [f32],
     ) -> Result<(), FormatError> {
         let stride = weight_rows(ty, k, n, w.len(), None)?;
-        self.gemm_rows(ty, k, w, stride, n, act, m, out)
+        self.gemm_rows(ty, k, w, stride, n, &unprepared(ty, k, act, m), out)
+    }
+
+    /// Prepares `m` activation rows (`act`, from [`Self::quantize_activations`] for weights
+    /// of type `ty` and `k` columns) for several products: where this level's packed kernels
+    /// regroup the activations on every call (AVX-512 with Q4_0, Q5_0, Q8_0), that happens
+    /// here once.
+    pub fn prepare_activations<'a>(
+        &self,
+        ty: GgmlType,
+        k: usize,
+        act: &'a [u8],
+        m: usize,
+    ) -> Result<PreparedActivations<'a>, FormatError> {
+        if !supports_vec_dot(ty) {
+            return Err(FormatError::Unsupported {
+                ty,
+                op: "prepare_activations",
+            });
+        }
+        let a_rb = row_bytes(ty.vec_dot_type(), k)?;
+        let a_len = a_rb.checked_mul(m).ok_or(FormatError::Overflow {
+            what: "activation bytes (m·row bytes)",
+        })?;
+        if act.len() != a_len {
+            return Err(length_error("prepared activation bytes", a_len, act.len()));
+        }
+        let mut prep = unprepared(ty, k, act, m);
+        if let Some(prepare) = self.prepare(ty).filter(|_| m >= PACKED_MIN_ROWS && k > 0) {
+            let args = GemmArgs {
+                nb: k / ty.block_size(),
+                w: core::ptr::null(),
+                w_stride: 0,
+                n: 0,
+                a: act.as_ptr(),
+                a_stride: a_rb,
+                m,
+                out: core::ptr::null_mut(),
+                ldo: 0,
+                prepared: core::ptr::null(),
+            };
+            // SAFETY: m rows of a_rb bytes (checked above); the table's level runs here.
+            prep.layout = Some(unsafe { prepare(&args) });
+        }
+        Ok(prep)
+    }
+
+    /// [`Self::gemm`] with prepared activations (weights of the type they were prepared for,
+    /// `n` rows back to back in `w`): the same results.
+    pub fn gemm_prepared(
+        &self,
+        w: &[u8],
+        n: usize,
+        act: &PreparedActivations,
+        out: &mut [f32],
+    ) -> Result<(), FormatError> {
+        let stride = weight_rows(act.ty, act.k, n, w.len(), None)?;
+        self.gemm_rows(act.ty, act.k, w, stride, n, act, out)
     }
 
     /// [`Self::gemm`] with weight rows `w_stride` bytes apart (≥ a row's bytes), e.g. one
@@ -627,7 +763,7 @@ impl CpuKernels {
         out: &mut [f32],
     ) -> Result<(), FormatError> {
         weight_rows(ty, k, n, w.len(), Some(w_stride))?;
-        self.gemm_rows(ty, k, w, w_stride, n, act, m, out)
+        self.gemm_rows(ty, k, w, w_stride, n, &unprepared(ty, k, act, m), out)
     }
 
     /// The product once the weight rows are known to exist (`n` rows, `w_stride` apart).
@@ -639,10 +775,11 @@ impl CpuKernels {
         w: &[u8],
         w_stride: usize,
         n: usize,
-        act: &[u8],
-        m: usize,
+        prep: &PreparedActivations,
         out: &mut [f32],
     ) -> Result<(), FormatError> {
+        debug_assert!(prep.ty == ty && prep.k == k);
+        let (act, m) = (prep.act, prep.m);
         let a_rb = row_bytes(ty.vec_dot_type(), k)?;
         if nothing_to_compute(a_rb, k, n, act, m, out)? {
             return Ok(());
@@ -667,9 +804,11 @@ impl CpuKernels {
                     m,
                     out: out.as_mut_ptr(),
                     ldo: n,
+                    prepared: prep.layout_ptr(),
                 };
-                // SAFETY: lengths checked above (n rows of w, m rows of act, m·n outputs); the
-                // table's level runs on this CPU.
+                // SAFETY: lengths checked above (n rows of w, m rows of act, m·n outputs; a
+                // prepared layout was built from these rows for this type); the table's level
+                // runs on this CPU.
                 if unsafe { packed(&args) } {
                     return Ok(());
                 }
@@ -718,8 +857,30 @@ impl CpuKernels {
         m: usize,
         out: &mut [f32],
     ) -> Result<(), FormatError> {
+        let prep = unprepared(w.ty(), w.cols(), act, m);
+        self.gemm_repacked_prepared(w, row0, n, &prep, out)
+    }
+
+    /// [`Self::gemm_repacked`] with prepared activations (prepared for the matrix's type and
+    /// row length): the same results.
+    pub fn gemm_repacked_prepared(
+        &self,
+        w: &RepackedMatrix,
+        row0: usize,
+        n: usize,
+        prep: &PreparedActivations,
+        out: &mut [f32],
+    ) -> Result<(), FormatError> {
         let ty = w.ty();
         let k = w.cols();
+        if prep.ty != ty || prep.k != k {
+            return Err(FormatError::Length {
+                what: "prepared activations' row length (or type) for this matrix",
+                expected: k,
+                actual: prep.k,
+            });
+        }
+        let (act, m) = (prep.act, prep.m);
         let a_rb = row_bytes(ty.vec_dot_type(), k)?;
         if !row0.is_multiple_of(GROUP_ROWS) || row0 > w.rows() || n > w.rows() - row0 {
             return Err(length_error(
@@ -754,6 +915,7 @@ impl CpuKernels {
             m,
             out: out.as_mut_ptr(),
             ldo: n,
+            prepared: prep.layout_ptr(),
         };
         // SAFETY: the groups of rows row0..row0+n exist (checked above), m activation rows and
         // m·n outputs (checked above); the table's level runs on this CPU.

@@ -597,6 +597,10 @@ fn table_with<U: TileUnit + Default>() -> CpuKernels {
     k.packed_q8_0 = Some(packed_entry::<legacy::Q8_0, U>);
     k.repacked_q4_0 = Some(repacked_entry::<legacy::Q4_0, U>);
     k.repacked_q8_0 = Some(repacked_entry::<legacy::Q8_0, U>);
+    // the tile kernels read the activation rows as they are
+    k.prepare_q4_0 = None;
+    k.prepare_q5_0 = None;
+    k.prepare_q8_0 = None;
     k
 }
 

@@ -8,7 +8,7 @@ use super::{
     float::FloatW, kquant, legacy, packed, packed_float, packed_kquant, quant, repacked,
     repacked_avx2, Isa,
 };
-use crate::simd::{CpuKernels, GemmArgs, Level, TileArgs};
+use crate::simd::{CpuKernels, GemmArgs, Level, Line64, TileArgs};
 
 /// `vpdpbusd`: u8 × i8 summed in i32 directly.
 pub(crate) struct Avx512;
@@ -182,6 +182,19 @@ macro_rules! repacked_entry {
     };
 }
 
+macro_rules! prepare_entry {
+    ($name:ident, $format:ty) => {
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+        unsafe fn $name(t: &GemmArgs) -> Box<[core::mem::MaybeUninit<Line64>]> {
+            packed::prepare_panels::<$format>(t)
+        }
+    };
+}
+
+prepare_entry!(prepare_q4_0, legacy::Q4_0);
+prepare_entry!(prepare_q5_0, legacy::Q5_0);
+prepare_entry!(prepare_q8_0, legacy::Q8_0);
+
 repacked_entry!(repacked_q4_0, legacy::Q4_0);
 repacked_entry!(repacked_q8_0, legacy::Q8_0);
 
@@ -237,5 +250,8 @@ pub(super) fn table(level: Level) -> CpuKernels {
     k.repacked_q4_k = Some(repacked_q4_k);
     k.repacked_q5_k = Some(repacked_q5_k);
     k.repacked_q6_k = Some(repacked_q6_k);
+    k.prepare_q4_0 = Some(prepare_q4_0);
+    k.prepare_q5_0 = Some(prepare_q5_0);
+    k.prepare_q8_0 = Some(prepare_q8_0);
     k
 }

@@ -16,8 +16,10 @@
 
 use core::arch::x86_64::*;
 
+use core::mem::MaybeUninit;
+
 use super::legacy::{self, Legacy};
-use crate::simd::GemmArgs;
+use crate::simd::{GemmArgs, Line64};
 
 /// Weight rows per packed tile (one i32 / f32 lane each).
 const ROWS: usize = 16;
@@ -179,40 +181,66 @@ const _: () = assert!(COLS == 8 && PANEL_BLOCK.is_multiple_of(64));
 /// The activations regrouped for the tile loop: per [`COLS`] rows (one panel) and block, all
 /// that the block needs in [`PANEL_BLOCK`] consecutive bytes, so that one pointer walks the
 /// loop (eight row pointers, their start and scale indices cost more registers than x86-64
-/// has, and LLVM spilled them inside the loop). Built once per product.
+/// has, and LLVM spilled them inside the loop). Built once per product, or once per matmul
+/// ([`prepare_panels`], `GemmArgs::prepared`).
+#[derive(Clone, Copy)]
 pub(crate) struct ActivationPanels {
-    // uninitialized where the last panel has no rows: those bytes are never read
-    buf: Box<[core::mem::MaybeUninit<__m512i>]>,
+    base: *const u8,
     panel_bytes: usize,
 }
 
 impl ActivationPanels {
+    /// The panels at `base` (from [`prepare_panels`] for these activations).
     #[inline(always)]
-    pub(crate) unsafe fn new<F: Legacy>(t: &GemmArgs) -> Self {
-        let panel_bytes = t.nb * PANEL_BLOCK;
-        let panels = t.m.div_ceil(COLS);
-        let mut buf = Box::new_uninit_slice(panels * panel_bytes / 64);
-        let base = buf.as_mut_ptr() as *mut u8;
-        let o = offset::<F>();
-        for c in 0..t.m {
-            let row = t.a.add(c * t.a_stride);
-            let (panel, lane) = (c / COLS, c % COLS);
-            for b in 0..t.nb {
-                let src = row.add(b * F::A_BYTES);
-                let dst = base.add(panel * panel_bytes + b * PANEL_BLOCK);
-                let v = _mm256_loadu_si256(src.add(F::A_QS) as *const __m256i);
-                (dst.add(PANEL_STARTS + 4 * lane) as *mut i32).write(-o * super::hsum_i8(v));
-                (dst.add(PANEL_SCALES + 4 * lane) as *mut f32).write(super::load_f16(src));
-                _mm256_storeu_si256(dst.add(PANEL_VALUES + 32 * lane) as *mut __m256i, v);
-            }
+    fn at(base: *const u8, t: &GemmArgs) -> Self {
+        ActivationPanels {
+            base,
+            panel_bytes: t.nb * PANEL_BLOCK,
         }
-        ActivationPanels { buf, panel_bytes }
     }
 
     /// Panel `p` (activation rows `p·COLS..`).
     #[inline(always)]
     fn panel(&self, p: usize) -> *const u8 {
-        (self.buf.as_ptr() as *const u8).wrapping_add(p * self.panel_bytes)
+        self.base.wrapping_add(p * self.panel_bytes)
+    }
+}
+
+/// Builds the panels of `t`'s activations for format `F` (the [`crate::simd::PrepareFn`] of
+/// the AVX-512 table). Bytes of a last panel's missing rows stay uninitialized: nothing reads
+/// them.
+#[inline(always)]
+pub(crate) unsafe fn prepare_panels<F: Legacy>(t: &GemmArgs) -> Box<[MaybeUninit<Line64>]> {
+    let panel_bytes = t.nb * PANEL_BLOCK;
+    let mut buf = Box::new_uninit_slice(t.m.div_ceil(COLS) * panel_bytes / 64);
+    let base = buf.as_mut_ptr() as *mut u8;
+    let o = offset::<F>();
+    for c in 0..t.m {
+        let row = t.a.add(c * t.a_stride);
+        let (panel, lane) = (c / COLS, c % COLS);
+        for b in 0..t.nb {
+            let src = row.add(b * F::A_BYTES);
+            let dst = base.add(panel * panel_bytes + b * PANEL_BLOCK);
+            let v = _mm256_loadu_si256(src.add(F::A_QS) as *const __m256i);
+            (dst.add(PANEL_STARTS + 4 * lane) as *mut i32).write(-o * super::hsum_i8(v));
+            (dst.add(PANEL_SCALES + 4 * lane) as *mut f32).write(super::load_f16(src));
+            _mm256_storeu_si256(dst.add(PANEL_VALUES + 32 * lane) as *mut __m256i, v);
+        }
+    }
+    buf
+}
+
+/// The panels of `t`'s activations: the prepared ones, or built into `owned`.
+#[inline(always)]
+pub(crate) unsafe fn panels<F: Legacy>(
+    t: &GemmArgs,
+    owned: &mut Option<Box<[MaybeUninit<Line64>]>>,
+) -> ActivationPanels {
+    if t.prepared.is_null() {
+        let buf = owned.insert(prepare_panels::<F>(t));
+        ActivationPanels::at(buf.as_ptr() as *const u8, t)
+    } else {
+        ActivationPanels::at(t.prepared, t)
     }
 }
 
@@ -404,7 +432,8 @@ pub(crate) unsafe fn tile_all_cols<F: Packed>(
 /// The whole `n × m` product (see [`GemmArgs`]); never declines.
 #[inline(always)]
 pub(crate) unsafe fn gemm<F: Packed>(t: &GemmArgs) -> bool {
-    let panels = ActivationPanels::new::<F>(t);
+    let mut owned = None;
+    let panels = panels::<F>(t, &mut owned);
     let mut wq = vec![_mm512_setzero_si512(); t.nb * 8];
     let mut wd = vec![_mm512_setzero_ps(); t.nb];
     for r0 in (0..t.n).step_by(ROWS) {

@@ -151,7 +151,8 @@ unsafe fn direct<F: Repacked, const NC: usize>(
 pub(crate) unsafe fn gemm<F: Repacked>(t: &GemmArgs) -> bool {
     let nb = t.nb;
     if t.m >= packed::COLS {
-        let panels = packed::ActivationPanels::new::<F>(t);
+        let mut owned = None;
+        let panels = packed::panels::<F>(t, &mut owned);
         let mut wq = vec![_mm512_setzero_si512(); nb * 8];
         let mut wd = vec![_mm512_setzero_ps(); nb];
         for (gi, r0) in (0..t.n).step_by(GROUP_ROWS).enumerate() {
