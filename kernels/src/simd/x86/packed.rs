@@ -254,54 +254,112 @@ pub(crate) struct PanelLoop {
     nb: usize,
 }
 
-/// Defines the block loop of a full panel for one order of the scale update (`$update`: the
-/// lines between the conversion `zmm\c = f32(sumi)` and `acc_c (zmm2\c) += zmm\c`; `zmm17`
-/// holds the rows' scales `d_w`).
+/// Defines the block loop of a full panel for one order of the scale update: `$a2, $a3` are
+/// the two multiplies between the conversion `zmm\c = f32(sumi_c)` and `acc_c (zmm2\c) +=
+/// zmm\c` for the register set A (`zmm0..7`), `$b2, $b3` the same for set B (`zmm10..17`);
+/// `zmm9` holds the block's weight scales `d_w`, and its activation scales lie at
+/// `[{p} - {back} + 4c]` (the panel pointer has moved on by then).
 ///
 /// In assembly because LLVM schedules the intrinsic version row by row (each row's 8
 /// dependent `vpdpbusd` back to back) and spills the loop's pointers: on Cascade Lake, whose
 /// two 512-bit pipes each take a `vpdpbusd` per cycle at a latency of 5, that ran at
-/// 1.0–1.2 `vpdpbusd` per ns from L1, against 2.3–2.5 for this order
-/// (`bench/REPORT.md`, eleventh session). Per block: the 8 starts, then for each group vector
-/// its 8 `vpdpbusd` (one per row, the activation's 4 bytes broadcast from the panel), then the
-/// 8 lane-wise updates in the reference's order.
+/// 1.0–1.2 `vpdpbusd` per ns from L1 (`bench/REPORT.md`, eleventh session). Per block: the 8
+/// starts, then for each group vector its 8 `vpdpbusd` (one per row, the activation's 4 bytes
+/// broadcast from the panel). The blocks alternate between the two register sets, and the
+/// scale updates of the previous block (one row per group vector) run between the current
+/// block's dot products, so that the float work overlaps the integer chains (+15 % in a
+/// microbenchmark against updating after each block).
 macro_rules! panel_loop {
-    ($name:ident, $($update:literal),+) => {
+    ($name:ident, $a2:literal, $a3:literal, $b2:literal, $b3:literal) => {
         #[inline]
         #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
         unsafe fn $name(acc: &mut [__m512; COLS], l: PanelLoop) {
             // SAFETY (caller): `l` describes `nb ≥ 1` blocks of readable panel, group vectors
             // and scales; the assembly reads only those and writes only the named registers.
             core::arch::asm!(
+                // block 0 into set A
+                ".irp k,0,1,2,3,4,5,6,7",
+                "vpbroadcastd zmm\\k, dword ptr [{p} + {starts} + 4*\\k]",
+                ".endr",
+                ".irp c,0,1,2,3,4,5,6,7",
+                "vmovdqu64 zmm8, zmmword ptr [{w} + 64*\\c]",
+                ".irp k,0,1,2,3,4,5,6,7",
+                "vpdpbusd zmm\\k, zmm8, dword ptr [{p} + {values} + 32*\\k + 4*\\c]{{1to16}}",
+                ".endr",
+                ".endr",
+                "vmovups zmm9, zmmword ptr [{d}]",
+                "add {p}, {block}",
+                "add {w}, 512",
+                "add {d}, 64",
+                "dec {n}",
+                "jz 3f",
                 "2:",
-                ".irp c,0,1,2,3,4,5,6,7",
-                "vpbroadcastd zmm\\c, dword ptr [{p} + {starts} + 4*\\c]",
+                // a block into set B; set A's updates
+                ".irp k,0,1,2,3,4,5,6,7",
+                "vpbroadcastd zmm1\\k, dword ptr [{p} + {starts} + 4*\\k]",
                 ".endr",
-                ".irp g,0,1,2,3,4,5,6,7",
-                "vmovdqu64 zmm16, zmmword ptr [{w} + 64*\\g]",
                 ".irp c,0,1,2,3,4,5,6,7",
-                "vpdpbusd zmm\\c, zmm16, dword ptr [{p} + {values} + 32*\\c + 4*\\g]{{1to16}}",
+                "vmovdqu64 zmm8, zmmword ptr [{w} + 64*\\c]",
+                ".irp k,0,1,2,3,4,5,6,7",
+                "vpdpbusd zmm1\\k, zmm8, dword ptr [{p} + {values} + 32*\\k + 4*\\c]{{1to16}}",
                 ".endr",
-                ".endr",
-                "vmovups zmm17, zmmword ptr [{d}]",
-                ".irp c,0,1,2,3,4,5,6,7",
                 "vcvtdq2ps zmm\\c, zmm\\c",
-                $($update,)+
+                $a2,
+                $a3,
                 "vaddps zmm2\\c, zmm2\\c, zmm\\c",
                 ".endr",
+                "vmovups zmm9, zmmword ptr [{d}]",
+                "add {p}, {block}",
+                "add {w}, 512",
+                "add {d}, 64",
+                "dec {n}",
+                "jz 4f",
+                // a block into set A; set B's updates
+                ".irp k,0,1,2,3,4,5,6,7",
+                "vpbroadcastd zmm\\k, dword ptr [{p} + {starts} + 4*\\k]",
+                ".endr",
+                ".irp c,0,1,2,3,4,5,6,7",
+                "vmovdqu64 zmm8, zmmword ptr [{w} + 64*\\c]",
+                ".irp k,0,1,2,3,4,5,6,7",
+                "vpdpbusd zmm\\k, zmm8, dword ptr [{p} + {values} + 32*\\k + 4*\\c]{{1to16}}",
+                ".endr",
+                "vcvtdq2ps zmm1\\c, zmm1\\c",
+                $b2,
+                $b3,
+                "vaddps zmm2\\c, zmm2\\c, zmm1\\c",
+                ".endr",
+                "vmovups zmm9, zmmword ptr [{d}]",
                 "add {p}, {block}",
                 "add {w}, 512",
                 "add {d}, 64",
                 "dec {n}",
                 "jnz 2b",
+                // the last block's updates: set A
+                "3:",
+                ".irp c,0,1,2,3,4,5,6,7",
+                "vcvtdq2ps zmm\\c, zmm\\c",
+                $a2,
+                $a3,
+                "vaddps zmm2\\c, zmm2\\c, zmm\\c",
+                ".endr",
+                "jmp 5f",
+                // or set B
+                "4:",
+                ".irp c,0,1,2,3,4,5,6,7",
+                "vcvtdq2ps zmm1\\c, zmm1\\c",
+                $b2,
+                $b3,
+                "vaddps zmm2\\c, zmm2\\c, zmm1\\c",
+                ".endr",
+                "5:",
                 p = inout(reg) l.panel => _,
                 w = inout(reg) l.wq => _,
                 d = inout(reg) l.wd => _,
                 n = inout(reg) l.nb => _,
                 starts = const PANEL_STARTS,
-                scales = const PANEL_SCALES,
                 values = const PANEL_VALUES,
                 block = const PANEL_BLOCK,
+                back = const PANEL_BLOCK - PANEL_SCALES,
                 inout("zmm20") acc[0],
                 inout("zmm21") acc[1],
                 inout("zmm22") acc[2],
@@ -312,7 +370,10 @@ macro_rules! panel_loop {
                 inout("zmm27") acc[7],
                 out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _,
                 out("zmm4") _, out("zmm5") _, out("zmm6") _, out("zmm7") _,
-                out("zmm16") _, out("zmm17") _, out("zmm18") _,
+                out("zmm8") _, out("zmm9") _,
+                out("zmm10") _, out("zmm11") _, out("zmm12") _, out("zmm13") _,
+                out("zmm14") _, out("zmm15") _, out("zmm16") _, out("zmm17") _,
+                out("zmm18") _,
                 options(nostack, readonly),
             );
         }
@@ -322,14 +383,18 @@ macro_rules! panel_loop {
 // Q4_0: sumf += sumi·d_w·d_a (left to right)
 panel_loop!(
     panel_loop_dw_first,
-    "vmulps zmm\\c, zmm\\c, zmm17",
-    "vmulps zmm\\c, zmm\\c, dword ptr [{p} + {scales} + 4*\\c]{{1to16}}"
+    "vmulps zmm\\c, zmm\\c, zmm9",
+    "vmulps zmm\\c, zmm\\c, dword ptr [{p} - {back} + 4*\\c]{{1to16}}",
+    "vmulps zmm1\\c, zmm1\\c, zmm9",
+    "vmulps zmm1\\c, zmm1\\c, dword ptr [{p} - {back} + 4*\\c]{{1to16}}"
 );
 // Q5_0, Q8_0: sumf += (d_w·d_a)·sumi
 panel_loop!(
     panel_loop_dd_first,
-    "vmulps zmm18, zmm17, dword ptr [{p} + {scales} + 4*\\c]{{1to16}}",
-    "vmulps zmm\\c, zmm\\c, zmm18"
+    "vmulps zmm18, zmm9, dword ptr [{p} - {back} + 4*\\c]{{1to16}}",
+    "vmulps zmm\\c, zmm\\c, zmm18",
+    "vmulps zmm18, zmm9, dword ptr [{p} - {back} + 4*\\c]{{1to16}}",
+    "vmulps zmm1\\c, zmm1\\c, zmm18"
 );
 
 /// `NC ≤ COLS` activation rows of a panel (rows `c0..`) against one packed tile; stores lanes
