@@ -153,6 +153,13 @@ unsafe fn k4_activations(qs: *const u8, out: *mut __m512i) {
 /// `vpmulld` per sub-block scales it: 2 multiplies per 8 values and 2 per sub-block.
 #[inline(always)]
 unsafe fn k4_dots<const NC: usize>(w: *const __m512i, a: &[*const i32; NC]) -> [__m512i; NC] {
+    if NC == 2 {
+        let [i0, i1] = k4_dots_2(w, a[0], a[1]);
+        let mut out = [_mm512_setzero_si512(); NC];
+        out[0] = i0;
+        out[1] = i1;
+        return out;
+    }
     let zero = _mm512_setzero_si512();
     let mut isum = [zero; NC];
     // an opaque trip count keeps LLVM from unrolling the four pairs: fully unrolled, its
@@ -181,6 +188,136 @@ unsafe fn k4_dots<const NC: usize>(w: *const __m512i, a: &[*const i32; NC]) -> [
         }
     }
     isum
+}
+
+/// [`k4_dots`] for 2 activation rows in assembly, the schedule that LLVM did not find: the
+/// dot products of sub-block pair `p` (8 chains: 2 rows × 2 sub-blocks × even/odd classes)
+/// go to one register set while the previous pair's chains, in the other set, are summed and
+/// scaled by `vpmulld` (integer sums: exact in any order).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn k4_dots_2(w: *const __m512i, a0: *const i32, a1: *const i32) -> [__m512i; 2] {
+    let (mut i0, mut i1) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+    // SAFETY (caller): `w` holds a packed super-block (72 vectors), `a0`/`a1` an activation
+    // record's 64 dwords each; the assembly reads only those.
+    core::arch::asm!(
+        // pair 0 into set A (zmm0..7)
+        ".irp p,0",
+        ".irp r,0,1,2,3,4,5,6,7",
+        "vpxord zmm\\r, zmm\\r, zmm\\r",
+        ".endr",
+        ".irp l,0,2,4,6",
+        "vmovdqu64 zmm8, zmmword ptr [{w} + 64*(16*\\p + \\l)]",
+        "vmovdqu64 zmm9, zmmword ptr [{w} + 64*(16*\\p + 8 + \\l)]",
+        "vpdpbusd zmm0, zmm8, dword ptr [{a0} + 4*(16*\\p + \\l)]{{1to16}}",
+        "vpdpbusd zmm2, zmm9, dword ptr [{a0} + 4*(16*\\p + 8 + \\l)]{{1to16}}",
+        "vpdpbusd zmm4, zmm8, dword ptr [{a1} + 4*(16*\\p + \\l)]{{1to16}}",
+        "vpdpbusd zmm6, zmm9, dword ptr [{a1} + 4*(16*\\p + 8 + \\l)]{{1to16}}",
+        "vmovdqu64 zmm8, zmmword ptr [{w} + 64*(16*\\p + \\l + 1)]",
+        "vmovdqu64 zmm9, zmmword ptr [{w} + 64*(16*\\p + 9 + \\l)]",
+        "vpdpbusd zmm1, zmm8, dword ptr [{a0} + 4*(16*\\p + \\l + 1)]{{1to16}}",
+        "vpdpbusd zmm3, zmm9, dword ptr [{a0} + 4*(16*\\p + 9 + \\l)]{{1to16}}",
+        "vpdpbusd zmm5, zmm8, dword ptr [{a1} + 4*(16*\\p + \\l + 1)]{{1to16}}",
+        "vpdpbusd zmm7, zmm9, dword ptr [{a1} + 4*(16*\\p + 9 + \\l)]{{1to16}}",
+        ".endr",
+        ".endr",
+        // pairs 1, 3 into set B (zmm10..17) while set A (pairs 0, 2) is reduced; pair 2 into
+        // set A while set B (pair 1) is reduced
+        ".irp p,1,2,3",
+        ".if \\p % 2",
+        ".irp r,10,11,12,13,14,15,16,17",
+        "vpxord zmm\\r, zmm\\r, zmm\\r",
+        ".endr",
+        ".irp l,0,2,4,6",
+        "vmovdqu64 zmm8, zmmword ptr [{w} + 64*(16*\\p + \\l)]",
+        "vmovdqu64 zmm9, zmmword ptr [{w} + 64*(16*\\p + 8 + \\l)]",
+        "vpdpbusd zmm10, zmm8, dword ptr [{a0} + 4*(16*\\p + \\l)]{{1to16}}",
+        "vpdpbusd zmm12, zmm9, dword ptr [{a0} + 4*(16*\\p + 8 + \\l)]{{1to16}}",
+        "vpdpbusd zmm14, zmm8, dword ptr [{a1} + 4*(16*\\p + \\l)]{{1to16}}",
+        "vpdpbusd zmm16, zmm9, dword ptr [{a1} + 4*(16*\\p + 8 + \\l)]{{1to16}}",
+        "vmovdqu64 zmm8, zmmword ptr [{w} + 64*(16*\\p + \\l + 1)]",
+        "vmovdqu64 zmm9, zmmword ptr [{w} + 64*(16*\\p + 9 + \\l)]",
+        "vpdpbusd zmm11, zmm8, dword ptr [{a0} + 4*(16*\\p + \\l + 1)]{{1to16}}",
+        "vpdpbusd zmm13, zmm9, dword ptr [{a0} + 4*(16*\\p + 9 + \\l)]{{1to16}}",
+        "vpdpbusd zmm15, zmm8, dword ptr [{a1} + 4*(16*\\p + \\l + 1)]{{1to16}}",
+        "vpdpbusd zmm17, zmm9, dword ptr [{a1} + 4*(16*\\p + 9 + \\l)]{{1to16}}",
+        ".if \\l == 2",
+        // set A: pair p − 1
+        "vpaddd zmm0, zmm0, zmm1",
+        "vpaddd zmm2, zmm2, zmm3",
+        "vpaddd zmm4, zmm4, zmm5",
+        "vpaddd zmm6, zmm6, zmm7",
+        "vpmulld zmm0, zmm0, zmmword ptr [{w} + 64*(64 + 2*\\p - 2)]",
+        "vpmulld zmm2, zmm2, zmmword ptr [{w} + 64*(64 + 2*\\p - 1)]",
+        "vpmulld zmm4, zmm4, zmmword ptr [{w} + 64*(64 + 2*\\p - 2)]",
+        "vpmulld zmm6, zmm6, zmmword ptr [{w} + 64*(64 + 2*\\p - 1)]",
+        "vpaddd {i0}, {i0}, zmm0",
+        "vpaddd {i0}, {i0}, zmm2",
+        "vpaddd {i1}, {i1}, zmm4",
+        "vpaddd {i1}, {i1}, zmm6",
+        ".endif",
+        ".endr",
+        ".else",
+        ".irp r,0,1,2,3,4,5,6,7",
+        "vpxord zmm\\r, zmm\\r, zmm\\r",
+        ".endr",
+        ".irp l,0,2,4,6",
+        "vmovdqu64 zmm8, zmmword ptr [{w} + 64*(16*\\p + \\l)]",
+        "vmovdqu64 zmm9, zmmword ptr [{w} + 64*(16*\\p + 8 + \\l)]",
+        "vpdpbusd zmm0, zmm8, dword ptr [{a0} + 4*(16*\\p + \\l)]{{1to16}}",
+        "vpdpbusd zmm2, zmm9, dword ptr [{a0} + 4*(16*\\p + 8 + \\l)]{{1to16}}",
+        "vpdpbusd zmm4, zmm8, dword ptr [{a1} + 4*(16*\\p + \\l)]{{1to16}}",
+        "vpdpbusd zmm6, zmm9, dword ptr [{a1} + 4*(16*\\p + 8 + \\l)]{{1to16}}",
+        "vmovdqu64 zmm8, zmmword ptr [{w} + 64*(16*\\p + \\l + 1)]",
+        "vmovdqu64 zmm9, zmmword ptr [{w} + 64*(16*\\p + 9 + \\l)]",
+        "vpdpbusd zmm1, zmm8, dword ptr [{a0} + 4*(16*\\p + \\l + 1)]{{1to16}}",
+        "vpdpbusd zmm3, zmm9, dword ptr [{a0} + 4*(16*\\p + 9 + \\l)]{{1to16}}",
+        "vpdpbusd zmm5, zmm8, dword ptr [{a1} + 4*(16*\\p + \\l + 1)]{{1to16}}",
+        "vpdpbusd zmm7, zmm9, dword ptr [{a1} + 4*(16*\\p + 9 + \\l)]{{1to16}}",
+        ".if \\l == 2",
+        // set B: pair p − 1
+        "vpaddd zmm10, zmm10, zmm11",
+        "vpaddd zmm12, zmm12, zmm13",
+        "vpaddd zmm14, zmm14, zmm15",
+        "vpaddd zmm16, zmm16, zmm17",
+        "vpmulld zmm10, zmm10, zmmword ptr [{w} + 64*(64 + 2*\\p - 2)]",
+        "vpmulld zmm12, zmm12, zmmword ptr [{w} + 64*(64 + 2*\\p - 1)]",
+        "vpmulld zmm14, zmm14, zmmword ptr [{w} + 64*(64 + 2*\\p - 2)]",
+        "vpmulld zmm16, zmm16, zmmword ptr [{w} + 64*(64 + 2*\\p - 1)]",
+        "vpaddd {i0}, {i0}, zmm10",
+        "vpaddd {i0}, {i0}, zmm12",
+        "vpaddd {i1}, {i1}, zmm14",
+        "vpaddd {i1}, {i1}, zmm16",
+        ".endif",
+        ".endr",
+        ".endif",
+        ".endr",
+        // set B: pair 3
+        "vpaddd zmm10, zmm10, zmm11",
+        "vpaddd zmm12, zmm12, zmm13",
+        "vpaddd zmm14, zmm14, zmm15",
+        "vpaddd zmm16, zmm16, zmm17",
+        "vpmulld zmm10, zmm10, zmmword ptr [{w} + 64*70]",
+        "vpmulld zmm12, zmm12, zmmword ptr [{w} + 64*71]",
+        "vpmulld zmm14, zmm14, zmmword ptr [{w} + 64*70]",
+        "vpmulld zmm16, zmm16, zmmword ptr [{w} + 64*71]",
+        "vpaddd {i0}, {i0}, zmm10",
+        "vpaddd {i0}, {i0}, zmm12",
+        "vpaddd {i1}, {i1}, zmm14",
+        "vpaddd {i1}, {i1}, zmm16",
+        w = in(reg) w,
+        a0 = in(reg) a0,
+        a1 = in(reg) a1,
+        i0 = inout(zmm_reg) i0,
+        i1 = inout(zmm_reg) i1,
+        out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _,
+        out("zmm4") _, out("zmm5") _, out("zmm6") _, out("zmm7") _,
+        out("zmm8") _, out("zmm9") _,
+        out("zmm10") _, out("zmm11") _, out("zmm12") _, out("zmm13") _,
+        out("zmm14") _, out("zmm15") _, out("zmm16") _, out("zmm17") _,
+        options(nostack, readonly, preserves_flags),
+    );
+    [i0, i1]
 }
 
 /// A Q4_K (`FIVE = false`) or Q5_K super-block's 256 values, unsigned, as 4 vectors of
