@@ -1,6 +1,7 @@
 //! How many `vpdpbusd zmm` per nanosecond this core runs alone and beside the other
 //! instructions of the int8 GEMMs' inner loops: which instructions compete with the dot
-//! products for the same pipes (`bench/REPORT.md`, sixth session). x86-64 with AVX-512 VNNI.
+//! products for the same pipes (`bench/REPORT.md`, sixth and eleventh sessions). x86-64 with
+//! AVX-512 VNNI.
 //!
 //! ```sh
 //! cargo run --release -p tinygptv-kernels --example pipe_mix
@@ -8,7 +9,13 @@
 //!
 //! Each mix is 64 `vpdpbusd` (8 weight vectors × 8 accumulators, the activation broadcast
 //! from memory, as in `simd/x86/packed.rs`) plus 8 of the other instruction(s) on their own
-//! registers, so that nothing waits on a result; the loop runs 10 million times.
+//! registers, so that nothing waits on a result; the loop runs 10 million times. The dot
+//! products go group by group (each weight vector against the 8 accumulators), the order of
+//! the packed kernels' assembly. The last line issues them accumulator by accumulator (one
+//! accumulator's 8 dependent `vpdpbusd` back to back), the order LLVM gave the intrinsic loops
+//! before the eleventh session: on a core with two 512-bit pipes and a latency of 5 (Cascade
+//! Lake) that order keeps too few chains in flight, and this example's rates until then were
+//! that order's, not the pipes' limit.
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
@@ -20,7 +27,10 @@ mod x86 {
     /// spare registers zmm8..zmm15, which hold 1.0 so the float instructions never meet a
     /// denormal; zmm28 holds 1.0, zmm29 holds 0).
     macro_rules! mix {
-        ($buf:expr, $extra:literal) => {{
+        ($buf:expr, $extra:literal) => {
+            mix!(@order $buf, ".irp g,0,1,2,3,4,5,6,7", ".irp c,0,1,2,3,4,5,6,7", $extra)
+        };
+        (@order $buf:expr, $outer:literal, $inner:literal, $extra:literal) => {{
             let p = $buf.as_ptr();
             let iters = 10_000_000u64;
             let one = _mm512_set1_ps(1.0);
@@ -35,8 +45,8 @@ mod x86 {
                 // writes only the registers named below.
                 unsafe {
                     asm!(
-                        ".irp c,0,1,2,3,4,5,6,7",
-                        ".irp g,0,1,2,3,4,5,6,7",
+                        $outer,
+                        $inner,
                         "vpdpbusd zmm\\c, zmm2\\g, dword ptr [{q} + 4*\\g + 36*\\c]{{1to16}}",
                         ".endr",
                         ".endr",
@@ -66,7 +76,13 @@ mod x86 {
     unsafe fn run_all() {
         let buf = vec![1u8; 64 * 16 + 512];
         let base = mix!(buf, "");
-        let rows: [(&str, f64); 8] = [
+        let row_by_row = mix!(
+            @order buf,
+            ".irp c,0,1,2,3,4,5,6,7",
+            ".irp g,0,1,2,3,4,5,6,7",
+            ""
+        );
+        let rows: [(&str, f64); 9] = [
             ("64 vpdpbusd alone", base),
             ("+ 8 vmulps", mix!(buf, "vmulps zmm\\r, zmm\\r, zmm28")),
             ("+ 8 vaddps", mix!(buf, "vaddps zmm\\r, zmm\\r, zmm29")),
@@ -84,6 +100,7 @@ mod x86 {
                 "+ 8 vpbroadcastd from memory",
                 mix!(buf, "vpbroadcastd zmm\\r, dword ptr [{q} + 4*\\r]"),
             ),
+            ("64 vpdpbusd alone, accumulator by accumulator", row_by_row),
         ];
         println!("| mix | vpdpbusd per ns | slots of the dot-product pipes per 64 |");
         println!("|---|---:|---:|");
