@@ -278,78 +278,25 @@ macro_rules! panel_loop {
             // and scales; the assembly reads only those and writes only the named registers.
             core::arch::asm!(
                 // block 0 into set A
-                ".irp k,0,1,2,3,4,5,6,7",
-                "vpbroadcastd zmm\\k, dword ptr [{p} + {starts} + 4*\\k]",
-                ".endr",
-                ".irp c,0,1,2,3,4,5,6,7",
-                "vmovdqu64 zmm8, zmmword ptr [{w} + 64*\\c]",
-                ".irp k,0,1,2,3,4,5,6,7",
-                "vpdpbusd zmm\\k, zmm8, dword ptr [{p} + {values} + 32*\\k + 4*\\c]{{1to16}}",
-                ".endr",
-                ".endr",
-                "vmovups zmm9, zmmword ptr [{d}]",
-                "add {p}, {block}",
-                "add {w}, 512",
-                "add {d}, 64",
-                "dec {n}",
+                panel_block!(""),
                 "jz 3f",
                 "2:",
                 // a block into set B; set A's updates
-                ".irp k,0,1,2,3,4,5,6,7",
-                "vpbroadcastd zmm1\\k, dword ptr [{p} + {starts} + 4*\\k]",
-                ".endr",
-                ".irp c,0,1,2,3,4,5,6,7",
-                "vmovdqu64 zmm8, zmmword ptr [{w} + 64*\\c]",
-                ".irp k,0,1,2,3,4,5,6,7",
-                "vpdpbusd zmm1\\k, zmm8, dword ptr [{p} + {values} + 32*\\k + 4*\\c]{{1to16}}",
-                ".endr",
-                "vcvtdq2ps zmm\\c, zmm\\c",
-                $a2,
-                $a3,
-                "vaddps zmm2\\c, zmm2\\c, zmm\\c",
-                ".endr",
-                "vmovups zmm9, zmmword ptr [{d}]",
-                "add {p}, {block}",
-                "add {w}, 512",
-                "add {d}, 64",
-                "dec {n}",
+                panel_block!("1", panel_update!("", $a2, $a3)),
                 "jz 4f",
                 // a block into set A; set B's updates
-                ".irp k,0,1,2,3,4,5,6,7",
-                "vpbroadcastd zmm\\k, dword ptr [{p} + {starts} + 4*\\k]",
-                ".endr",
-                ".irp c,0,1,2,3,4,5,6,7",
-                "vmovdqu64 zmm8, zmmword ptr [{w} + 64*\\c]",
-                ".irp k,0,1,2,3,4,5,6,7",
-                "vpdpbusd zmm\\k, zmm8, dword ptr [{p} + {values} + 32*\\k + 4*\\c]{{1to16}}",
-                ".endr",
-                "vcvtdq2ps zmm1\\c, zmm1\\c",
-                $b2,
-                $b3,
-                "vaddps zmm2\\c, zmm2\\c, zmm1\\c",
-                ".endr",
-                "vmovups zmm9, zmmword ptr [{d}]",
-                "add {p}, {block}",
-                "add {w}, 512",
-                "add {d}, 64",
-                "dec {n}",
+                panel_block!("", panel_update!("1", $b2, $b3)),
                 "jnz 2b",
                 // the last block's updates: set A
                 "3:",
                 ".irp c,0,1,2,3,4,5,6,7",
-                "vcvtdq2ps zmm\\c, zmm\\c",
-                $a2,
-                $a3,
-                "vaddps zmm2\\c, zmm2\\c, zmm\\c",
+                panel_update!("", $a2, $a3),
                 ".endr",
                 "jmp 5f",
                 // or set B
                 "4:",
                 ".irp c,0,1,2,3,4,5,6,7",
-                "vcvtdq2ps zmm1\\c, zmm1\\c",
-                $b2,
-                $b3,
-                "vaddps zmm2\\c, zmm2\\c, zmm1\\c",
+                panel_update!("1", $b2, $b3),
                 ".endr",
                 "5:",
                 p = inout(reg) l.panel => _,
@@ -377,6 +324,47 @@ macro_rules! panel_loop {
                 options(nostack, readonly),
             );
         }
+    };
+}
+
+/// One block of [`panel_loop!`] into register set `$set` (`""`: `zmm0..7`, `"1"`:
+/// `zmm10..17`): the starts, then per group vector `\c` its 8 `vpdpbusd` and the lines
+/// `$between` (the other set's update of row `\c`); then the next block's scales into `zmm9`,
+/// the pointers moved on and the block count decremented (the flags for the caller's jump).
+#[rustfmt::skip]
+macro_rules! panel_block {
+    ($set:literal $(, $between:expr)?) => {
+        concat!(
+            ".irp k,0,1,2,3,4,5,6,7\n",
+            "vpbroadcastd zmm", $set, "\\k, dword ptr [{p} + {starts} + 4*\\k]\n",
+            ".endr\n",
+            ".irp c,0,1,2,3,4,5,6,7\n",
+            "vmovdqu64 zmm8, zmmword ptr [{w} + 64*\\c]\n",
+            ".irp k,0,1,2,3,4,5,6,7\n",
+            "vpdpbusd zmm", $set, "\\k, zmm8, dword ptr [{p} + {values} + 32*\\k + 4*\\c]{{1to16}}\n",
+            ".endr\n",
+            $($between, "\n",)?
+            ".endr\n",
+            "vmovups zmm9, zmmword ptr [{d}]\n",
+            "add {p}, {block}\n",
+            "add {w}, 512\n",
+            "add {d}, 64\n",
+            "dec {n}",
+        )
+    };
+}
+
+/// Row `\c`'s scale update in register set `$set`: `acc_c += (the two multiplies of
+/// f32(sumi_c))`, the multiplies being the format's (see [`panel_loop!`]).
+#[rustfmt::skip]
+macro_rules! panel_update {
+    ($set:literal, $m2:literal, $m3:literal) => {
+        concat!(
+            "vcvtdq2ps zmm", $set, "\\c, zmm", $set, "\\c\n",
+            $m2, "\n",
+            $m3, "\n",
+            "vaddps zmm2\\c, zmm2\\c, zmm", $set, "\\c",
+        )
     };
 }
 

@@ -190,6 +190,64 @@ unsafe fn k4_dots<const NC: usize>(w: *const __m512i, a: &[*const i32; NC]) -> [
     isum
 }
 
+/// Sub-block pair `\p`'s dot products into register set `$set` (`""`: `zmm0..7`, `"1"`:
+/// `zmm10..17`; register `4c + 2h + (l mod 2)` of the set holds row `c`'s chain of sub-block
+/// `2p + h` and the classes `l` of that parity), with the lines `$between` after the first
+/// two classes of each half (the other set's reduction).
+#[rustfmt::skip]
+macro_rules! k4_pair_dots {
+    ($set:literal $(, $between:expr)?) => {
+        concat!(
+            ".irp r,0,1,2,3,4,5,6,7\n",
+            "vpxord zmm", $set, "\\r, zmm", $set, "\\r, zmm", $set, "\\r\n",
+            ".endr\n",
+            ".irp l,0,2,4,6\n",
+            k4_class!($set, "0", "0", "2", "4", "6"), "\n",
+            k4_class!($set, "1", "1", "3", "5", "7"), "\n",
+            $(".if \\l == 2\n", $between, "\n", ".endif\n",)?
+            ".endr",
+        )
+    };
+}
+
+/// Class `\l + $o` of sub-block pair `\p`: its two weight vectors (sub-blocks `2p`, `2p + 1`)
+/// against both rows' activations, into set `$set`'s registers `$r0_lo` … `$r1_hi`.
+#[rustfmt::skip]
+macro_rules! k4_class {
+    ($set:literal, $o:literal, $r0_lo:literal, $r0_hi:literal, $r1_lo:literal, $r1_hi:literal) => {
+        concat!(
+            "vmovdqu64 zmm8, zmmword ptr [{w} + 64*(16*\\p + \\l + ", $o, ")]\n",
+            "vmovdqu64 zmm9, zmmword ptr [{w} + 64*(16*\\p + 8 + \\l + ", $o, ")]\n",
+            "vpdpbusd zmm", $set, $r0_lo, ", zmm8, dword ptr [{a0} + 4*(16*\\p + \\l + ", $o, ")]{{1to16}}\n",
+            "vpdpbusd zmm", $set, $r0_hi, ", zmm9, dword ptr [{a0} + 4*(16*\\p + 8 + \\l + ", $o, ")]{{1to16}}\n",
+            "vpdpbusd zmm", $set, $r1_lo, ", zmm8, dword ptr [{a1} + 4*(16*\\p + \\l + ", $o, ")]{{1to16}}\n",
+            "vpdpbusd zmm", $set, $r1_hi, ", zmm9, dword ptr [{a1} + 4*(16*\\p + 8 + \\l + ", $o, ")]{{1to16}}",
+        )
+    };
+}
+
+/// Sub-block pair `\p − 1`'s chains in register set `$set`, summed per sub-block, scaled by
+/// the rows' scales and added to the rows' sums.
+#[rustfmt::skip]
+macro_rules! k4_pair_reduce {
+    ($set:literal) => {
+        concat!(
+            "vpaddd zmm", $set, "0, zmm", $set, "0, zmm", $set, "1\n",
+            "vpaddd zmm", $set, "2, zmm", $set, "2, zmm", $set, "3\n",
+            "vpaddd zmm", $set, "4, zmm", $set, "4, zmm", $set, "5\n",
+            "vpaddd zmm", $set, "6, zmm", $set, "6, zmm", $set, "7\n",
+            "vpmulld zmm", $set, "0, zmm", $set, "0, zmmword ptr [{w} + 64*(64 + 2*\\p - 2)]\n",
+            "vpmulld zmm", $set, "2, zmm", $set, "2, zmmword ptr [{w} + 64*(64 + 2*\\p - 1)]\n",
+            "vpmulld zmm", $set, "4, zmm", $set, "4, zmmword ptr [{w} + 64*(64 + 2*\\p - 2)]\n",
+            "vpmulld zmm", $set, "6, zmm", $set, "6, zmmword ptr [{w} + 64*(64 + 2*\\p - 1)]\n",
+            "vpaddd {i0}, {i0}, zmm", $set, "0\n",
+            "vpaddd {i0}, {i0}, zmm", $set, "2\n",
+            "vpaddd {i1}, {i1}, zmm", $set, "4\n",
+            "vpaddd {i1}, {i1}, zmm", $set, "6",
+        )
+    };
+}
+
 /// [`k4_dots`] for 2 activation rows in assembly, the schedule that LLVM did not find: the
 /// dot products of sub-block pair `p` (8 chains: 2 rows × 2 sub-blocks × even/odd classes)
 /// go to one register set while the previous pair's chains, in the other set, are summed and
@@ -203,108 +261,21 @@ unsafe fn k4_dots_2(w: *const __m512i, a0: *const i32, a1: *const i32) -> [__m51
     core::arch::asm!(
         // pair 0 into set A (zmm0..7)
         ".irp p,0",
-        ".irp r,0,1,2,3,4,5,6,7",
-        "vpxord zmm\\r, zmm\\r, zmm\\r",
+        k4_pair_dots!(""),
         ".endr",
-        ".irp l,0,2,4,6",
-        "vmovdqu64 zmm8, zmmword ptr [{w} + 64*(16*\\p + \\l)]",
-        "vmovdqu64 zmm9, zmmword ptr [{w} + 64*(16*\\p + 8 + \\l)]",
-        "vpdpbusd zmm0, zmm8, dword ptr [{a0} + 4*(16*\\p + \\l)]{{1to16}}",
-        "vpdpbusd zmm2, zmm9, dword ptr [{a0} + 4*(16*\\p + 8 + \\l)]{{1to16}}",
-        "vpdpbusd zmm4, zmm8, dword ptr [{a1} + 4*(16*\\p + \\l)]{{1to16}}",
-        "vpdpbusd zmm6, zmm9, dword ptr [{a1} + 4*(16*\\p + 8 + \\l)]{{1to16}}",
-        "vmovdqu64 zmm8, zmmword ptr [{w} + 64*(16*\\p + \\l + 1)]",
-        "vmovdqu64 zmm9, zmmword ptr [{w} + 64*(16*\\p + 9 + \\l)]",
-        "vpdpbusd zmm1, zmm8, dword ptr [{a0} + 4*(16*\\p + \\l + 1)]{{1to16}}",
-        "vpdpbusd zmm3, zmm9, dword ptr [{a0} + 4*(16*\\p + 9 + \\l)]{{1to16}}",
-        "vpdpbusd zmm5, zmm8, dword ptr [{a1} + 4*(16*\\p + \\l + 1)]{{1to16}}",
-        "vpdpbusd zmm7, zmm9, dword ptr [{a1} + 4*(16*\\p + 9 + \\l)]{{1to16}}",
-        ".endr",
-        ".endr",
-        // pairs 1, 3 into set B (zmm10..17) while set A (pairs 0, 2) is reduced; pair 2 into
-        // set A while set B (pair 1) is reduced
+        // pairs 1 and 3 into set B (zmm10..17) while set A (pairs 0 and 2) is reduced; pair 2
+        // into set A while set B (pair 1) is reduced
         ".irp p,1,2,3",
         ".if \\p % 2",
-        ".irp r,10,11,12,13,14,15,16,17",
-        "vpxord zmm\\r, zmm\\r, zmm\\r",
-        ".endr",
-        ".irp l,0,2,4,6",
-        "vmovdqu64 zmm8, zmmword ptr [{w} + 64*(16*\\p + \\l)]",
-        "vmovdqu64 zmm9, zmmword ptr [{w} + 64*(16*\\p + 8 + \\l)]",
-        "vpdpbusd zmm10, zmm8, dword ptr [{a0} + 4*(16*\\p + \\l)]{{1to16}}",
-        "vpdpbusd zmm12, zmm9, dword ptr [{a0} + 4*(16*\\p + 8 + \\l)]{{1to16}}",
-        "vpdpbusd zmm14, zmm8, dword ptr [{a1} + 4*(16*\\p + \\l)]{{1to16}}",
-        "vpdpbusd zmm16, zmm9, dword ptr [{a1} + 4*(16*\\p + 8 + \\l)]{{1to16}}",
-        "vmovdqu64 zmm8, zmmword ptr [{w} + 64*(16*\\p + \\l + 1)]",
-        "vmovdqu64 zmm9, zmmword ptr [{w} + 64*(16*\\p + 9 + \\l)]",
-        "vpdpbusd zmm11, zmm8, dword ptr [{a0} + 4*(16*\\p + \\l + 1)]{{1to16}}",
-        "vpdpbusd zmm13, zmm9, dword ptr [{a0} + 4*(16*\\p + 9 + \\l)]{{1to16}}",
-        "vpdpbusd zmm15, zmm8, dword ptr [{a1} + 4*(16*\\p + \\l + 1)]{{1to16}}",
-        "vpdpbusd zmm17, zmm9, dword ptr [{a1} + 4*(16*\\p + 9 + \\l)]{{1to16}}",
-        ".if \\l == 2",
-        // set A: pair p − 1
-        "vpaddd zmm0, zmm0, zmm1",
-        "vpaddd zmm2, zmm2, zmm3",
-        "vpaddd zmm4, zmm4, zmm5",
-        "vpaddd zmm6, zmm6, zmm7",
-        "vpmulld zmm0, zmm0, zmmword ptr [{w} + 64*(64 + 2*\\p - 2)]",
-        "vpmulld zmm2, zmm2, zmmword ptr [{w} + 64*(64 + 2*\\p - 1)]",
-        "vpmulld zmm4, zmm4, zmmword ptr [{w} + 64*(64 + 2*\\p - 2)]",
-        "vpmulld zmm6, zmm6, zmmword ptr [{w} + 64*(64 + 2*\\p - 1)]",
-        "vpaddd {i0}, {i0}, zmm0",
-        "vpaddd {i0}, {i0}, zmm2",
-        "vpaddd {i1}, {i1}, zmm4",
-        "vpaddd {i1}, {i1}, zmm6",
-        ".endif",
-        ".endr",
+        k4_pair_dots!("1", k4_pair_reduce!("")),
         ".else",
-        ".irp r,0,1,2,3,4,5,6,7",
-        "vpxord zmm\\r, zmm\\r, zmm\\r",
-        ".endr",
-        ".irp l,0,2,4,6",
-        "vmovdqu64 zmm8, zmmword ptr [{w} + 64*(16*\\p + \\l)]",
-        "vmovdqu64 zmm9, zmmword ptr [{w} + 64*(16*\\p + 8 + \\l)]",
-        "vpdpbusd zmm0, zmm8, dword ptr [{a0} + 4*(16*\\p + \\l)]{{1to16}}",
-        "vpdpbusd zmm2, zmm9, dword ptr [{a0} + 4*(16*\\p + 8 + \\l)]{{1to16}}",
-        "vpdpbusd zmm4, zmm8, dword ptr [{a1} + 4*(16*\\p + \\l)]{{1to16}}",
-        "vpdpbusd zmm6, zmm9, dword ptr [{a1} + 4*(16*\\p + 8 + \\l)]{{1to16}}",
-        "vmovdqu64 zmm8, zmmword ptr [{w} + 64*(16*\\p + \\l + 1)]",
-        "vmovdqu64 zmm9, zmmword ptr [{w} + 64*(16*\\p + 9 + \\l)]",
-        "vpdpbusd zmm1, zmm8, dword ptr [{a0} + 4*(16*\\p + \\l + 1)]{{1to16}}",
-        "vpdpbusd zmm3, zmm9, dword ptr [{a0} + 4*(16*\\p + 9 + \\l)]{{1to16}}",
-        "vpdpbusd zmm5, zmm8, dword ptr [{a1} + 4*(16*\\p + \\l + 1)]{{1to16}}",
-        "vpdpbusd zmm7, zmm9, dword ptr [{a1} + 4*(16*\\p + 9 + \\l)]{{1to16}}",
-        ".if \\l == 2",
-        // set B: pair p − 1
-        "vpaddd zmm10, zmm10, zmm11",
-        "vpaddd zmm12, zmm12, zmm13",
-        "vpaddd zmm14, zmm14, zmm15",
-        "vpaddd zmm16, zmm16, zmm17",
-        "vpmulld zmm10, zmm10, zmmword ptr [{w} + 64*(64 + 2*\\p - 2)]",
-        "vpmulld zmm12, zmm12, zmmword ptr [{w} + 64*(64 + 2*\\p - 1)]",
-        "vpmulld zmm14, zmm14, zmmword ptr [{w} + 64*(64 + 2*\\p - 2)]",
-        "vpmulld zmm16, zmm16, zmmword ptr [{w} + 64*(64 + 2*\\p - 1)]",
-        "vpaddd {i0}, {i0}, zmm10",
-        "vpaddd {i0}, {i0}, zmm12",
-        "vpaddd {i1}, {i1}, zmm14",
-        "vpaddd {i1}, {i1}, zmm16",
+        k4_pair_dots!("", k4_pair_reduce!("1")),
         ".endif",
         ".endr",
-        ".endif",
+        // set B: pair 3 (the scales of pair p − 1 = 3)
+        ".irp p,4",
+        k4_pair_reduce!("1"),
         ".endr",
-        // set B: pair 3
-        "vpaddd zmm10, zmm10, zmm11",
-        "vpaddd zmm12, zmm12, zmm13",
-        "vpaddd zmm14, zmm14, zmm15",
-        "vpaddd zmm16, zmm16, zmm17",
-        "vpmulld zmm10, zmm10, zmmword ptr [{w} + 64*70]",
-        "vpmulld zmm12, zmm12, zmmword ptr [{w} + 64*71]",
-        "vpmulld zmm14, zmm14, zmmword ptr [{w} + 64*70]",
-        "vpmulld zmm16, zmm16, zmmword ptr [{w} + 64*71]",
-        "vpaddd {i0}, {i0}, zmm10",
-        "vpaddd {i0}, {i0}, zmm12",
-        "vpaddd {i1}, {i1}, zmm14",
-        "vpaddd {i1}, {i1}, zmm16",
         w = in(reg) w,
         a0 = in(reg) a0,
         a1 = in(reg) a1,
