@@ -13,9 +13,14 @@
 //! The offset `o` (8 for Q4_0, 16 for Q5_0; 128 for Q8_0, whose signed values are moved to
 //! unsigned by `+128`) is removed through the accumulator's start value `−o·Σa` per block,
 //! computed once per activation block.
+//!
+//! The activations are regrouped once per matmul into panels ([`prepare_panels`]: per 8 rows
+//! and block, their starts, scales and values side by side), and a full panel's block loop is
+//! assembly ([`panel_loop!`]): the dot products group by group, so that the 8 accumulator
+//! chains interleave, and the scale updates of one block between the next block's dot
+//! products. The last, partial panel runs the same loop in intrinsics ([`tile_cols`]).
 
 use core::arch::x86_64::*;
-
 use core::mem::MaybeUninit;
 
 use super::legacy::{self, Legacy};

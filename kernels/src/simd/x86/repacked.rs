@@ -9,7 +9,8 @@
 //!
 //! - Few activation rows (decode): [`direct`] unpacks each block in registers for up to 4 rows.
 //! - Many (prompts, the vision tower): each 16-row group is unpacked once into a scratch of
-//!   group vectors, then `packed::tile_cols` runs 8 activation rows per pass, as the packed GEMM.
+//!   group vectors, then `packed::tile_all_cols` runs the activation panels over it (8 rows per
+//!   pass), as the packed GEMM.
 //! - K-quants: decode reads the records directly ([`k4_direct`] for Q4_K and Q5_K,
 //!   [`q6k_direct`]); prompts run the file layout's packed GEMM (`packed_kquant`) on chunks
 //!   taken from the records ([`k4_chunk`], [`q6k_chunk`]), which need neither its scale decoding nor its transposes.
