@@ -873,12 +873,19 @@ impl CpuKernels {
     ) -> Result<(), FormatError> {
         let ty = w.ty();
         let k = w.cols();
-        if prep.ty != ty || prep.k != k {
-            return Err(FormatError::Length {
-                what: "prepared activations' row length (or type) for this matrix",
-                expected: k,
-                actual: prep.k,
+        if prep.ty != ty {
+            return Err(FormatError::Unsupported {
+                ty,
+                op:
+                    "gemm_repacked_prepared (the activations were prepared for another weight type)",
             });
+        }
+        if prep.k != k {
+            return Err(length_error(
+                "prepared activations' row length for this matrix",
+                k,
+                prep.k,
+            ));
         }
         let (act, m) = (prep.act, prep.m);
         let a_rb = row_bytes(ty.vec_dot_type(), k)?;
