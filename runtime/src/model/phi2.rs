@@ -350,9 +350,10 @@ impl Phi2Model {
     }
 
     /// Repacks the layers' and the LM head's matrices into the ×16 layouts where
-    /// [`crate::linear::should_repack`] says so (Q4_0 / Q4_K / Q6_K with AVX-512 VNNI kernels, machines
-    /// with enough memory, `TINYGPTV_REPACK`), then lets the file map drop their pages: the
-    /// resident size stays about the file's, and load time grows by one pass over the weights.
+    /// [`crate::linear::should_repack`] says so (Q4_0 / Q8_0 / K-quants with AVX-512 VNNI or
+    /// AVX2 kernels, machines with enough memory, `TINYGPTV_REPACK`), then lets the file map
+    /// drop their pages: the resident size stays about the file's, and load time grows by one
+    /// pass over the weights.
     /// Returns the bytes repacked.
     pub fn repack_weights(&mut self) -> Result<usize> {
         let tied = self.output.info.name == self.token_embd.info.name;
