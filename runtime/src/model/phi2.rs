@@ -556,8 +556,6 @@ impl Phi2Model {
         Ok(logits)
     }
 
-    /// Self-attention for `t` new positions starting at `pos0`, keys and values in layer
-    /// `cache_layer` of `cache`; returns `attn_output(...)`.
     /// `h·W_qᵀ, h·W_kᵀ, h·W_vᵀ` (with biases) and `gelu(h·W_upᵀ + b_up)` for one layer's
     /// normalized input `h` (`[t, n_embd]`), as one [`matmul_many`], into `buf.q`, `buf.k`,
     /// `buf.v` and `buf.up`.
