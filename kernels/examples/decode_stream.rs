@@ -9,13 +9,13 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use kernels::gguf::GgufFile;
 use kernels::repack::{RepackedMatrix, GROUP_ROWS};
 use kernels::simd::{activation_row_bytes, kernels, PreparedActivations, TILE_ROWS};
 use kernels::GgmlType;
+use rayon::prelude::*;
 
 struct Matrix<'a> {
     ty: GgmlType,
@@ -130,17 +130,9 @@ fn main() {
             // as runtime::linear: about 8 blocks per thread, 16..256 rows, whole tiles
             let threads = rayon::current_num_threads().max(1);
             let block = (m.n / (threads * 8)).clamp(16, 256).next_multiple_of(tile);
-            let blocks: Vec<&mut [f32]> = out.chunks_mut(block).collect();
-            let next = AtomicUsize::new(0);
-            let slots: Vec<std::sync::Mutex<&mut [f32]>> =
-                blocks.into_iter().map(std::sync::Mutex::new).collect();
-            rayon::broadcast(|_| loop {
-                let b = next.fetch_add(1, Ordering::Relaxed);
-                let Some(slot) = slots.get(b) else { break };
-                let mut o = slot.lock().unwrap();
+            out.par_chunks_mut(block).enumerate().for_each(|(b, o)| {
                 let r0 = b * block;
-                let r1 = r0 + o.len();
-                rows(m, &prep, r0, r1, &mut o);
+                rows(m, &prep, r0, r0 + o.len(), o);
             });
         }
         times.push(t.elapsed().as_secs_f64());
