@@ -611,6 +611,12 @@ fn float_gemm_within_f32_summation_bound() {
             (3, 13, 15),
             (33, 1408, 21),
             (20, 6144, 10),
+            // 32-row tiles with a 16-row remainder (a head's values: 80 rows), a partial
+            // second vector, and a remainder just past one vector
+            (80, 200, 16),
+            (48, 80, 64),
+            (41, 130, 9),
+            (33, 64, 8),
         ] {
             let x = noise(&mut rng, m * k, 16);
             let w = float_weights(&mut rng, ty, n, k);
