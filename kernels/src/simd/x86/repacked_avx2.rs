@@ -93,42 +93,52 @@ impl Groups {
 }
 
 /// A 32-element format with a ×16 layout and an AVX2 kernel on it: how the 8 rows of a block
-/// half meet one activation row.
+/// half meet `NC` activation rows.
 trait Legacy16: Repacked {
-    /// The half's 8 group vectors (group `g` = values `4g..4g+4` of the 8 rows) from its
-    /// chunks (`qs` = the block's values, `h` = the half).
-    unsafe fn half(qs: *const u8, h: usize) -> [__m256i; 8];
-    /// `start + Σ_g w_g·a_g` for one activation block (`a` = its 32 values), lane `r` = row
-    /// `r`.
-    unsafe fn dot(w: &[__m256i; 8], a: *const u8, start: i32) -> __m256i;
+    /// `start[c] + Σ_g w_g·a_c,g` for `NC` activation blocks (`a[c]` = their 32 values)
+    /// against half `h` of the block whose values are at `qs`; lane `r` = row `r`. Each chunk
+    /// is loaded and unpacked once and meets every activation row before the next one, so
+    /// that few vectors stay live (AVX2 has 16 registers).
+    unsafe fn dots<const NC: usize>(
+        qs: *const u8,
+        h: usize,
+        a: &[*const u8; NC],
+        start: [i32; NC],
+    ) -> [__m256i; NC];
     /// `acc` plus the block's term, in the reference's order.
     unsafe fn update8(acc: __m256, sumi: __m256i, dw: __m256, da: __m256) -> __m256;
 }
 
 impl Legacy16 for legacy::Q4_0 {
     #[inline(always)]
-    unsafe fn half(qs: *const u8, h: usize) -> [__m256i; 8] {
-        // low nibbles of chunk g, then the high ones
+    unsafe fn dots<const NC: usize>(
+        qs: *const u8,
+        h: usize,
+        a: &[*const u8; NC],
+        start: [i32; NC],
+    ) -> [__m256i; NC] {
+        // chunk c: low nibbles = values 4c..4c+4, high = 16+4c..; pair sums within ±3840, so
+        // a block's 8 groups add up in i16 before one `madd`
         let mask = _mm256_set1_epi8(0x0f);
-        let mut w = [_mm256_setzero_si256(); 8];
-        for c in 0..4 {
-            let q = _mm256_loadu_si256(qs.add(64 * c + 32 * h) as *const __m256i);
-            w[c] = _mm256_and_si256(q, mask);
-            w[c + 4] = _mm256_and_si256(_mm256_srli_epi16::<4>(q), mask);
+        let mut pairs = [_mm256_setzero_si256(); NC];
+        for ch in 0..4 {
+            let q = _mm256_loadu_si256(qs.add(64 * ch + 32 * h) as *const __m256i);
+            let lo = _mm256_and_si256(q, mask);
+            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), mask);
+            for (c, p) in pairs.iter_mut().enumerate() {
+                // (a closure for the broadcast was not inlined: its vector went through memory)
+                let al = _mm256_set1_epi32((a[c].add(4 * ch) as *const i32).read_unaligned());
+                let ah = _mm256_set1_epi32((a[c].add(16 + 4 * ch) as *const i32).read_unaligned());
+                let pl = _mm256_maddubs_epi16(lo, al);
+                let ph = _mm256_maddubs_epi16(hi, ah);
+                *p = _mm256_add_epi16(*p, _mm256_add_epi16(pl, ph));
+            }
         }
-        w
-    }
-
-    #[inline(always)]
-    unsafe fn dot(w: &[__m256i; 8], a: *const u8, start: i32) -> __m256i {
-        // pair sums within ±3840: the 8 groups add up in i16 before one `madd`
-        let mut pairs = _mm256_setzero_si256();
-        for (g, wg) in w.iter().enumerate() {
-            let av = _mm256_set1_epi32((a.add(4 * g) as *const i32).read_unaligned());
-            pairs = _mm256_add_epi16(pairs, _mm256_maddubs_epi16(*wg, av));
-        }
-        let sums = _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
-        _mm256_add_epi32(_mm256_set1_epi32(start), sums)
+        let ones = _mm256_set1_epi16(1);
+        core::array::from_fn(|c| {
+            let sums = _mm256_madd_epi16(pairs[c], ones);
+            _mm256_add_epi32(_mm256_set1_epi32(start[c]), sums)
+        })
     }
 
     #[inline(always)]
@@ -141,28 +151,29 @@ impl Legacy16 for legacy::Q4_0 {
 
 impl Legacy16 for legacy::Q8_0 {
     #[inline(always)]
-    unsafe fn half(qs: *const u8, h: usize) -> [__m256i; 8] {
-        // the layout holds q + 128: back to the signed values
+    unsafe fn dots<const NC: usize>(
+        qs: *const u8,
+        h: usize,
+        a: &[*const u8; NC],
+        _start: [i32; NC],
+    ) -> [__m256i; NC] {
+        // the layout holds q + 128: back to the signed values, which meet the activation as
+        // `|w| × sign(a, w)` (as the file layout's AVX2 tile); a pair sum reaches ±32512, so
+        // each `maddubs` is widened by its own `madd`. No start: no offset to remove.
         let flip = _mm256_set1_epi8(-128);
-        let mut w = [_mm256_setzero_si256(); 8];
-        for (c, wc) in w.iter_mut().enumerate() {
-            let q = _mm256_loadu_si256(qs.add(64 * c + 32 * h) as *const __m256i);
-            *wc = _mm256_xor_si256(q, flip);
-        }
-        w
-    }
-
-    #[inline(always)]
-    unsafe fn dot(w: &[__m256i; 8], a: *const u8, _start: i32) -> __m256i {
-        // signed × signed: `|w| × sign(a, w)` (as the file layout's AVX2 tile); a pair sum
-        // reaches ±32512, so each `maddubs` is widened by its own `madd`
         let ones = _mm256_set1_epi16(1);
-        let mut sums = _mm256_setzero_si256();
-        for (g, wg) in w.iter().enumerate() {
-            let av = _mm256_set1_epi32((a.add(4 * g) as *const i32).read_unaligned());
-            let mag = _mm256_sign_epi8(*wg, *wg);
-            let pairs = _mm256_maddubs_epi16(mag, _mm256_sign_epi8(av, *wg));
-            sums = _mm256_add_epi32(sums, _mm256_madd_epi16(pairs, ones));
+        let mut sums = [_mm256_setzero_si256(); NC];
+        for g in 0..8 {
+            let w = _mm256_xor_si256(
+                _mm256_loadu_si256(qs.add(64 * g + 32 * h) as *const __m256i),
+                flip,
+            );
+            let mag = _mm256_sign_epi8(w, w);
+            for (c, s) in sums.iter_mut().enumerate() {
+                let av = _mm256_set1_epi32((a[c].add(4 * g) as *const i32).read_unaligned());
+                let pairs = _mm256_maddubs_epi16(mag, _mm256_sign_epi8(av, w));
+                *s = _mm256_add_epi32(*s, _mm256_madd_epi16(pairs, ones));
+            }
         }
         sums
     }
@@ -209,8 +220,37 @@ unsafe fn gemm_legacy<F: Legacy16>(t: &GemmArgs, mut groups: Groups) -> bool {
     true
 }
 
-/// Activation rows `c0..c0+NC` against one group (rows `r0..r0+nr`): both 8-row halves, block
-/// by block.
+/// Block `b` of half `h` of a group against activation rows `c0..c0+NC` (`a`: their values)
+/// into `acc`. (A function, not a closure: a closure does not inherit the caller's target
+/// features, and LLVM left it outlined with every intrinsic a call.)
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn half_block<F: Legacy16, const NC: usize>(
+    acc: &mut [__m256; NC],
+    t: &GemmArgs,
+    group: *const u8,
+    h: usize,
+    b: usize,
+    a: &[*const u8; NC],
+    start: &[i32],
+    ad: &[f32],
+    c0: usize,
+) {
+    let nb = t.nb;
+    let qs = values::<F>(group, nb, b);
+    let ab: [*const u8; NC] = core::array::from_fn(|c| a[c].add(b * F::A_BYTES));
+    let starts = core::array::from_fn(|c| start[(c0 + c) * nb + b]);
+    let sumi = F::dots::<NC>(qs, h, &ab, starts);
+    let dw = _mm256_cvtph_ps(_mm_loadu_si128(group.add(b * 32 + 16 * h) as *const _));
+    for (c, acc_c) in acc.iter_mut().enumerate() {
+        *acc_c = F::update8(*acc_c, sumi[c], dw, _mm256_set1_ps(ad[(c0 + c) * nb + b]));
+    }
+}
+
+/// Activation rows `c0..c0+NC` against one group (rows `r0..r0+nr`). A full pass of
+/// [`COLS`] rows (prompts) runs each 8-row half over all blocks in turn, so that only that
+/// half's accumulators stay live; fewer rows (decode) take both halves block by block, so
+/// that each block's lines are read once while they stream in.
 #[inline(always)]
 unsafe fn group_cols<F: Legacy16, const NC: usize>(
     t: &GemmArgs,
@@ -225,24 +265,40 @@ unsafe fn group_cols<F: Legacy16, const NC: usize>(
     // rows 8..16 exist only when the group has more than 8 (the layout repeats the last row
     // past the end, so computing them would be safe, but it is wasted work)
     let halves = nr.div_ceil(8);
-    let mut acc = [[_mm256_setzero_ps(); NC]; 2];
     let a: [*const u8; NC] = core::array::from_fn(|c| t.a.add((c0 + c) * t.a_stride + F::A_QS));
-    for b in 0..nb {
-        let qs = values::<F>(group, nb, b);
-        prefetch_block_ahead(group, b, qs, F::QS_BYTES);
-        for (h, acc_h) in acc.iter_mut().enumerate().take(halves) {
-            let w = F::half(qs, h);
-            let dw = _mm256_cvtph_ps(_mm_loadu_si128(group.add(b * 32 + 16 * h) as *const _));
-            for (c, acc_c) in acc_h.iter_mut().enumerate() {
-                let i = (c0 + c) * nb + b;
-                let sumi = F::dot(&w, a[c].add(b * F::A_BYTES), start[i]);
-                *acc_c = F::update8(*acc_c, sumi, dw, _mm256_set1_ps(ad[i]));
+    // accumulators in named arrays: indexed by a run-time half they lived on the stack, and
+    // every block's update went through a store and a reload
+    let store = |h: usize, acc: &[__m256; NC]| {
+        for (c, acc_c) in acc.iter().enumerate() {
+            // SAFETY: rows r0 + 8h.. of activation rows c0..c0+NC lie in the output
+            unsafe { store_rows(t.out.add((c0 + c) * t.ldo + r0 + 8 * h), *acc_c, nr - 8 * h) };
+        }
+    };
+    if NC == COLS {
+        for h in 0..halves {
+            let mut acc = [_mm256_setzero_ps(); NC];
+            for b in 0..nb {
+                if c0 == 0 && h == 0 {
+                    // the first pass brings the group in from memory
+                    prefetch_block_ahead(group, b, values::<F>(group, nb, b), F::QS_BYTES);
+                }
+                half_block::<F, NC>(&mut acc, t, group, h, b, &a, start, ad, c0);
+            }
+            store(h, &acc);
+        }
+    } else {
+        let mut acc0 = [_mm256_setzero_ps(); NC];
+        let mut acc1 = [_mm256_setzero_ps(); NC];
+        for b in 0..nb {
+            prefetch_block_ahead(group, b, values::<F>(group, nb, b), F::QS_BYTES);
+            half_block::<F, NC>(&mut acc0, t, group, 0, b, &a, start, ad, c0);
+            if halves == 2 {
+                half_block::<F, NC>(&mut acc1, t, group, 1, b, &a, start, ad, c0);
             }
         }
-    }
-    for (h, acc_h) in acc.iter().enumerate().take(halves) {
-        for (c, acc_c) in acc_h.iter().enumerate() {
-            store_rows(t.out.add((c0 + c) * t.ldo + r0 + 8 * h), *acc_c, nr - 8 * h);
+        store(0, &acc0);
+        if halves == 2 {
+            store(1, &acc1);
         }
     }
 }
