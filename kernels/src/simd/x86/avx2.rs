@@ -5,7 +5,7 @@ use core::arch::x86_64::*;
 use super::repacked_avx2::Groups;
 use super::{float, kquant, legacy, quant, repacked_avx2, Isa};
 use crate::repack::RepackLayout;
-use crate::simd::{CpuKernels, GemmArgs, Level, TileArgs};
+use crate::simd::{CpuKernels, GemmArgs, Level, Line64, TileArgs};
 
 /// `maddubs` (u8 × i8 → i16 pair sums) then `madd` with ones (→ i32).
 pub(crate) struct Avx2;
@@ -51,6 +51,23 @@ entry!(tile_q6_k, t, kquant::tile_q6_k::<Avx2>(t));
 entry!(tile_f32, t, float::tile::<float::F32>(t));
 entry!(tile_f16, t, float::tile::<float::F16>(t));
 entry!(tile_bf16, t, float::tile::<float::BF16>(t));
+
+/// The activation panels of the ×16 kernels' prompt passes, built once per matmul.
+macro_rules! prepare_entries {
+    ($($name:ident, $format:ty;)*) => {
+        $(
+            #[target_feature(enable = "avx2,fma,f16c")]
+            unsafe fn $name(t: &GemmArgs) -> Box<[core::mem::MaybeUninit<Line64>]> {
+                repacked_avx2::prepare_panels::<$format>(t)
+            }
+        )*
+    };
+}
+
+prepare_entries! {
+    prepare_q4_0, legacy::Q4_0;
+    prepare_q8_0, legacy::Q8_0;
+}
 
 /// The ×16 kernels of `repacked_avx2` on repacked matrices.
 macro_rules! repacked_entries {
@@ -121,5 +138,7 @@ pub(super) fn table(level: Level) -> CpuKernels {
     k.repacked_q4_k = Some(repacked_q4_k);
     k.repacked_q5_k = Some(repacked_q5_k);
     k.repacked_q6_k = Some(repacked_q6_k);
+    k.prepare_q4_0 = Some(prepare_q4_0);
+    k.prepare_q8_0 = Some(prepare_q8_0);
     k
 }

@@ -39,7 +39,7 @@ use super::repacked::{
 };
 use super::{packed, store_rows};
 use crate::repack::{write_group, RepackLayout, GROUP_ROWS, Q4K_RECORD};
-use crate::simd::GemmArgs;
+use crate::simd::{GemmArgs, Line64};
 
 /// Activation rows per pass over a group's blocks (each block half is unpacked once per pass).
 const COLS: usize = 4;
@@ -94,7 +94,7 @@ impl Groups {
 
 /// A 32-element format with a ×16 layout and an AVX2 kernel on it: how the 8 rows of a block
 /// half meet `NC` activation rows.
-trait Legacy16: Repacked {
+pub(crate) trait Legacy16: Repacked {
     /// `start[c] + Σ_g w_g·a_c,g` for `NC` activation blocks (`a[c]` = their 32 values)
     /// against half `h` of the block whose values are at `qs`; lane `r` = row `r`. Each chunk
     /// is loaded and unpacked once and meets every activation row before the next one, so
@@ -198,18 +198,74 @@ pub(crate) unsafe fn gemm_q8_0(t: &GemmArgs, groups: Groups) -> bool {
     gemm_legacy::<legacy::Q8_0>(t, groups)
 }
 
+// ---------------------------------------------------------------------------------------------
+// Activation panels for the AVX2 kernels
+// ---------------------------------------------------------------------------------------------
+
+/// Bytes of one block of an AVX2 activation panel ([`COLS`] rows): their accumulator starts
+/// `−o·Σa` (i32) at 0, their scales (f32) at [`PANEL_SCALES`], and their 32 values each at
+/// [`PANEL_VALUES`]` + 32·c`.
+const PANEL_BLOCK: usize = PANEL_VALUES + 32 * COLS;
+const PANEL_SCALES: usize = 16;
+const PANEL_VALUES: usize = 32;
+const _: () = assert!(COLS == 4);
+
+/// Builds the panels of `t`'s activations for format `F` (the [`crate::simd::PrepareFn`] of
+/// the AVX2 table): per [`COLS`] rows and block, all that a pass reads in [`PANEL_BLOCK`]
+/// consecutive bytes, so that one pointer walks it. With a pointer, a start and a scale index
+/// per row, the pass needed more general registers than x86-64 has, and LLVM spilled them
+/// (and one accumulator) inside the block loop. Bytes of a last panel's missing rows stay
+/// uninitialized: nothing reads them.
+#[inline(always)]
+pub(crate) unsafe fn prepare_panels<F: Legacy16>(
+    t: &GemmArgs,
+) -> Box<[core::mem::MaybeUninit<Line64>]> {
+    let panel_bytes = t.nb * PANEL_BLOCK;
+    let total = t.m.div_ceil(COLS) * panel_bytes;
+    let mut buf = Box::new_uninit_slice(total.div_ceil(64));
+    let base = buf.as_mut_ptr() as *mut u8;
+    let o = packed::offset::<F>();
+    for c in 0..t.m {
+        let row = t.a.add(c * t.a_stride);
+        let (panel, lane) = (c / COLS, c % COLS);
+        for b in 0..t.nb {
+            let src = row.add(b * F::A_BYTES);
+            let dst = base.add(panel * panel_bytes + b * PANEL_BLOCK);
+            let v = _mm256_loadu_si256(src.add(F::A_QS) as *const __m256i);
+            (dst.add(4 * lane) as *mut i32).write_unaligned(-o * super::hsum_i8(v));
+            (dst.add(PANEL_SCALES + 4 * lane) as *mut f32).write_unaligned(super::load_f16(src));
+            _mm256_storeu_si256(dst.add(PANEL_VALUES + 32 * lane) as *mut __m256i, v);
+        }
+    }
+    buf
+}
+
 #[inline(always)]
 unsafe fn gemm_legacy<F: Legacy16>(t: &GemmArgs, mut groups: Groups) -> bool {
-    // Q8_0 needs no start: its signed dot has no offset to remove
-    let (start, ad) = packed::activation_block_sums::<F>(t);
+    let full = t.m / COLS * COLS;
+    // full passes read panels (prepared once per matmul, or built here); the other rows
+    // (decode, a prompt's last m mod 4) per-row starts and scales
+    let mut owned = None;
+    let panels: *const u8 = if full == 0 {
+        core::ptr::null()
+    } else if t.prepared.is_null() {
+        owned.insert(prepare_panels::<F>(t)).as_ptr() as *const u8
+    } else {
+        t.prepared
+    };
+    let (start, ad) = if full < t.m {
+        packed::activation_block_sums::<F>(t)
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    let panel_bytes = t.nb * PANEL_BLOCK;
     for (gi, r0) in (0..t.n).step_by(GROUP_ROWS).enumerate() {
         let nr = (t.n - r0).min(GROUP_ROWS);
         let group = groups.get(t, gi, r0, nr);
-        let mut c0 = 0;
-        while c0 + COLS <= t.m {
-            group_cols::<F, COLS>(t, group, &start, &ad, c0, r0, nr);
-            c0 += COLS;
+        for c0 in (0..full).step_by(COLS) {
+            panel_cols::<F>(t, group, panels.add(c0 / COLS * panel_bytes), c0, r0, nr);
         }
+        let c0 = full;
         match t.m - c0 {
             0 => {}
             1 => group_cols::<F, 1>(t, group, &start, &ad, c0, r0, nr),
@@ -218,6 +274,42 @@ unsafe fn gemm_legacy<F: Legacy16>(t: &GemmArgs, mut groups: Groups) -> bool {
         }
     }
     true
+}
+
+/// A panel's [`COLS`] activation rows (from `c0`) against one group (rows `r0..r0+nr`), each
+/// 8-row half over all blocks in turn, so that only that half's accumulators stay live.
+#[inline(always)]
+unsafe fn panel_cols<F: Legacy16>(
+    t: &GemmArgs,
+    group: *const u8,
+    panel: *const u8,
+    c0: usize,
+    r0: usize,
+    nr: usize,
+) {
+    let nb = t.nb;
+    for h in 0..nr.div_ceil(8) {
+        let mut acc = [_mm256_setzero_ps(); COLS];
+        for b in 0..nb {
+            let qs = values::<F>(group, nb, b);
+            if c0 == 0 && h == 0 {
+                // the first pass brings the group in from memory
+                prefetch_block_ahead(group, b, qs, F::QS_BYTES);
+            }
+            let blk = panel.add(b * PANEL_BLOCK);
+            let a: [*const u8; COLS] = core::array::from_fn(|c| blk.add(PANEL_VALUES + 32 * c));
+            let starts = core::array::from_fn(|c| (blk.add(4 * c) as *const i32).read_unaligned());
+            let sumi = F::dots::<COLS>(qs, h, &a, starts);
+            let dw = _mm256_cvtph_ps(_mm_loadu_si128(group.add(b * 32 + 16 * h) as *const _));
+            for (c, acc_c) in acc.iter_mut().enumerate() {
+                let da = (blk.add(PANEL_SCALES + 4 * c) as *const f32).read_unaligned();
+                *acc_c = F::update8(*acc_c, sumi[c], dw, _mm256_set1_ps(da));
+            }
+        }
+        for (c, acc_c) in acc.iter().enumerate() {
+            store_rows(t.out.add((c0 + c) * t.ldo + r0 + 8 * h), *acc_c, nr - 8 * h);
+        }
+    }
 }
 
 /// Block `b` of half `h` of a group against activation rows `c0..c0+NC` (`a`: their values)
@@ -247,10 +339,9 @@ unsafe fn half_block<F: Legacy16, const NC: usize>(
     }
 }
 
-/// Activation rows `c0..c0+NC` against one group (rows `r0..r0+nr`). A full pass of
-/// [`COLS`] rows (prompts) runs each 8-row half over all blocks in turn, so that only that
-/// half's accumulators stay live; fewer rows (decode) take both halves block by block, so
-/// that each block's lines are read once while they stream in.
+/// Fewer than [`COLS`] activation rows from `c0` (decode, a prompt's last rows) against one
+/// group (rows `r0..r0+nr`): both 8-row halves block by block, so that each block's lines
+/// are read once while they stream in.
 #[inline(always)]
 unsafe fn group_cols<F: Legacy16, const NC: usize>(
     t: &GemmArgs,
@@ -268,37 +359,18 @@ unsafe fn group_cols<F: Legacy16, const NC: usize>(
     let a: [*const u8; NC] = core::array::from_fn(|c| t.a.add((c0 + c) * t.a_stride + F::A_QS));
     // accumulators in named arrays: indexed by a run-time half they lived on the stack, and
     // every block's update went through a store and a reload
-    let store = |h: usize, acc: &[__m256; NC]| {
-        for (c, acc_c) in acc.iter().enumerate() {
-            // SAFETY: rows r0 + 8h.. of activation rows c0..c0+NC lie in the output
-            unsafe { store_rows(t.out.add((c0 + c) * t.ldo + r0 + 8 * h), *acc_c, nr - 8 * h) };
-        }
-    };
-    if NC == COLS {
-        for h in 0..halves {
-            let mut acc = [_mm256_setzero_ps(); NC];
-            for b in 0..nb {
-                if c0 == 0 && h == 0 {
-                    // the first pass brings the group in from memory
-                    prefetch_block_ahead(group, b, values::<F>(group, nb, b), F::QS_BYTES);
-                }
-                half_block::<F, NC>(&mut acc, t, group, h, b, &a, start, ad, c0);
-            }
-            store(h, &acc);
-        }
-    } else {
-        let mut acc0 = [_mm256_setzero_ps(); NC];
-        let mut acc1 = [_mm256_setzero_ps(); NC];
-        for b in 0..nb {
-            prefetch_block_ahead(group, b, values::<F>(group, nb, b), F::QS_BYTES);
-            half_block::<F, NC>(&mut acc0, t, group, 0, b, &a, start, ad, c0);
-            if halves == 2 {
-                half_block::<F, NC>(&mut acc1, t, group, 1, b, &a, start, ad, c0);
-            }
-        }
-        store(0, &acc0);
+    let mut acc0 = [_mm256_setzero_ps(); NC];
+    let mut acc1 = [_mm256_setzero_ps(); NC];
+    for b in 0..nb {
+        prefetch_block_ahead(group, b, values::<F>(group, nb, b), F::QS_BYTES);
+        half_block::<F, NC>(&mut acc0, t, group, 0, b, &a, start, ad, c0);
         if halves == 2 {
-            store(1, &acc1);
+            half_block::<F, NC>(&mut acc1, t, group, 1, b, &a, start, ad, c0);
+        }
+    }
+    for (h, acc) in [acc0, acc1].iter().enumerate().take(halves) {
+        for (c, acc_c) in acc.iter().enumerate() {
+            store_rows(t.out.add((c0 + c) * t.ldo + r0 + 8 * h), *acc_c, nr - 8 * h);
         }
     }
 }
