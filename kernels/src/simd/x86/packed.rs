@@ -211,28 +211,57 @@ impl ActivationPanels {
     }
 }
 
-/// Builds the panels of `t`'s activations for format `F` (the [`crate::simd::PrepareFn`] of
-/// the AVX-512 table). Bytes of a last panel's missing rows stay uninitialized: nothing reads
-/// them.
+/// Where a panel layout puts things: per `rows` activation rows and block, `block` bytes with
+/// row `c`'s accumulator start `−o·Σa` (i32) at `starts + 4c`, its scale (f32) at `scales +
+/// 4c` and its 32 values at `values + 32c`.
+pub(crate) struct PanelLayout {
+    pub rows: usize,
+    pub block: usize,
+    pub starts: usize,
+    pub scales: usize,
+    pub values: usize,
+}
+
+/// Builds `t`'s activations for format `F` in the panel layout `l` (this file's, or the AVX2
+/// kernels' of `repacked_avx2.rs`). Bytes of a last panel's missing rows stay uninitialized:
+/// nothing reads them.
 #[inline(always)]
-pub(crate) unsafe fn prepare_panels<F: Legacy>(t: &GemmArgs) -> Box<[MaybeUninit<Line64>]> {
-    let panel_bytes = t.nb * PANEL_BLOCK;
-    let mut buf = Box::new_uninit_slice(t.m.div_ceil(COLS) * panel_bytes / 64);
+pub(crate) unsafe fn build_panels<F: Legacy>(
+    t: &GemmArgs,
+    l: PanelLayout,
+) -> Box<[MaybeUninit<Line64>]> {
+    let panel_bytes = t.nb * l.block;
+    let mut buf = Box::new_uninit_slice((t.m.div_ceil(l.rows) * panel_bytes).div_ceil(64));
     let base = buf.as_mut_ptr() as *mut u8;
     let o = offset::<F>();
     for c in 0..t.m {
         let row = t.a.add(c * t.a_stride);
-        let (panel, lane) = (c / COLS, c % COLS);
+        let (panel, lane) = (c / l.rows, c % l.rows);
         for b in 0..t.nb {
             let src = row.add(b * F::A_BYTES);
-            let dst = base.add(panel * panel_bytes + b * PANEL_BLOCK);
+            let dst = base.add(panel * panel_bytes + b * l.block);
             let v = _mm256_loadu_si256(src.add(F::A_QS) as *const __m256i);
-            (dst.add(PANEL_STARTS + 4 * lane) as *mut i32).write(-o * super::hsum_i8(v));
-            (dst.add(PANEL_SCALES + 4 * lane) as *mut f32).write(super::load_f16(src));
-            _mm256_storeu_si256(dst.add(PANEL_VALUES + 32 * lane) as *mut __m256i, v);
+            let start = -o * super::hsum_i8(v);
+            (dst.add(l.starts + 4 * lane) as *mut i32).write_unaligned(start);
+            (dst.add(l.scales + 4 * lane) as *mut f32).write_unaligned(super::load_f16(src));
+            _mm256_storeu_si256(dst.add(l.values + 32 * lane) as *mut __m256i, v);
         }
     }
     buf
+}
+
+/// Builds the panels of `t`'s activations for format `F` (the [`crate::simd::PrepareFn`] of
+/// the AVX-512 table).
+#[inline(always)]
+pub(crate) unsafe fn prepare_panels<F: Legacy>(t: &GemmArgs) -> Box<[MaybeUninit<Line64>]> {
+    let layout = PanelLayout {
+        rows: COLS,
+        block: PANEL_BLOCK,
+        starts: PANEL_STARTS,
+        scales: PANEL_SCALES,
+        values: PANEL_VALUES,
+    };
+    build_panels::<F>(t, layout)
 }
 
 /// The panels of `t`'s activations: the prepared ones, or built into `owned`.

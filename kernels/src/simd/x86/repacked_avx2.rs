@@ -220,24 +220,14 @@ const _: () = assert!(COLS == 4);
 pub(crate) unsafe fn prepare_panels<F: Legacy16>(
     t: &GemmArgs,
 ) -> Box<[core::mem::MaybeUninit<Line64>]> {
-    let panel_bytes = t.nb * PANEL_BLOCK;
-    let total = t.m.div_ceil(COLS) * panel_bytes;
-    let mut buf = Box::new_uninit_slice(total.div_ceil(64));
-    let base = buf.as_mut_ptr() as *mut u8;
-    let o = packed::offset::<F>();
-    for c in 0..t.m {
-        let row = t.a.add(c * t.a_stride);
-        let (panel, lane) = (c / COLS, c % COLS);
-        for b in 0..t.nb {
-            let src = row.add(b * F::A_BYTES);
-            let dst = base.add(panel * panel_bytes + b * PANEL_BLOCK);
-            let v = _mm256_loadu_si256(src.add(F::A_QS) as *const __m256i);
-            (dst.add(4 * lane) as *mut i32).write_unaligned(-o * super::hsum_i8(v));
-            (dst.add(PANEL_SCALES + 4 * lane) as *mut f32).write_unaligned(super::load_f16(src));
-            _mm256_storeu_si256(dst.add(PANEL_VALUES + 32 * lane) as *mut __m256i, v);
-        }
-    }
-    buf
+    let layout = packed::PanelLayout {
+        rows: COLS,
+        block: PANEL_BLOCK,
+        starts: 0,
+        scales: PANEL_SCALES,
+        values: PANEL_VALUES,
+    };
+    packed::build_panels::<F>(t, layout)
 }
 
 #[inline(always)]
