@@ -126,7 +126,6 @@ impl Legacy16 for legacy::Q4_0 {
             let lo = _mm256_and_si256(q, mask);
             let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), mask);
             for (c, p) in pairs.iter_mut().enumerate() {
-                // (a closure for the broadcast was not inlined: its vector went through memory)
                 let al = _mm256_set1_epi32((a[c].add(4 * ch) as *const i32).read_unaligned());
                 let ah = _mm256_set1_epi32((a[c].add(16 + 4 * ch) as *const i32).read_unaligned());
                 let pl = _mm256_maddubs_epi16(lo, al);
