@@ -232,6 +232,7 @@ pub(crate) struct TileArgs {
 /// r, activation row c)` for `r < n`, `c < m`; `nb` blocks per row; rows as in [`TileArgs`].
 // only x86-64 has packed kernels so far; elsewhere the fields are written but never read
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+#[derive(Clone, Copy)]
 pub(crate) struct GemmArgs {
     pub nb: usize,
     pub w: *const u8,

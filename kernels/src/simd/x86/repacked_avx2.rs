@@ -243,7 +243,14 @@ unsafe fn gemm_legacy<F: Legacy16>(t: &GemmArgs, mut groups: Groups) -> bool {
         t.prepared
     };
     let (start, ad) = if full < t.m {
-        packed::activation_block_sums::<F>(t)
+        // the starts and scales of the rows after the full passes only (row `c0 + c` at
+        // index `c·nb + b`)
+        let tail = GemmArgs {
+            a: t.a.add(full * t.a_stride),
+            m: t.m - full,
+            ..*t
+        };
+        packed::activation_block_sums::<F>(&tail)
     } else {
         (Vec::new(), Vec::new())
     };
@@ -301,9 +308,10 @@ unsafe fn panel_cols<F: Legacy16>(
     }
 }
 
-/// Block `b` of half `h` of a group against activation rows `c0..c0+NC` (`a`: their values)
-/// into `acc`. (A function, not a closure: a closure does not inherit the caller's target
-/// features, and LLVM left it outlined with every intrinsic a call.)
+/// Block `b` of half `h` of a group against `NC` activation rows (`a`: their values; `start`,
+/// `ad`: their starts and scales, row `c` at `c·nb + b`) into `acc`. (A function, not a
+/// closure: a closure does not inherit the caller's target features, and LLVM left it
+/// outlined with every intrinsic a call.)
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn half_block<F: Legacy16, const NC: usize>(
@@ -315,16 +323,15 @@ unsafe fn half_block<F: Legacy16, const NC: usize>(
     a: &[*const u8; NC],
     start: &[i32],
     ad: &[f32],
-    c0: usize,
 ) {
     let nb = t.nb;
     let qs = values::<F>(group, nb, b);
     let ab: [*const u8; NC] = core::array::from_fn(|c| a[c].add(b * F::A_BYTES));
-    let starts = core::array::from_fn(|c| start[(c0 + c) * nb + b]);
+    let starts = core::array::from_fn(|c| start[c * nb + b]);
     let sumi = F::dots::<NC>(qs, h, &ab, starts);
     let dw = _mm256_cvtph_ps(_mm_loadu_si128(group.add(b * 32 + 16 * h) as *const _));
     for (c, acc_c) in acc.iter_mut().enumerate() {
-        *acc_c = F::update8(*acc_c, sumi[c], dw, _mm256_set1_ps(ad[(c0 + c) * nb + b]));
+        *acc_c = F::update8(*acc_c, sumi[c], dw, _mm256_set1_ps(ad[c * nb + b]));
     }
 }
 
@@ -352,9 +359,9 @@ unsafe fn group_cols<F: Legacy16, const NC: usize>(
     let mut acc1 = [_mm256_setzero_ps(); NC];
     for b in 0..nb {
         prefetch_block_ahead(group, b, values::<F>(group, nb, b), F::QS_BYTES);
-        half_block::<F, NC>(&mut acc0, t, group, 0, b, &a, start, ad, c0);
+        half_block::<F, NC>(&mut acc0, t, group, 0, b, &a, start, ad);
         if halves == 2 {
-            half_block::<F, NC>(&mut acc1, t, group, 1, b, &a, start, ad, c0);
+            half_block::<F, NC>(&mut acc1, t, group, 1, b, &a, start, ad);
         }
     }
     for (h, acc) in [acc0, acc1].iter().enumerate().take(halves) {
