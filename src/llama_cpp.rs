@@ -45,7 +45,7 @@ impl Default for LlamaOptions {
     }
 }
 
-fn backend() -> Result<&'static LlamaBackend> {
+pub(crate) fn backend() -> Result<&'static LlamaBackend> {
     static BACKEND: OnceLock<std::result::Result<LlamaBackend, String>> = OnceLock::new();
     BACKEND
         .get_or_init(|| {
@@ -68,6 +68,18 @@ impl LlamaCppModel {
         let name = path.display().to_string();
         if !path.is_file() {
             bail!("{name}: no such file");
+        }
+        // llama.cpp refuses the ×16 type ids with a bare "null result": say why first
+        if let Ok(f) = kernels::gguf::GgufFile::open(path) {
+            if let Some(t) = f.tensors().iter().find(|t| t.layout.is_some()) {
+                bail!(
+                    "{name}: tensor '{}' is in tinygptv's ×16 layout ({:?}, written by `tinygptv \
+                     repack`), which llama.cpp cannot read; compare on the file it was \
+                     repacked from",
+                    t.name,
+                    t.layout.unwrap()
+                );
+            }
         }
         let backend = backend()?;
         let params = LlamaModelParams::default().with_n_gpu_layers(0);

@@ -37,6 +37,10 @@ enum Command {
     Convert(cmd::convert::ConvertArgs),
     /// Re-quantize an F32/F16/BF16 GGUF.
     Quantize(cmd::convert::QuantizeArgs),
+    /// Store a language model's matrices in the ×16 row-interleaved layouts, read in place
+    /// from the memory map: faster decode without load-time repacking (only tinygptv reads the
+    /// result).
+    Repack(cmd::convert::RepackArgs),
     /// Write random-weight models at the real shapes (for benchmarks).
     Synth(cmd::synth::SynthArgs),
     /// Measure prompt processing, generation and image-encode speed (optionally vs llama.cpp).
@@ -93,6 +97,7 @@ fn main() -> ExitCode {
         Command::Chat(args) => with_threads(args.threads, || cmd::chat::run(args)),
         Command::Convert(args) => cmd::convert::run_convert(args),
         Command::Quantize(args) => cmd::convert::run_quantize(args),
+        Command::Repack(args) => cmd::convert::run_repack(args),
         Command::Synth(args) => cmd::synth::run(args),
         Command::Bench(args) => with_threads(args.threads, || cmd::bench::run(args)),
         Command::Compare(args) => with_threads(args.threads, || cmd::compare::run(args)),

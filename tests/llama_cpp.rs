@@ -409,3 +409,23 @@ fn llama_cpp_quantized_files_load_in_our_runtime() {
         assert!(n > 0);
     }
 }
+
+#[test]
+fn llama_cpp_refuses_repacked_files() {
+    // `tinygptv repack` gives the ×16 matrices type ids that no ggml type has, so that llama.cpp
+    // refuses the file instead of reading interleaved bytes as rows
+    let tmp = tempfile::tempdir().unwrap();
+    let (plain, x16) = (tmp.path().join("q4_0.gguf"), tmp.path().join("x16.gguf"));
+    convert_lm("phi2-safetensors", "q4_0", None, &plain);
+    converter::interleave::interleave_gguf(&plain, &x16, true).unwrap();
+    let params = llama_cpp_2::model::params::LlamaModelParams::default().with_n_gpu_layers(0);
+    let backend = llama_cpp::backend().unwrap();
+    assert!(llama_cpp_2::model::LlamaModel::load_from_file(backend, &plain, &params).is_ok());
+    assert!(llama_cpp_2::model::LlamaModel::load_from_file(backend, &x16, &params).is_err());
+    // our wrapper says why
+    let err = LlamaCppModel::load(&x16).err().unwrap().to_string();
+    assert!(
+        err.contains("×16 layout") && err.contains("tinygptv repack"),
+        "{err}"
+    );
+}

@@ -2,6 +2,7 @@
 
 pub mod checkpoint;
 pub mod hf;
+pub mod interleave;
 pub mod interp;
 pub mod phi2;
 pub mod pickle;

@@ -24,6 +24,7 @@
 
 use crate::formats::k_common::{get_scale_min_k4, pack_scale_min_k4, K_SCALE_SIZE};
 use crate::formats::{row_bytes, FormatError};
+use crate::gguf::{GgufFile, SharedTensorData, TensorInfo};
 use crate::types::GgmlType;
 
 /// Weight rows per group (one 32-bit SIMD lane each in a 512-bit vector).
@@ -81,6 +82,50 @@ pub const Q5K_RECORD: usize = 2880;
 pub const Q5K_HIGH_BITS: usize = Q4K_RECORD;
 
 impl RepackLayout {
+    /// Every layout.
+    pub const ALL: [RepackLayout; 5] = [
+        RepackLayout::Q4_0x16,
+        RepackLayout::Q8_0x16,
+        RepackLayout::Q4_Kx16,
+        RepackLayout::Q5_Kx16,
+        RepackLayout::Q6_Kx16,
+    ];
+
+    /// The tensor type id under which `tinygptv repack` stores this layout in a GGUF file:
+    /// 1000 + the id of the GGUF type it rearranges (1002, 1008, 1012, 1013, 1014). No ggml
+    /// type has such an id, so llama.cpp and other GGUF readers refuse these files instead of
+    /// reading the interleaved bytes as plain rows.
+    pub fn gguf_type_id(self) -> u32 {
+        1000 + self.ty().id()
+    }
+
+    /// The layout stored under GGUF tensor type id `id`, if any ([`Self::gguf_type_id`]).
+    pub fn from_gguf_type_id(id: u32) -> Option<RepackLayout> {
+        Self::ALL.into_iter().find(|l| l.gguf_type_id() == id)
+    }
+
+    /// Bytes of a `rows × cols` matrix in this layout (whole groups), or `None` if `cols` is not
+    /// a whole number of blocks or the size overflows.
+    pub fn matrix_bytes(self, rows: u64, cols: u64) -> Option<u64> {
+        let block = self.ty().block_size() as u64;
+        if !cols.is_multiple_of(block) {
+            return None;
+        }
+        let nb = usize::try_from(cols / block).ok()?;
+        let group = self.group_bytes_checked(nb)? as u64;
+        rows.div_ceil(GROUP_ROWS as u64).checked_mul(group)
+    }
+
+    fn group_bytes_checked(self, nb: usize) -> Option<usize> {
+        let per_block = match self {
+            RepackLayout::Q4_Kx16 => Q4K_RECORD,
+            RepackLayout::Q5_Kx16 => Q5K_RECORD,
+            RepackLayout::Q6_Kx16 => Q6K_RECORD,
+            _ => GROUP_ROWS * (2 + self.qs_bytes()),
+        };
+        nb.checked_mul(per_block)
+    }
+
     /// The layout for weights of type `ty`, if there is one.
     pub fn for_type(ty: GgmlType) -> Option<RepackLayout> {
         match ty {
@@ -145,8 +190,25 @@ pub struct RepackedMatrix {
     cols: usize,
     /// Anonymous memory (page aligned, so every 64-byte chunk is one cache line), in 2 MiB
     /// pages where the kernel allows (see [`HugePageBuf`]): the decode kernels stream it once
-    /// per token, and with 4 KiB pages every 4 KiB costs a TLB miss.
-    data: HugePageBuf,
+    /// per token, and with 4 KiB pages every 4 KiB costs a TLB miss. Or the bytes of a file
+    /// written in this layout (`tinygptv repack`), read in place from its map.
+    data: RepackedBytes,
+}
+
+/// Where a [`RepackedMatrix`]'s bytes live.
+enum RepackedBytes {
+    Owned(HugePageBuf),
+    File(SharedTensorData),
+}
+
+impl std::ops::Deref for RepackedBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            RepackedBytes::Owned(b) => b,
+            RepackedBytes::File(b) => b,
+        }
+    }
 }
 
 /// Anonymous memory that starts on a 2 MiB boundary and asks for transparent huge pages
@@ -235,8 +297,68 @@ impl RepackedMatrix {
             layout,
             rows,
             cols,
-            data,
+            data: RepackedBytes::Owned(data),
         })
+    }
+
+    /// A matrix that a GGUF file stores in a ×16 layout (`info.layout`, as `tinygptv repack`
+    /// writes them), read in place from the file's map: nothing is copied, and the pages stay
+    /// the kernel's to drop and re-read like any other part of the map. Fails for tensors in a
+    /// plain layout and for shapes other than `[cols, rows]`.
+    pub fn from_gguf(file: &GgufFile, info: &TensorInfo) -> Result<Self, FormatError> {
+        let layout = info.layout.ok_or(FormatError::Unsupported {
+            ty: info.ty,
+            op: "reading a plain-layout tensor as a ×16 matrix",
+        })?;
+        let [cols, rows] = info.dims[..] else {
+            return Err(FormatError::Unsupported {
+                ty: info.ty,
+                op: "a ×16 tensor that is not a matrix",
+            });
+        };
+        let too_large = || FormatError::Overflow {
+            what: "×16 matrix shape",
+        };
+        let (rows, cols) = (
+            usize::try_from(rows).map_err(|_| too_large())?,
+            usize::try_from(cols).map_err(|_| too_large())?,
+        );
+        let data = file.shared_tensor_data(info);
+        let want = layout
+            .matrix_bytes(rows as u64, cols as u64)
+            .ok_or_else(too_large)?;
+        if rows == 0 || cols == 0 || data.len() as u64 != want {
+            return Err(FormatError::ByteLength {
+                ty: info.ty,
+                n: rows.saturating_mul(cols),
+                expected: want as usize,
+                actual: data.len(),
+            });
+        }
+        Ok(RepackedMatrix {
+            layout,
+            rows,
+            cols,
+            data: RepackedBytes::File(data),
+        })
+    }
+
+    /// All rows in the GGUF layout, back to back (for a CPU without kernels for this layout).
+    pub fn to_rows(&self) -> Vec<u8> {
+        let rb = row_bytes(self.ty(), self.cols).expect("checked when built");
+        let mut out = Vec::with_capacity(rb * self.rows);
+        let mut row = Vec::with_capacity(rb);
+        for r in 0..self.rows {
+            self.row(r, &mut row);
+            out.extend_from_slice(&row);
+        }
+        out
+    }
+
+    /// Whether the bytes are read in place from a file ([`Self::from_gguf`]) rather than held
+    /// in memory of their own.
+    pub fn is_mapped(&self) -> bool {
+        matches!(self.data, RepackedBytes::File(_))
     }
 
     pub fn layout(&self) -> RepackLayout {
@@ -275,9 +397,12 @@ impl RepackedMatrix {
         &self.data[..self.groups() * self.group_bytes()]
     }
 
-    /// Bytes this matrix occupies in memory.
+    /// Bytes this matrix occupies in memory of its own (0 when read from a file's map).
     pub fn memory_bytes(&self) -> usize {
-        self.data.len()
+        match &self.data {
+            RepackedBytes::Owned(b) => b.len(),
+            RepackedBytes::File(_) => 0,
+        }
     }
 
     /// Row `r`'s original GGUF bytes, written to `out` (the inverse of the repacking).
@@ -594,6 +719,61 @@ mod tests {
                     m.row(r, &mut row);
                     assert_eq!(row, &w[r * rb..(r + 1) * rb], "{ty} {rows}x{cols} row {r}");
                 }
+            }
+        }
+    }
+
+    /// A GGUF holding `m` in its layout (and a plain 1-D tensor), read back in memory.
+    fn gguf_with(m: &RepackedMatrix, dims: &[u64]) -> Result<GgufFile, crate::gguf::GgufError> {
+        let mut w = crate::gguf::GgufWriter::new();
+        w.add_tensor("norm", GgmlType::F32, &[4])?;
+        w.add_interleaved_tensor("w", m.layout(), dims)?;
+        let mut out = Vec::new();
+        w.write_to(&mut out, |i, _, sink| {
+            sink.write_all(if i == 0 { &[0u8; 16][..] } else { m.bytes() })
+        })?;
+        GgufFile::from_bytes(out, "test.gguf")
+    }
+
+    #[test]
+    fn gguf_files_hold_the_layouts() {
+        for layout in RepackLayout::ALL {
+            let ty = layout.ty();
+            assert_eq!(
+                RepackLayout::from_gguf_type_id(layout.gguf_type_id()),
+                Some(layout)
+            );
+            assert!(GgmlType::from_id(layout.gguf_type_id()).is_none());
+            let (rows, cols) = (37, 512);
+            let rb = row_bytes(ty, cols).unwrap();
+            let mut w = vec![0u8; rb * rows];
+            quantize_row(ty, &data(rows * cols, 5), &mut w).unwrap();
+            let m = RepackedMatrix::new(ty, &w, rows, cols).unwrap();
+            let f = gguf_with(&m, &[cols as u64, rows as u64]).unwrap();
+            let info = f.tensor_info("w").unwrap();
+            assert_eq!((info.ty, info.layout), (ty, Some(layout)));
+            assert_eq!(
+                info.n_bytes,
+                m.bytes().len() as u64,
+                "{layout:?}: 3 padding rows"
+            );
+            let back = RepackedMatrix::from_gguf(&f, info).unwrap();
+            assert!(back.is_mapped() && back.memory_bytes() == 0);
+            assert_eq!(
+                (back.rows(), back.cols(), back.layout()),
+                (rows, cols, layout)
+            );
+            assert_eq!(back.to_rows(), w, "{layout:?}");
+            // a plain tensor is not a ×16 matrix
+            assert!(RepackedMatrix::from_gguf(&f, f.tensor_info("norm").unwrap()).is_err());
+            // only matrices, whole blocks
+            for dims in [
+                &[cols as u64][..],
+                &[cols as u64, 1, rows as u64],
+                &[100, 37],
+            ] {
+                let err = gguf_with(&m, dims).map(|_| ()).unwrap_err().to_string();
+                assert!(err.contains("'w'"), "{layout:?} {dims:?}: {err}");
             }
         }
     }

@@ -1,4 +1,5 @@
-//! `tinygptv convert` (checkpoints → GGUF) and `tinygptv quantize` (GGUF → GGUF).
+//! `tinygptv convert` (checkpoints → GGUF), `tinygptv quantize` (GGUF → GGUF) and
+//! `tinygptv repack` (GGUF → the same GGUF in the ×16 layouts).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -74,6 +75,17 @@ pub struct QuantizeArgs {
     /// Quantize every matrix to TYPE.
     #[arg(long)]
     pub pure: bool,
+    /// Threads (default: physical cores).
+    #[arg(long, short = 't')]
+    pub threads: Option<usize>,
+}
+
+#[derive(clap::Args)]
+pub struct RepackArgs {
+    /// Input language-model GGUF (Phi-2 or TinyGPT-V; Q4_0, Q8_0, Q4_K, Q5_K or Q6_K matrices).
+    pub input: PathBuf,
+    /// Output GGUF. Only tinygptv reads it: keep the input for llama.cpp and other tools.
+    pub output: PathBuf,
     /// Threads (default: physical cores).
     #[arg(long, short = 't')]
     pub threads: Option<usize>,
@@ -248,4 +260,39 @@ pub fn run_quantize(args: QuantizeArgs) -> Result<ExitCode> {
     install_interrupt_handler();
     let plan = converter::requantize::plan_requantize(&args.input, args.ty, args.pure)?;
     write_outputs(&[(&plan, args.output.as_path())])
+}
+
+pub fn run_repack(args: RepackArgs) -> Result<ExitCode> {
+    init_threads(args.threads);
+    install_interrupt_handler();
+    let same = match (args.input.canonicalize(), args.output.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    if same {
+        bail!(
+            "{}: the output would replace the input it is read from; choose another name",
+            args.output.display()
+        );
+    }
+    {
+        let mut o = outputs();
+        o.planned = vec![args.output.clone()];
+        o.finished.clear();
+    }
+    if !quiet() {
+        eprintln!(
+            "repacking {} → {} (×16 layouts)",
+            args.input.display(),
+            args.output.display()
+        );
+    }
+    match converter::interleave::interleave_gguf(&args.input, &args.output, false) {
+        Ok(_) => Ok(ExitCode::SUCCESS),
+        Err(_) if INTERRUPTED.load(Ordering::SeqCst) => {
+            eprintln!("interrupted: no output written");
+            Ok(ExitCode::from(130))
+        }
+        Err(e) => Err(e),
+    }
 }

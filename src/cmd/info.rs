@@ -189,7 +189,7 @@ impl Report {
                 out,
                 "  {i:>idx_width$}  {:name_width$}  {:<5}  {:<24}  {:>14}  {:>14}  {:>14}",
                 one_line(&t.name, 64),
-                t.ty.to_string(),
+                type_name(t),
                 shape(t),
                 t.n_elements(),
                 t.n_bytes,
@@ -254,8 +254,8 @@ impl Report {
             .map(|t| {
                 json!({
                     "name": t.name,
-                    "type": t.ty.to_string(),
-                    "type_id": t.ty.id(),
+                    "type": type_name(t),
+                    "type_id": t.layout.map_or(t.ty.id(), |l| l.gguf_type_id()),
                     "dims": t.dims,
                     "n_elements": t.n_elements(),
                     "n_bytes": t.n_bytes,
@@ -412,4 +412,9 @@ fn count_h(n: u64) -> String {
         n if n >= 1_000 => format!("{:.2} K", n as f64 / 1e3),
         n => n.to_string(),
     }
+}
+
+/// A tensor's type as stored: the ggml type, or the ×16 layout of one (`tinygptv repack`).
+fn type_name(t: &kernels::gguf::TensorInfo) -> String {
+    t.layout.map_or(t.ty.to_string(), |l| format!("{l:?}"))
 }

@@ -2,6 +2,7 @@
 //! magic and version, alignment, tensor-name and dimension limits, tensor byte sizes, and the
 //! strict data-offset rule of llama.cpp.
 
+use crate::repack::RepackLayout;
 use crate::types::GgmlType;
 
 /// The first four bytes of every GGUF file.
@@ -35,6 +36,11 @@ pub struct TensorInfo {
     pub offset: u64,
     /// Bytes of data (without the padding that follows it).
     pub n_bytes: u64,
+    /// `Some` for a matrix that `tinygptv repack` stored in one of the ×16 row-interleaved
+    /// layouts (type id [`RepackLayout::gguf_type_id`]; `ty` is then the type it rearranges):
+    /// its bytes are not rows of `ty`, and only [`crate::repack::RepackedMatrix::from_gguf`]
+    /// reads them.
+    pub layout: Option<RepackLayout>,
 }
 
 impl TensorInfo {
@@ -60,6 +66,22 @@ impl TensorInfo {
     /// size, which a validated tensor never has).
     pub fn row_bytes(&self) -> u64 {
         self.ty.row_bytes(self.row_len()).unwrap_or(0)
+    }
+}
+
+/// Validates the shape of a ×16 interleaved matrix (`dims == [cols, rows]`) and returns
+/// `(n_elements, n_bytes)`: whole 16-row groups, so up to 15 padding rows' bytes.
+pub fn interleaved_tensor_size(layout: RepackLayout, dims: &[u64]) -> Result<(u64, u64), String> {
+    if dims.len() != 2 {
+        return Err(format!(
+            "is stored in the {layout:?} layout, which needs 2 dimensions, not {}",
+            dims.len()
+        ));
+    }
+    let (n_elements, _) = tensor_size(layout.ty(), dims)?;
+    match layout.matrix_bytes(dims[1], dims[0]) {
+        Some(n) if n <= i64::MAX as u64 => Ok((n_elements, n)),
+        _ => Err(format!("shape {dims:?} overflows the int64 byte size")),
     }
 }
 

@@ -31,6 +31,6 @@ pub mod write;
 
 pub use error::{GgufError, GgufErrorKind};
 pub use layout::{TensorInfo, ALIGNMENT_KEY, DEFAULT_ALIGNMENT, GGUF_MAGIC, GGUF_VERSION};
-pub use read::{GgufFile, TensorView};
+pub use read::{GgufFile, SharedTensorData, TensorView};
 pub use value::{Array, Value, ValueType};
 pub use write::GgufWriter;

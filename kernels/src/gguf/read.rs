@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use memmap2::Mmap;
 
@@ -11,6 +12,7 @@ use super::cursor::Cursor;
 use super::error::{esc, GgufError, GgufErrorKind};
 use super::layout::{self, TensorInfo, ALIGNMENT_KEY, DEFAULT_ALIGNMENT, GGUF_MAGIC, MAX_DIMS};
 use super::value::{self, bounded_capacity, Value};
+use crate::repack::RepackLayout;
 use crate::types::GgmlType;
 
 /// Bytes of the fixed header: magic, version, tensor count, KV count.
@@ -36,6 +38,22 @@ impl Storage {
             Storage::Mapped(m) => m,
             Storage::Owned { words, len } => &bytemuck::cast_slice::<u64, u8>(words)[..*len],
         }
+    }
+}
+
+/// A tensor's bytes together with a share of the file's map ([`GgufFile::shared_tensor_data`]).
+#[derive(Clone)]
+pub struct SharedTensorData {
+    storage: Arc<Storage>,
+    start: usize,
+    len: usize,
+}
+
+impl std::ops::Deref for SharedTensorData {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // in bounds: the range came from a tensor_data slice of this storage
+        &self.storage.bytes()[self.start..self.start + self.len]
     }
 }
 
@@ -68,7 +86,7 @@ impl<'a> TensorView<'a> {
 /// The file must not be modified while it is open (it is memory-mapped).
 pub struct GgufFile {
     path: PathBuf,
-    storage: Storage,
+    storage: Arc<Storage>,
     header: Header,
 }
 
@@ -114,7 +132,7 @@ impl GgufFile {
         let header = parse(&map, &name)?;
         Ok(GgufFile {
             path: path.to_path_buf(),
-            storage: Storage::Mapped(map),
+            storage: Arc::new(Storage::Mapped(map)),
             header,
         })
     }
@@ -127,7 +145,7 @@ impl GgufFile {
         bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..len].copy_from_slice(&bytes);
         Ok(GgufFile {
             path: PathBuf::from(name),
-            storage: Storage::Owned { words, len },
+            storage: Arc::new(Storage::Owned { words, len }),
             header,
         })
     }
@@ -254,11 +272,27 @@ impl GgufFile {
         }
     }
 
+    /// The tensor's bytes as [`Self::tensor_data`], in a value that keeps the file's map (or
+    /// buffer) alive by itself, for data used beyond a borrow of this file.
+    pub fn shared_tensor_data(&self, info: &TensorInfo) -> SharedTensorData {
+        let data = self.tensor_data(info);
+        let start = if data.is_empty() {
+            0
+        } else {
+            data.as_ptr() as usize - self.bytes().as_ptr() as usize
+        };
+        SharedTensorData {
+            storage: self.storage.clone(),
+            start,
+            len: data.len(),
+        }
+    }
+
     /// Hints that the tensor's bytes will not be read again soon, so the pages of the map that
     /// lie entirely inside it may leave memory (a one-pass reader such as `quantize` otherwise
     /// keeps the whole mapped input resident). No effect on in-memory files.
     pub fn release_tensor(&self, info: &TensorInfo) {
-        let Storage::Mapped(map) = &self.storage else {
+        let Storage::Mapped(map) = &*self.storage else {
             return;
         };
         let data = self.tensor_data(info);
@@ -462,19 +496,26 @@ fn parse(bytes: &[u8], file: &str) -> Result<Header, GgufError> {
         }
         let type_at = c.pos();
         let type_id = c.u32(|| format!("type of tensor '{}'", esc(&name)))?;
-        let ty = GgmlType::from_id(type_id).ok_or_else(|| {
-            c.error(
-                invalid(
-                    &name,
-                    format!("unknown or unsupported ggml type id {type_id}"),
-                ),
-                type_at,
-            )
-        })?;
+        // a ggml type, or one of tinygptv's ×16 interleaved layouts of one
+        let interleaved = RepackLayout::from_gguf_type_id(type_id);
+        let ty = GgmlType::from_id(type_id)
+            .or(interleaved.map(RepackLayout::ty))
+            .ok_or_else(|| {
+                c.error(
+                    invalid(
+                        &name,
+                        format!("unknown or unsupported ggml type id {type_id}"),
+                    ),
+                    type_at,
+                )
+            })?;
         let offset_at = c.pos();
         let offset = c.u64(|| format!("data offset of tensor '{}'", esc(&name)))?;
-        let (_, n_bytes) = layout::tensor_size(ty, &dims)
-            .map_err(|problem| c.error(invalid(&name, problem), dims_at))?;
+        let (_, n_bytes) = match interleaved {
+            Some(l) => layout::interleaved_tensor_size(l, &dims),
+            None => layout::tensor_size(ty, &dims),
+        }
+        .map_err(|problem| c.error(invalid(&name, problem), dims_at))?;
 
         if offset != expected_offset {
             let problem = if offset % alignment != 0 {
@@ -515,6 +556,7 @@ fn parse(bytes: &[u8], file: &str) -> Result<Header, GgufError> {
             dims,
             offset,
             n_bytes,
+            layout: interleaved,
         });
         info_offsets.push(at);
     }

@@ -12,6 +12,7 @@ use super::layout::{
     self, TensorInfo, ALIGNMENT_KEY, DEFAULT_ALIGNMENT, GGUF_MAGIC, GGUF_VERSION, MAX_KEY_BYTES,
 };
 use super::value::{self, Value};
+use crate::repack::RepackLayout;
 use crate::types::GgmlType;
 
 /// Name used in errors of [`GgufWriter::write_to`] (no file name is known there).
@@ -131,6 +132,28 @@ impl GgufWriter {
     /// rules: name 1 to 63 bytes and unique, 1 to 4 dims, `dims[0]` a multiple of the block
     /// size, sizes within int64.
     pub fn add_tensor(&mut self, name: &str, ty: GgmlType, dims: &[u64]) -> Result<(), GgufError> {
+        self.add_tensor_in(name, ty, None, dims)
+    }
+
+    /// Adds a matrix (`dims == [cols, rows]`) stored in a ×16 interleaved layout
+    /// ([`crate::repack`]): its data is a [`crate::repack::RepackedMatrix`]'s bytes. Only
+    /// tinygptv reads such tensors (type id [`RepackLayout::gguf_type_id`]).
+    pub fn add_interleaved_tensor(
+        &mut self,
+        name: &str,
+        layout: RepackLayout,
+        dims: &[u64],
+    ) -> Result<(), GgufError> {
+        self.add_tensor_in(name, layout.ty(), Some(layout), dims)
+    }
+
+    fn add_tensor_in(
+        &mut self,
+        name: &str,
+        ty: GgmlType,
+        interleaved: Option<RepackLayout>,
+        dims: &[u64],
+    ) -> Result<(), GgufError> {
         let invalid = |problem: String| {
             Err(GgufError::new(
                 STREAM_NAME,
@@ -155,7 +178,11 @@ impl GgufWriter {
         if dims.is_empty() {
             return invalid("needs at least one dimension".into());
         }
-        let n_bytes = match layout::tensor_size(ty, dims) {
+        let size = match interleaved {
+            Some(l) => layout::interleaved_tensor_size(l, dims),
+            None => layout::tensor_size(ty, dims),
+        };
+        let n_bytes = match size {
             Ok((_, n)) => n,
             Err(problem) => return invalid(problem),
         };
@@ -166,6 +193,7 @@ impl GgufWriter {
             dims: dims.to_vec(),
             offset: 0,
             n_bytes,
+            layout: interleaved,
         });
         Ok(())
     }
@@ -249,7 +277,8 @@ impl GgufWriter {
             for d in &t.dims {
                 out.extend_from_slice(&d.to_le_bytes());
             }
-            out.extend_from_slice(&t.ty.id().to_le_bytes());
+            let id = t.layout.map_or(t.ty.id(), RepackLayout::gguf_type_id);
+            out.extend_from_slice(&id.to_le_bytes());
             out.extend_from_slice(&t.offset.to_le_bytes());
         }
         out

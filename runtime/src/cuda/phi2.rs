@@ -248,6 +248,15 @@ impl CudaPhi2 {
         n_layers: usize,
     ) -> Result<CudaPhi2> {
         let cfg = model.cfg.clone();
+        if let Some(t) = model.file.tensors().iter().find(|t| t.layout.is_some()) {
+            bail!(
+                "{}: tensor '{}' is stored in tinygptv's ×16 CPU layout ({:?}); the GPU reads \
+                 the plain layout, so run the file this one was repacked from",
+                model.file.path().display(),
+                t.name,
+                t.layout.unwrap()
+            );
+        }
         if n_ctx == 0 {
             bail!("the context must hold at least one position");
         }

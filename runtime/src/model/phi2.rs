@@ -127,8 +127,12 @@ pub struct WeightRef {
     info: TensorInfo,
     pub rows: usize,
     pub cols: usize,
-    /// The matrix repacked at load time (see [`Phi2Model::repack_weights`]).
+    /// The matrix in a ×16 layout: repacked at load time (see [`Phi2Model::repack_weights`]),
+    /// or read in place from a file that `tinygptv repack` wrote.
     repacked: Option<Arc<RepackedMatrix>>,
+    /// The rows in the plain layout, unpacked at load time from such a file on a CPU without
+    /// kernels for its layout.
+    plain: Option<Arc<Vec<u8>>>,
 }
 
 impl WeightRef {
@@ -228,11 +232,23 @@ impl Loader<'_> {
                 self.err_name()
             ),
         }
+        let (mut repacked, mut plain) = (None, None);
+        if let Some(layout) = info.layout {
+            // written by `tinygptv repack`: used in place where this CPU has kernels for it
+            let m = RepackedMatrix::from_gguf(self.f, info)
+                .with_context(|| format!("{}: tensor '{name}'", self.err_name()))?;
+            if kernels::simd::kernels().has_repacked_gemm(layout) {
+                repacked = Some(Arc::new(m));
+            } else {
+                plain = Some(Arc::new(m.to_rows()));
+            }
+        }
         Ok(WeightRef {
             info: info.clone(),
             rows,
             cols,
-            repacked: None,
+            repacked,
+            plain,
         })
     }
 
@@ -327,6 +343,14 @@ impl Phi2Model {
             });
         }
         let token_embd = l.matrix("token_embd.weight", cfg.n_vocab, e)?;
+        if token_embd.info.layout.is_some() {
+            // it is read a row at a time, which the ×16 layouts do not serve
+            bail!(
+                "{}: token_embd.weight is stored interleaved; the embedding table must keep \
+                 the plain layout (write the file again with `tinygptv repack`)",
+                file.path().display()
+            );
+        }
         // llama.cpp ties output to token_embd when output.weight is absent.
         let output = if l.has("output.weight") {
             l.matrix("output.weight", cfg.n_vocab, e)?
@@ -386,10 +410,32 @@ impl Phi2Model {
             .sum()
     }
 
+    /// The matrices (layers and LM head) that are read in a ×16 layout in place from the file's
+    /// map (a file written by `tinygptv repack`, on a CPU with kernels for its layouts).
+    pub fn interleaved_in_place(&self) -> usize {
+        let mut refs: Vec<&WeightRef> = vec![&self.output];
+        for layer in &self.layers {
+            match &layer.qkv {
+                Qkv::Fused { w, .. } => refs.push(w),
+                Qkv::Separate { q, k, v, .. } => refs.extend([q, k, v]),
+            }
+            refs.extend([&layer.attn_out, &layer.ffn_up, &layer.ffn_down]);
+        }
+        refs.iter()
+            .filter(|r| r.repacked.as_ref().is_some_and(|m| m.is_mapped()))
+            .count()
+    }
+
     fn w<'a>(&'a self, r: &'a WeightRef) -> Weight<'a> {
+        // a ×16 tensor's bytes are not rows: it has no plain data unless unpacked
+        let data = match (&r.plain, r.info.layout) {
+            (Some(rows), _) => rows.as_slice(),
+            (None, Some(_)) => &[],
+            (None, None) => self.file.tensor_data(&r.info),
+        };
         Weight {
             ty: r.info.ty,
-            data: self.file.tensor_data(&r.info),
+            data,
             rows: r.rows,
             cols: r.cols,
             repacked: r.repacked.as_deref(),

@@ -345,6 +345,15 @@ impl TowerParams for Loader<'_> {
 
 impl VisionTower {
     pub fn load(file: GgufFile) -> Result<VisionTower> {
+        if let Some(t) = file.tensors().iter().find(|t| t.layout.is_some()) {
+            bail!(
+                "{}: tensor '{}' is stored in a ×16 interleaved layout ({:?}), which vision \
+                 files do not use",
+                file.path().display(),
+                t.name,
+                t.layout.unwrap()
+            );
+        }
         let cfg = VisionConfig::from_gguf(&file)?;
         let l = Loader { f: &file };
         let (d, p) = (cfg.width, cfg.patch_size);
