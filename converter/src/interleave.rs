@@ -13,17 +13,16 @@
 //! get type ids that no ggml reader knows (`RepackLayout::gguf_type_id`), so llama.cpp and
 //! other tools refuse the file instead of misreading it; keep the original for them.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use kernels::gguf::{GgufFile, GgufWriter, TensorInfo, Value, ALIGNMENT_KEY};
 use kernels::repack::{RepackLayout, RepackedMatrix};
 
-use crate::plan::INTERRUPTED;
+use crate::plan::{tensor_progress_bar, INTERRUPTED};
 
 /// Alignment of the output's tensors: every 16-row group starts a cache line.
 const OUTPUT_ALIGNMENT: u32 = 64;
@@ -106,19 +105,7 @@ pub fn interleave_gguf(input: &Path, output: &Path, quiet: bool) -> Result<Inter
     }
 
     let total: u64 = f.tensors().iter().map(|t| t.n_bytes).sum();
-    let bar = if !quiet && std::io::stderr().is_terminal() {
-        let b = ProgressBar::new(total);
-        b.set_style(
-            ProgressStyle::with_template(
-                "{msg:40!} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-            )
-            .unwrap()
-            .progress_chars("=> "),
-        );
-        b
-    } else {
-        ProgressBar::hidden()
-    };
+    let bar = tensor_progress_bar(total, quiet);
     let result = w.write_to_path(output, |i, _, sink: &mut dyn Write| {
         if INTERRUPTED.load(Ordering::Relaxed) {
             return Err(std::io::Error::new(

@@ -78,20 +78,7 @@ impl Plan {
             .iter()
             .map(|t| t.ty.row_bytes(t.dims[0]).unwrap_or(0) * t.dims[1..].iter().product::<u64>())
             .sum();
-        let show = !quiet && std::io::stderr().is_terminal();
-        let bar = if show {
-            let b = ProgressBar::new(total);
-            b.set_style(
-                ProgressStyle::with_template(
-                    "{msg:40!} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-                )
-                .unwrap()
-                .progress_chars("=> "),
-            );
-            b
-        } else {
-            ProgressBar::hidden()
-        };
+        let bar = tensor_progress_bar(total, quiet);
         let result = w.write_to_path(out, |i, info, sink: &mut dyn Write| {
             let t = &self.tensors[i];
             if INTERRUPTED.load(Ordering::Relaxed) {
@@ -167,6 +154,23 @@ impl Plan {
         }
         Ok(summary)
     }
+}
+
+/// A progress bar over `total` bytes of tensors (the message: the current tensor's name), on
+/// stderr when it is a terminal and not `quiet`; hidden otherwise.
+pub fn tensor_progress_bar(total: u64, quiet: bool) -> ProgressBar {
+    if quiet || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let b = ProgressBar::new(total);
+    b.set_style(
+        ProgressStyle::with_template(
+            "{msg:40!} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .unwrap()
+        .progress_chars("=> "),
+    );
+    b
 }
 
 /// Quantizes a whole tensor (rows of `ne0` f32 values) to `ty` bytes, rows in parallel.
