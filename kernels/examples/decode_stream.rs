@@ -2,7 +2,8 @@
 //! quantized matrix of a GGUF file, in file order, on the thread pool, in row blocks as
 //! `runtime::linear` splits decode. Prints the weights' GB/s (best and median of the passes).
 //! With `HOT=1`: one thread, 128 rows of the first 2560-wide matrix again and again (in L2),
-//! which is the kernel's compute limit instead.
+//! which is the kernel's compute limit instead. On a file written by `tinygptv repack`, the ×16
+//! matrices are read in place from the map.
 //!
 //! Run: `cargo run --release -p tinygptv-kernels --example decode_stream -- FILE.gguf
 //! [repack: 0|1] [passes]` (`RAYON_NUM_THREADS` sets the threads).
@@ -63,7 +64,10 @@ fn main() {
         }
         let (k, n) = (info.dims[0] as usize, info.dims[1] as usize);
         let data = file.tensor_data(info);
-        let repacked = if repack {
+        let repacked = if info.layout.is_some() {
+            // a `tinygptv repack` file: the ×16 layout in place, whatever `repack` says
+            Some(RepackedMatrix::from_gguf(&file, info).expect("decode_stream: ×16 tensor"))
+        } else if repack {
             RepackedMatrix::new(info.ty, data, n, k).ok()
         } else {
             None

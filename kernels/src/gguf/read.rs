@@ -126,8 +126,9 @@ impl GgufFile {
                 0,
             ));
         }
-        // SAFETY: the map is read-only and private to this value; like every mmap-based model
-        // loader we rely on the file not being truncated or rewritten while it is open.
+        // SAFETY: the map is read-only and shared only with this value's views; like every
+        // mmap-based model loader we rely on the file not being truncated or rewritten while it
+        // is open.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| GgufError::io(&name, "cannot map", e))?;
         // A hint: pages read in from disk come in 2 MiB folios, which the kernel maps with
         // 2 MiB pages (one TLB entry instead of 512 for the weights that decode streams).
