@@ -9,7 +9,7 @@
 //!   at AVX-512): partial 16-row tiles, partial groups of activation rows and chunks of blocks,
 //!   more activation rows than one group of the K-quant kernels takes, hand-made Q8_K bytes
 //!   (−128; `bsums` beyond what the quantizer writes, which those kernels decline).
-//! - Q4_0 / Q8_0 / Q4_K / Q6_K weights repacked into the ×16 layouts (`kernels::repack`): the same exact
+//! - Q4_0 / Q8_0 / Q4_K / Q5_K / Q6_K weights repacked into the ×16 layouts (`kernels::repack`): the same exact
 //!   results from `gemm_repacked`, over all rows and from the second 16-row group on.
 //! - Float weight types (F32, F16, BF16): within the f32-summation bound
 //!   `(min(k, 64) + k/8 + 16)·2⁻²⁴·Σ|w·x|` of the reference's f64 sums (the tiles sum 8 or 16
@@ -207,6 +207,12 @@ fn simd_levels_have_kernels() {
         if kern.level() == Level::Avx2 {
             assert!(kern.has_repacked_gemm(RepackLayout::Q4_0x16));
             assert!(kern.has_repacked_gemm(RepackLayout::Q4_Kx16));
+        }
+        // NEON reads the ×16 layouts of `tinygptv repack` files in place
+        if kern.level() == Level::Neon {
+            for layout in RepackLayout::ALL {
+                assert!(kern.has_repacked_gemm(layout), "neon {layout:?}");
+            }
         }
     }
 }
@@ -423,7 +429,7 @@ fn reference_products(
     want
 }
 
-/// The same product on the ×16 repacked layout (Q4_0, Q8_0): all rows, and the rows from the
+/// The same product on the ×16 repacked layout (where the type has one): all rows, and the rows from the
 /// second 16-row group on, as the threaded matmul splits them.
 #[allow(clippy::too_many_arguments)]
 fn check_repacked(
@@ -479,6 +485,9 @@ fn shapes(ty: GgmlType) -> Vec<(usize, usize, usize)> {
         (19, kb * 5, 9),
         (7, kb * 4, 3),
         (16, kb, 2),
+        // 4 + 2 activation rows on a partial group of 3 row quads (the NEON ×16 kernel's
+        // two-row pass)
+        (11, kb * 2, 6),
         // many activation rows (the packed GEMM at AVX-512; from 16, the AVX2 level packs
         // 16-row groups per call): full and partial 16-row tiles, full and partial groups of
         // 8 activation rows

@@ -230,8 +230,6 @@ pub(crate) struct TileArgs {
 
 /// Arguments of a whole product for the packed GEMM kernels: `out[c·ldo + r] = dot(weight row
 /// r, activation row c)` for `r < n`, `c < m`; `nb` blocks per row; rows as in [`TileArgs`].
-// only x86-64 has packed kernels so far; elsewhere the fields are written but never read
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 #[derive(Clone, Copy)]
 pub(crate) struct GemmArgs {
     pub nb: usize,
@@ -245,6 +243,8 @@ pub(crate) struct GemmArgs {
     pub ldo: usize,
     /// The activations in this level's own layout for the weight type ([`PrepareFn`]), built
     /// once for several products; null where the kernel builds it itself (if it wants one).
+    // only x86-64 kernels have prepared layouts; elsewhere it is written but never read
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub prepared: *const u8,
 }
 

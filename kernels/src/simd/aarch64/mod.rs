@@ -7,7 +7,8 @@
 //! add, then do the scale arithmetic in scalar f32 in the reference's order (bit-identical). The
 //! K-quants scale each sub-block's SDOT lanes, add all lanes of a super-block into one exact
 //! integer and then follow the reference's f32 steps (bit-identical). Float weights use the
-//! scalar reference.
+//! scalar reference. The ×16 layouts (files written by `tinygptv repack`) have their own kernels
+//! in `repacked.rs`.
 
 use core::arch::aarch64::*;
 use core::arch::asm;
@@ -15,6 +16,8 @@ use core::arch::asm;
 use half::f16;
 
 use super::{CpuKernels, Level, TileArgs, TILE_COLS, TILE_ROWS};
+
+mod repacked;
 
 pub(super) fn has_neon_dotprod() -> bool {
     std::arch::is_aarch64_feature_detected!("neon")
@@ -34,6 +37,11 @@ pub(super) fn neon_table() -> CpuKernels {
     k.tile_q4_k = Some(tile_q4_k);
     k.tile_q5_k = Some(tile_q5_k);
     k.tile_q6_k = Some(tile_q6_k);
+    k.repacked_q4_0 = Some(repacked::gemm_q4_0x16);
+    k.repacked_q8_0 = Some(repacked::gemm_q8_0x16);
+    k.repacked_q4_k = Some(repacked::gemm_q4_kx16);
+    k.repacked_q5_k = Some(repacked::gemm_q5_kx16);
+    k.repacked_q6_k = Some(repacked::gemm_q6_kx16);
     k
 }
 
