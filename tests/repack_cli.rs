@@ -1,7 +1,8 @@
 //! `tinygptv repack`: a language model's matrices stored in the ×16 layouts and read in place
 //! from the map give the same logits, bit for bit, as the plain file (the kernels on both
 //! layouts return the scalar reference's exact sums), at the detected CPU level and at the
-//! scalar level (which unpacks them at load time); bad inputs are refused with nothing written.
+//! scalar level (which unpacks them at load time), and copied into memory where the repack
+//! policy keeps weights there; bad inputs are refused with nothing written.
 
 mod common;
 
@@ -93,6 +94,16 @@ fn repacked_files_give_the_plain_files_logits() {
             assert_eq!(in_place, 9, "{ty}: matrices not read in place");
         }
         assert!(same_bits(&got, &want), "{ty}: logits differ");
+
+        // where the policy keeps repacked weights in memory, the ×16 matrices are copied there
+        set_repack_policy(RepackPolicy::On);
+        let (copied, in_place) = logits(&x16);
+        set_repack_policy(RepackPolicy::Off);
+        assert_eq!(in_place, 0, "{ty}: matrices still read from the map");
+        assert!(
+            same_bits(&copied, &want),
+            "{ty}: logits differ after the copy"
+        );
 
         // the scalar level has no ×16 kernels: it unpacks the rows at load time
         let (a, b) = (tmp.path().join("a.npy"), tmp.path().join("b.npy"));

@@ -3,7 +3,7 @@
 //! `runtime::linear` splits decode. Prints the weights' GB/s (best and median of the passes).
 //! With `HOT=1`: one thread, 128 rows of the first 2560-wide matrix again and again (in L2),
 //! which is the kernel's compute limit instead. On a file written by `tinygptv repack`, the ×16
-//! matrices are read in place from the map.
+//! matrices are read in place from the map (with `repack` 1: copied into memory first).
 //!
 //! Run: `cargo run --release -p tinygptv-kernels --example decode_stream -- FILE.gguf
 //! [repack: 0|1] [passes]` (`RAYON_NUM_THREADS` sets the threads).
@@ -65,8 +65,14 @@ fn main() {
         let (k, n) = (info.dims[0] as usize, info.dims[1] as usize);
         let data = file.tensor_data(info);
         let repacked = if info.layout.is_some() {
-            // a `tinygptv repack` file: the ×16 layout in place, whatever `repack` says
-            Some(RepackedMatrix::from_gguf(&file, info).expect("decode_stream: ×16 tensor"))
+            // a `tinygptv repack` file: the ×16 layout in place, or copied into memory with
+            // `repack`, as the runtime does
+            let m = RepackedMatrix::from_gguf(&file, info).expect("decode_stream: ×16 tensor");
+            Some(if repack {
+                m.to_memory().expect("decode_stream: copy")
+            } else {
+                m
+            })
         } else if repack {
             RepackedMatrix::new(info.ty, data, n, k).ok()
         } else {

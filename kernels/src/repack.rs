@@ -343,6 +343,23 @@ impl RepackedMatrix {
         })
     }
 
+    /// The same matrix in anonymous memory of its own, in 2 MiB pages where the kernel allows
+    /// ([`HugePageBuf`]): a copy of a ×16 tensor read from a file's map, for machines that
+    /// keep repacked weights in memory anyway (`runtime`'s repack policy).
+    pub fn to_memory(&self) -> Result<Self, FormatError> {
+        let src = self.bytes();
+        let mut data = HugePageBuf::new(src.len()).map_err(|_| FormatError::Overflow {
+            what: "repacked weights (out of memory)",
+        })?;
+        data.copy_from_slice(src);
+        Ok(RepackedMatrix {
+            layout: self.layout,
+            rows: self.rows,
+            cols: self.cols,
+            data: RepackedBytes::Owned(data),
+        })
+    }
+
     /// All rows in the GGUF layout, back to back (for a CPU without kernels for this layout).
     pub fn to_rows(&self) -> Vec<u8> {
         let rb = row_bytes(self.ty(), self.cols).expect("checked when built");

@@ -59,7 +59,8 @@ pub enum RepackPolicy {
     /// [`AUTO_REPACK_MIN_RAM`] of memory: smaller (8 GB) devices keep
     /// the weights in the file map, where the OS can drop and re-read them under memory
     /// pressure. The vision tower repacks only where the level has no packed GEMM for the
-    /// type (`VisionTower::repack_vit`).
+    /// type (`VisionTower::repack_vit`). Matrices that a `tinygptv repack` file holds in a ×16
+    /// layout are copied into memory under the same rule (else read in place).
     Auto,
     /// Repack every matrix whose layout has kernels on this CPU (the vision tower's too).
     On,
