@@ -757,6 +757,8 @@ fn prepared_activations_give_the_same_products() {
         GgmlType::Q5_0,
         GgmlType::Q8_0,
         GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
     ] {
         let k = ty.block_size() * 3;
         let n = 37;
@@ -764,7 +766,7 @@ fn prepared_activations_give_the_same_products() {
         let w_rb = row_bytes(ty, k).unwrap();
         let repacked =
             RepackLayout::for_type(ty).map(|_| RepackedMatrix::new(ty, &w, n, k).unwrap());
-        for m in [3, 8, 13, 20] {
+        for m in [1, 3, 8, 13, 20] {
             let x = noise(&mut rng, m * k, 32);
             let a_rb = row_bytes(ty.vec_dot_type(), k).unwrap();
             let mut act = vec![0u8; m * a_rb];
@@ -777,6 +779,13 @@ fn prepared_activations_give_the_same_products() {
                 let legacy = matches!(ty, GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0);
                 if kern.level() == Level::Avx512 && legacy && m >= 8 {
                     assert!(prep.has_layout(), "{ty} m={m}: AVX-512 prepares panels");
+                }
+                if kern.level() == Level::Neon && !legacy {
+                    // once per matmul, decode included, for the ×16 kernels' row blocks
+                    assert!(
+                        prep.has_layout(),
+                        "{ty} m={m}: NEON prepares K-quant layouts"
+                    );
                 }
                 for (r0, r1) in [(0, 16), (16, n)] {
                     let rows = r1 - r0;

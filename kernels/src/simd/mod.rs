@@ -365,6 +365,11 @@ pub struct CpuKernels {
     pub(crate) prepare_q4_0: Option<PrepareFn>,
     pub(crate) prepare_q5_0: Option<PrepareFn>,
     pub(crate) prepare_q8_0: Option<PrepareFn>,
+    /// K-quant activation layouts, built at any row count (NEON's ×16 kernels: decode's row
+    /// blocks would otherwise each rebuild them).
+    pub(crate) prepare_q4_k: Option<PrepareFn>,
+    pub(crate) prepare_q5_k: Option<PrepareFn>,
+    pub(crate) prepare_q6_k: Option<PrepareFn>,
 }
 
 impl CpuKernels {
@@ -403,6 +408,9 @@ impl CpuKernels {
             prepare_q4_0: None,
             prepare_q5_0: None,
             prepare_q8_0: None,
+            prepare_q4_k: None,
+            prepare_q5_k: None,
+            prepare_q6_k: None,
         }
     }
 }
@@ -564,6 +572,9 @@ impl CpuKernels {
             GgmlType::Q4_0 => self.prepare_q4_0,
             GgmlType::Q5_0 => self.prepare_q5_0,
             GgmlType::Q8_0 => self.prepare_q8_0,
+            GgmlType::Q4_K => self.prepare_q4_k,
+            GgmlType::Q5_K => self.prepare_q5_k,
+            GgmlType::Q6_K => self.prepare_q6_k,
             _ => None,
         }
     }
@@ -716,7 +727,10 @@ impl CpuKernels {
             return Err(length_error("prepared activation bytes", a_len, act.len()));
         }
         let mut prep = unprepared(ty, k, act, m);
-        if let Some(prepare) = self.prepare(ty).filter(|_| m >= PACKED_MIN_ROWS && k > 0) {
+        // the legacy formats' layouts serve the packed GEMMs (from PACKED_MIN_ROWS rows); the
+        // K-quants' serve every row count
+        let rows_enough = m >= PACKED_MIN_ROWS || ty.block_size() == 256;
+        if let Some(prepare) = self.prepare(ty).filter(|_| rows_enough && k > 0) {
             let args = GemmArgs {
                 nb: k / ty.block_size(),
                 w: core::ptr::null(),

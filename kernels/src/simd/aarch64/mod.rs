@@ -42,6 +42,9 @@ pub(super) fn neon_table() -> CpuKernels {
     k.repacked_q4_k = Some(repacked::gemm_q4_kx16);
     k.repacked_q5_k = Some(repacked::gemm_q5_kx16);
     k.repacked_q6_k = Some(repacked::gemm_q6_kx16);
+    k.prepare_q4_k = Some(repacked::prepare_q4_k);
+    k.prepare_q5_k = Some(repacked::prepare_q4_k);
+    k.prepare_q6_k = Some(repacked::prepare_q6_k);
     k
 }
 
