@@ -526,13 +526,14 @@ trait GroupKernel {
     );
 }
 
-struct Legacy<'a, F> {
+/// The Q4_0 / Q8_0 kernels (named apart from `super::Legacy`, the plain tiles' trait).
+struct LegacyKernel<'a, F> {
     start: &'a [i32],
     ad: &'a [f32],
     format: core::marker::PhantomData<F>,
 }
 
-impl<F: Repacked> GroupKernel for Legacy<'_, F> {
+impl<F: Repacked> GroupKernel for LegacyKernel<'_, F> {
     #[inline(always)]
     unsafe fn run<const NC: usize, const NQ: usize>(
         &self,
@@ -612,7 +613,7 @@ unsafe fn each_group<K: GroupKernel>(t: &GemmArgs, kernel: &K) {
 #[inline(always)]
 unsafe fn gemm_legacy<F: Repacked>(t: &GemmArgs) -> bool {
     let (start, ad) = activation_block_sums::<F>(t);
-    let kernel = Legacy::<F> {
+    let kernel = LegacyKernel::<F> {
         start: &start,
         ad: &ad,
         format: core::marker::PhantomData,
