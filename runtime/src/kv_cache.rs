@@ -37,9 +37,13 @@ impl Store {
     }
 
     fn write(&mut self, at: usize, src: &[f32]) {
+        self.as_mut().write(at, src)
+    }
+
+    fn as_mut(&mut self) -> StoreMut<'_> {
         match self {
-            Store::F16(v) => v[at..at + src.len()].convert_from_f32_slice(src),
-            Store::F32(v) => v[at..at + src.len()].copy_from_slice(src),
+            Store::F16(v) => StoreMut::F16(v),
+            Store::F32(v) => StoreMut::F32(v),
         }
     }
 
@@ -56,6 +60,14 @@ impl Store {
                     v[at + i * stride] = x;
                 }
             }
+        }
+    }
+
+    /// `f(h, piece h)` for the pieces of `len` elements (one head each), in parallel.
+    fn for_each_head(&mut self, len: usize, f: impl Fn(usize, StoreMut) + Sync + Send) {
+        match self {
+            Store::F16(v) => crate::pool::for_each_chunk_mut(v, len, |h, p| f(h, StoreMut::F16(p))),
+            Store::F32(v) => crate::pool::for_each_chunk_mut(v, len, |h, p| f(h, StoreMut::F32(p))),
         }
     }
 
@@ -82,6 +94,22 @@ impl Store {
         match self {
             Store::F16(v) => as_bytes(&v[at..at + len]),
             Store::F32(v) => as_bytes(&v[at..at + len]),
+        }
+    }
+}
+
+/// A piece of a [`Store`], written by one task.
+enum StoreMut<'a> {
+    F16(&'a mut [f16]),
+    F32(&'a mut [f32]),
+}
+
+impl StoreMut<'_> {
+    /// `src` to elements `at..`, as [`Store::write`].
+    fn write(&mut self, at: usize, src: &[f32]) {
+        match self {
+            StoreMut::F16(v) => v[at..at + src.len()].convert_from_f32_slice(src),
+            StoreMut::F32(v) => v[at..at + src.len()].copy_from_slice(src),
         }
     }
 }
@@ -163,25 +191,35 @@ impl KvCache {
     pub fn store(&mut self, layer: usize, pos: usize, k: &[f32], v: &[f32]) {
         let (w, hd, n_ctx) = (self.width, self.head_dim, self.n_ctx);
         let rows = k.len() / w;
-        for (i, krow) in k.chunks_exact(w).enumerate() {
-            for (h, kh) in krow.chunks_exact(hd).enumerate() {
-                self.k[layer].write((h * n_ctx + pos + i) * hd, kh);
-            }
-        }
-        // value element j = h·head_dim + d goes to row j of the transposed values
         if rows <= 4 {
+            for (i, krow) in k.chunks_exact(w).enumerate() {
+                for (h, kh) in krow.chunks_exact(hd).enumerate() {
+                    self.k[layer].write((h * n_ctx + pos + i) * hd, kh);
+                }
+            }
+            // value element j = h·head_dim + d goes to row j of the transposed values
             for (i, vrow) in v.chunks_exact(w).enumerate() {
                 self.v[layer].write_strided(pos + i, n_ctx, vrow);
             }
-        } else {
+            return;
+        }
+        // a prompt: one task per head (its `n_ctx·head_dim` keys and as many transposed
+        // values are one piece of each store)
+        self.k[layer].for_each_head(n_ctx * hd, |h, mut keys| {
+            for i in 0..rows {
+                keys.write((pos + i) * hd, &k[i * w + h * hd..][..hd]);
+            }
+        });
+        self.v[layer].for_each_head(n_ctx * hd, |h, mut values| {
             let mut run = vec![0f32; rows];
-            for j in 0..w {
+            for d in 0..hd {
+                let j = h * hd + d;
                 for (i, x) in run.iter_mut().enumerate() {
                     *x = v[i * w + j];
                 }
-                self.v[layer].write(j * n_ctx + pos, &run);
+                values.write(d * n_ctx + pos, &run);
             }
-        }
+        });
     }
 
     /// Head `h`'s keys in `layer`: rows of `head_dim` elements, one per position.
@@ -267,6 +305,43 @@ mod tests {
                 assert_eq!(read(keys.data, 2 * hd + d), k[2 * width + hd + d]);
                 assert_eq!(read(vt.data, d * n_ctx + 2), v[2 * width + hd + d]);
             }
+        }
+    }
+
+    #[test]
+    fn a_prompt_store_equals_storing_its_rows_one_by_one() {
+        // the prompt path (one task per head) against the one-row path, f16 rounding included
+        for ty in [CacheType::F16, CacheType::F32] {
+            let (n_ctx, width, hd, rows) = (40, 96, 16, 23);
+            let k: Vec<f32> = (0..rows * width)
+                .map(|i| (i as f32 * 0.37).sin() * 3.1)
+                .collect();
+            let v: Vec<f32> = (0..rows * width)
+                .map(|i| (i as f32 * 0.11).cos() * 1.7)
+                .collect();
+            let mut whole = KvCache::new(ty, 2, n_ctx, width, hd);
+            whole.store(1, 3, &k, &v);
+            let mut one = KvCache::new(ty, 2, n_ctx, width, hd);
+            for i in 0..rows {
+                let r = i * width..(i + 1) * width;
+                one.store(1, 3 + i, &k[r.clone()], &v[r]);
+            }
+            for h in 0..width / hd {
+                assert_eq!(
+                    whole.head_keys(1, h).data,
+                    one.head_keys(1, h).data,
+                    "{ty:?} keys"
+                );
+                assert_eq!(
+                    whole.head_values_t(1, h).data,
+                    one.head_values_t(1, h).data,
+                    "{ty:?} values"
+                );
+            }
+            assert!(
+                whole.head_keys(0, 0).data.iter().all(|&b| b == 0),
+                "layer 0 untouched"
+            );
         }
     }
 }

@@ -3,15 +3,72 @@
 //! Everything here is the plain, readable reference: norms, activations, softmax and RoPE over
 //! f32 rows. Residual streams and norms always stay in f32 (spec §13).
 
-/// LayerNorm of each `dim`-sized row of `x` in place: `(x - mean) / sqrt(var + eps) * w + b`.
-pub fn layer_norm(x: &mut [f32], dim: usize, weight: &[f32], bias: Option<&[f32]>, eps: f32) {
-    for row in x.chunks_exact_mut(dim) {
-        layer_norm_row(row, weight, bias, eps);
+/// Elements below which the row-wise operations stay on the calling thread: a fork-join costs
+/// a few µs, more than a decode step's few thousand values take.
+const PAR_MIN_ELEMENTS: usize = 1 << 14;
+
+/// Elements a parallel task of the row-wise operations gets at least.
+const PAR_MIN_TASK: usize = 1 << 12;
+
+/// `f(first_row, piece)` over pieces of whole `dim`-sized rows of `x`: in parallel when `x` is
+/// large (prompts, the vision tower), about four pieces per thread; else one call on this
+/// thread. The operations given here are row-wise, so the split never changes their bits.
+fn par_rows(x: &mut [f32], dim: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+    let rows = if dim == 0 { 0 } else { x.len() / dim };
+    if x.len() < PAR_MIN_ELEMENTS || rows < 2 {
+        f(0, x);
+        return;
     }
+    let threads = rayon::current_num_threads().max(1);
+    let per_task = rows
+        .div_ceil(4 * threads)
+        .max(PAR_MIN_TASK.div_ceil(dim))
+        .min(rows);
+    crate::pool::for_each_chunk_mut(x, per_task * dim, |i, piece| f(i * per_task, piece));
+}
+
+/// LayerNorm of each `dim`-sized row of `x` in place: `(x - mean) / sqrt(var + eps) * w + b`
+/// (rows in parallel when there are many).
+pub fn layer_norm(x: &mut [f32], dim: usize, weight: &[f32], bias: Option<&[f32]>, eps: f32) {
+    par_rows(x, dim, |_, piece| {
+        vectorized(
+            #[inline(always)]
+            || {
+                for row in piece.chunks_exact_mut(dim) {
+                    layer_norm_row(row, weight, bias, eps);
+                }
+            },
+        )
+    });
+}
+
+/// `dst = LayerNorm(src)` row by row (`dim`-sized rows, in parallel when there are many): the
+/// same bits as copying `src` to `dst` and [`layer_norm`], in one pass per row.
+pub fn layer_norm_into(
+    src: &[f32],
+    dst: &mut [f32],
+    dim: usize,
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    eps: f32,
+) {
+    assert_eq!(src.len(), dst.len(), "layer_norm_into: lengths");
+    par_rows(dst, dim, |r0, piece| {
+        vectorized(
+            #[inline(always)]
+            || {
+                for (i, row) in piece.chunks_exact_mut(dim).enumerate() {
+                    row.copy_from_slice(&src[(r0 + i) * dim..][..dim]);
+                    layer_norm_row(row, weight, bias, eps);
+                }
+            },
+        )
+    });
 }
 
 /// LayerNorm of one row; mean and variance are accumulated in f64 so eps = 1e-12 (Q-Former)
 /// behaves like the float64 reference.
+#[inline(always)]
 pub fn layer_norm_row(row: &mut [f32], weight: &[f32], bias: Option<&[f32]>, eps: f32) {
     let n = row.len() as f64;
     let mean = sum_f64(row, |v| v) / n;
@@ -31,6 +88,49 @@ pub fn layer_norm_row(row: &mut [f32], weight: &[f32], bias: Option<&[f32]>, eps
     }
 }
 
+/// `x[i] += a[i]` (in parallel when long): a residual connection.
+pub fn add_assign(x: &mut [f32], a: &[f32]) {
+    assert_eq!(x.len(), a.len(), "add_assign: lengths");
+    par_rows(x, 1, |i0, piece| {
+        vectorized(
+            #[inline(always)]
+            || {
+                for (v, &av) in piece.iter_mut().zip(&a[i0..]) {
+                    *v += av;
+                }
+            },
+        )
+    });
+}
+
+/// `x[i] += a[i] + b[i]` (in parallel when long): Phi-2's parallel residual, in its order.
+pub fn add_sum_assign(x: &mut [f32], a: &[f32], b: &[f32]) {
+    assert!(
+        x.len() == a.len() && x.len() == b.len(),
+        "add_sum_assign: lengths"
+    );
+    par_rows(x, 1, |i0, piece| {
+        vectorized(
+            #[inline(always)]
+            || {
+                for ((v, &av), &bv) in piece.iter_mut().zip(&a[i0..]).zip(&b[i0..]) {
+                    *v += av + bv;
+                }
+            },
+        )
+    });
+}
+
+/// `dst` row `i` (`dst_dim` wide) = `src[i·src_stride + off..][..dst_dim]`, rows in parallel
+/// when there are many: a column range of a row-major buffer, e.g. Q out of a fused QKV.
+pub fn copy_columns(src: &[f32], src_stride: usize, off: usize, dst: &mut [f32], dst_dim: usize) {
+    par_rows(dst, dst_dim, |r0, piece| {
+        for (i, row) in piece.chunks_exact_mut(dst_dim).enumerate() {
+            row.copy_from_slice(&src[(r0 + i) * src_stride + off..][..dst_dim]);
+        }
+    });
+}
+
 /// `Σ f(x_i)` in f64 with eight independent partial sums (a single running sum is bound by the
 /// latency of one f64 add per element; eight lanes also vectorize).
 #[inline(always)]
@@ -46,15 +146,23 @@ pub fn sum_f64(x: &[f32], f: impl Fn(f64) -> f64) -> f64 {
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
-/// RMSNorm of each `dim`-sized row in place: `x / sqrt(mean(x²) + eps) * w` (LlamaRMSNorm).
+/// RMSNorm of each `dim`-sized row in place: `x / sqrt(mean(x²) + eps) * w` (LlamaRMSNorm),
+/// rows in parallel when there are many.
 pub fn rms_norm(x: &mut [f32], dim: usize, weight: &[f32], eps: f32) {
-    for row in x.chunks_exact_mut(dim) {
-        let ms = sum_f64(row, |v| v * v) / dim as f64;
-        let inv = (1.0 / (ms + eps as f64).sqrt()) as f32;
-        for (v, &w) in row.iter_mut().zip(weight) {
-            *v = *v * inv * w;
-        }
-    }
+    par_rows(x, dim, |_, piece| {
+        vectorized(
+            #[inline(always)]
+            || {
+                for row in piece.chunks_exact_mut(dim) {
+                    let ms = sum_f64(row, |v| v * v) / dim as f64;
+                    let inv = (1.0 / (ms + eps as f64).sqrt()) as f32;
+                    for (v, &w) in row.iter_mut().zip(weight) {
+                        *v = *v * inv * w;
+                    }
+                }
+            },
+        )
+    });
 }
 
 /// Elements per parallel task of the element-wise activations (large enough that rayon's
@@ -336,6 +444,19 @@ pub fn add_bias(x: &mut [f32], bias: &[f32]) {
     }
 }
 
+/// Head outputs `heads[h]` (`[t, hd]` each) interleaved into `out` (`[t, heads·hd]`: row `i`
+/// holds every head's row `i`), rows in parallel when there are many.
+pub fn interleave_heads(heads: &[Vec<f32>], hd: usize, out: &mut [f32]) {
+    let width = heads.len() * hd;
+    par_rows(out, width, |r0, piece| {
+        for (i, row) in piece.chunks_exact_mut(width).enumerate() {
+            for (dst, head) in row.chunks_exact_mut(hd).zip(heads) {
+                dst.copy_from_slice(&head[(r0 + i) * hd..][..hd]);
+            }
+        }
+    });
+}
+
 /// Precomputed cos/sin for partial NeoX RoPE ("rotate half") over the first `n_rot` dims.
 pub struct Rope {
     pub n_rot: usize,
@@ -355,6 +476,30 @@ impl Rope {
     /// `y_j = x_j·c − x_{j+h}·s`, `y_{j+h} = x_{j+h}·c + x_j·s`; other dims pass through.
     pub fn apply(&self, head: &mut [f32], pos: usize) {
         self.apply_with(head, &self.cos_sin(pos));
+    }
+
+    /// Rotates every `head_dim`-sized head of each `width`-wide row of `x`, row `i` at position
+    /// `pos0 + i`, then multiplies the heads by `scale` unless it is 1 (rows in parallel when
+    /// there are many): the same bits as [`Rope::apply_with`] row by row.
+    pub fn apply_rows(
+        &self,
+        x: &mut [f32],
+        width: usize,
+        head_dim: usize,
+        pos0: usize,
+        scale: f32,
+    ) {
+        par_rows(x, width, |r0, piece| {
+            for (i, row) in piece.chunks_exact_mut(width).enumerate() {
+                let cs = self.cos_sin(pos0 + r0 + i);
+                for head in row.chunks_exact_mut(head_dim) {
+                    self.apply_with(head, &cs);
+                    if scale != 1.0 {
+                        head.iter_mut().for_each(|v| *v *= scale);
+                    }
+                }
+            }
+        });
     }
 
     /// The `(cos, sin)` pairs of position `pos` (computed in f64, rounded to f32), to rotate
@@ -638,6 +783,111 @@ mod tests {
         gelu_tanh(&mut x);
         for (a, (b, rel)) in x.iter().zip(&want) {
             assert!((*a as f64 - b).abs() <= rel * b.abs() + 1e-37, "{a} vs {b}");
+        }
+    }
+
+    /// Deterministic values in about [−2, 2) (with a few large ones, so the norms' f64 sums
+    /// matter).
+    fn wavy(n: usize, seed: u32) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+        (0..n)
+            .map(|i| {
+                state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                let v = (state >> 8) as f32 / (1u32 << 24) as f32 * 4.0 - 2.0;
+                if i % 97 == 0 {
+                    v * 300.0
+                } else {
+                    v
+                }
+            })
+            .collect()
+    }
+
+    fn bits(x: &[f32]) -> Vec<u32> {
+        x.iter().map(|v| v.to_bits()).collect()
+    }
+
+    #[test]
+    fn parallel_row_ops_equal_one_row_at_a_time() {
+        // short (one piece, this thread) and long (parallel pieces, a last partial piece)
+        for (rows, dim) in [(3, 40), (257, 1408), (70, 2560)] {
+            let x = wavy(rows * dim, rows as u32);
+            let (w, b) = (wavy(dim, 7), wavy(dim, 8));
+
+            // layer_norm, layer_norm_into ≡ layer_norm_row per row
+            let mut want = x.clone();
+            for row in want.chunks_exact_mut(dim) {
+                layer_norm_row(row, &w, Some(&b), 1e-6);
+            }
+            let mut got = x.clone();
+            layer_norm(&mut got, dim, &w, Some(&b), 1e-6);
+            assert_eq!(bits(&got), bits(&want), "layer_norm {rows}×{dim}");
+            let mut into = vec![0.0; rows * dim];
+            layer_norm_into(&x, &mut into, dim, &w, Some(&b), 1e-6);
+            assert_eq!(bits(&into), bits(&want), "layer_norm_into {rows}×{dim}");
+
+            // rms_norm ≡ its formula per row
+            let mut want = x.clone();
+            for row in want.chunks_exact_mut(dim) {
+                let ms = sum_f64(row, |v| v * v) / dim as f64;
+                let inv = (1.0 / (ms + 1e-5f32 as f64).sqrt()) as f32;
+                for (v, &wv) in row.iter_mut().zip(&w) {
+                    *v = *v * inv * wv;
+                }
+            }
+            let mut got = x.clone();
+            rms_norm(&mut got, dim, &w, 1e-5);
+            assert_eq!(bits(&got), bits(&want), "rms_norm {rows}×{dim}");
+
+            // residual sums in their order
+            let (a, m) = (wavy(rows * dim, 11), wavy(rows * dim, 12));
+            let mut got = x.clone();
+            add_sum_assign(&mut got, &a, &m);
+            let want: Vec<f32> = (0..x.len()).map(|i| x[i] + (a[i] + m[i])).collect();
+            assert_eq!(bits(&got), bits(&want), "add_sum_assign {rows}×{dim}");
+            let mut got = x.clone();
+            add_assign(&mut got, &a);
+            let want: Vec<f32> = (0..x.len()).map(|i| x[i] + a[i]).collect();
+            assert_eq!(bits(&got), bits(&want), "add_assign {rows}×{dim}");
+
+            // column ranges and head interleaving
+            let half = dim / 2;
+            let mut got = vec![0.0; rows * half];
+            copy_columns(&x, dim, dim - half, &mut got, half);
+            for i in 0..rows {
+                assert_eq!(
+                    got[i * half..(i + 1) * half],
+                    x[i * dim + dim - half..(i + 1) * dim]
+                );
+            }
+            let hd = 8;
+            let heads: Vec<Vec<f32>> = (0..dim / hd)
+                .map(|h| wavy(rows * hd, 100 + h as u32))
+                .collect();
+            let mut got = vec![0.0; rows * dim];
+            interleave_heads(&heads, hd, &mut got);
+            for (h, head) in heads.iter().enumerate() {
+                for i in 0..rows {
+                    assert_eq!(got[i * dim + h * hd..][..hd], head[i * hd..(i + 1) * hd]);
+                }
+            }
+
+            // RoPE on whole rows ≡ apply_with head by head
+            let rope = Rope::new(32, 10000.0);
+            let (width, hd) = (dim / 80 * 80, 80);
+            if width > 0 {
+                let mut want = x[..rows * width].to_vec();
+                for (i, row) in want.chunks_exact_mut(width).enumerate() {
+                    let cs = rope.cos_sin(5 + i);
+                    for head in row.chunks_exact_mut(hd) {
+                        rope.apply_with(head, &cs);
+                        head.iter_mut().for_each(|v| *v *= 0.125);
+                    }
+                }
+                let mut got = x[..rows * width].to_vec();
+                rope.apply_rows(&mut got, width, hd, 5, 0.125);
+                assert_eq!(bits(&got), bits(&want), "apply_rows {rows}×{width}");
+            }
         }
     }
 }

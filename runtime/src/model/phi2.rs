@@ -543,8 +543,8 @@ impl Phi2Model {
         let mut buf = LayerBuffers::new(cfg, t);
         for (il, layer) in self.layers[layers].iter().enumerate() {
             // 1. shared input LayerNorm
-            h.copy_from_slice(x);
-            ops::layer_norm(
+            ops::layer_norm_into(
+                x,
                 &mut h,
                 e,
                 &layer.attn_norm_w,
@@ -574,9 +574,7 @@ impl Phi2Model {
             );
 
             // 5. x ← x + attn + mlp
-            for ((xv, av), mv) in x.iter_mut().zip(&buf.a).zip(&buf.m) {
-                *xv += av + mv;
-            }
+            ops::add_sum_assign(x, &buf.a, &buf.m);
         }
         cache.len = pos0 + t;
         Ok(())
@@ -637,11 +635,9 @@ impl Phi2Model {
                     h,
                     t,
                 );
-                for (i, row) in qkv.chunks_exact(width).enumerate() {
-                    q[i * e..(i + 1) * e].copy_from_slice(&row[..e]);
-                    k[i * kvw..(i + 1) * kvw].copy_from_slice(&row[e..e + kvw]);
-                    v[i * kvw..(i + 1) * kvw].copy_from_slice(&row[e + kvw..]);
-                }
+                ops::copy_columns(qkv, width, 0, q, e);
+                ops::copy_columns(qkv, width, e, k, kvw);
+                ops::copy_columns(qkv, width, e + kvw, v, kvw);
             }
             Qkv::Separate {
                 q: wq,
@@ -694,16 +690,8 @@ impl Phi2Model {
 
         // partial NeoX RoPE on the first n_rot dims of each head; q pre-scaled by 1/√head_dim
         let scale = 1.0 / (hd as f32).sqrt();
-        for i in 0..t {
-            let cs = self.rope.cos_sin(pos0 + i);
-            for head in q[i * e..(i + 1) * e].chunks_exact_mut(hd) {
-                self.rope.apply_with(head, &cs);
-                head.iter_mut().for_each(|v| *v *= scale);
-            }
-            for head in k[i * kvw..(i + 1) * kvw].chunks_exact_mut(hd) {
-                self.rope.apply_with(head, &cs);
-            }
-        }
+        self.rope.apply_rows(&mut q[..t * e], e, hd, pos0, scale);
+        self.rope.apply_rows(&mut k[..t * kvw], kvw, hd, pos0, 1.0);
         cache.store(cache_layer, pos0, k, v);
 
         // causal softmax attention per head, f32 scores
@@ -732,12 +720,7 @@ impl Phi2Model {
             );
             out
         });
-        for (hh, out) in heads.iter().enumerate() {
-            for i in 0..t {
-                attn[i * e + hh * hd..i * e + (hh + 1) * hd]
-                    .copy_from_slice(&out[i * hd..(i + 1) * hd]);
-            }
-        }
+        ops::interleave_heads(&heads, hd, &mut attn[..t * e]);
         matmul(
             &self.w(&layer.attn_out),
             layer.attn_out_b.as_deref(),

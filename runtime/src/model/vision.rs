@@ -520,18 +520,16 @@ impl VisionTower {
         let identity = Activation::Identity;
         for b in &self.blocks {
             // x += attn(LN1(x))
-            h.copy_from_slice(&x);
-            ops::layer_norm(&mut h, d, &b.ln1.w, Some(&b.ln1.b), cfg.eps);
+            ops::layer_norm_into(&x, &mut h, d, &b.ln1.w, Some(&b.ln1.b), cfg.eps);
             self.mm_act_into(&b.qkv, identity, &h, t, &mut qkv);
             let o = attention(&qkv, 3 * d, 0, &qkv, 3 * d, d, 2 * d, t, t, cfg.n_head, hd);
             self.mm_act_into(&b.attn_out, identity, &o, t, &mut a);
-            x.iter_mut().zip(&a).for_each(|(xv, av)| *xv += av);
+            ops::add_assign(&mut x, &a);
             // x += mlp(LN2(x))
-            h.copy_from_slice(&x);
-            ops::layer_norm(&mut h, d, &b.ln2.w, Some(&b.ln2.b), cfg.eps);
+            ops::layer_norm_into(&x, &mut h, d, &b.ln2.w, Some(&b.ln2.b), cfg.eps);
             self.mm_act_into(&b.ffn_up, Activation::GeluErf, &h, t, &mut up);
             self.mm_act_into(&b.ffn_down, identity, &up, t, &mut m);
-            x.iter_mut().zip(&m).for_each(|(xv, mv)| *xv += mv);
+            ops::add_assign(&mut x, &m);
         }
         ops::layer_norm(
             &mut x,
@@ -631,11 +629,7 @@ fn attention(
         out
     });
     let mut out = vec![0.0; tq * width];
-    for (h, ho) in per_head.iter().enumerate() {
-        for i in 0..tq {
-            out[i * width + h * hd..][..hd].copy_from_slice(&ho[i * hd..(i + 1) * hd]);
-        }
-    }
+    ops::interleave_heads(&per_head, hd, &mut out);
     out
 }
 
