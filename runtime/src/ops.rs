@@ -14,7 +14,7 @@ const PAR_MIN_TASK: usize = 1 << 12;
 /// large (prompts, the vision tower), about four pieces per thread; else one call on this
 /// thread. The operations given here are row-wise, so the split never changes their bits.
 fn par_rows(x: &mut [f32], dim: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
-    let rows = if dim == 0 { 0 } else { x.len() / dim };
+    let rows = x.len().checked_div(dim).unwrap_or(0);
     if x.len() < PAR_MIN_ELEMENTS || rows < 2 {
         f(0, x);
         return;
