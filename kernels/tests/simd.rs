@@ -766,7 +766,7 @@ fn prepared_activations_give_the_same_products() {
         let w_rb = row_bytes(ty, k).unwrap();
         let repacked =
             RepackLayout::for_type(ty).map(|_| RepackedMatrix::new(ty, &w, n, k).unwrap());
-        for m in [1, 3, 8, 13, 20] {
+        for m in [1, 2, 3, 4, 5, 8, 13, 20] {
             let x = noise(&mut rng, m * k, 32);
             let a_rb = row_bytes(ty.vec_dot_type(), k).unwrap();
             let mut act = vec![0u8; m * a_rb];
@@ -779,6 +779,11 @@ fn prepared_activations_give_the_same_products() {
                 let legacy = matches!(ty, GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0);
                 if kern.level() == Level::Avx512 && legacy && m >= 8 {
                     assert!(prep.has_layout(), "{ty} m={m}: AVX-512 prepares panels");
+                }
+                let x86 = matches!(kern.level(), Level::Avx2 | Level::Avx512);
+                if x86 && matches!(ty, GgmlType::Q4_0 | GgmlType::Q8_0) && m <= 3 {
+                    // decode: the ×16 kernels' starts and scales, once per matmul
+                    assert!(prep.has_layout(), "{ty} m={m}: x86 prepares block sums");
                 }
                 if kern.level() == Level::Neon && !legacy {
                     // once per matmul, decode included, for the ×16 kernels' row blocks

@@ -308,7 +308,13 @@ pub(crate) type GemmFn = unsafe fn(&GemmArgs) -> bool;
 
 /// Activation rows from which a packed GEMM kernel is used (its packing costs about as much as
 /// a few activation rows of the plain tiles).
-const PACKED_MIN_ROWS: usize = 8;
+pub(crate) const PACKED_MIN_ROWS: usize = 8;
+
+/// Up to this many activation rows (decode), the x86 legacy formats' prepared layout is every
+/// row's per-block accumulator starts and scales (`x86::packed::prepare_block_sums`), which
+/// the ×16 kernels' decode paths read; each of a matmul's row blocks computed them again.
+/// Below the AVX2 ×16 kernels' 4-row passes, so those never see the layout as panels.
+pub(crate) const SUMS_MAX_ROWS: usize = 3;
 
 /// A tile kernel.
 ///
@@ -727,9 +733,9 @@ impl CpuKernels {
             return Err(length_error("prepared activation bytes", a_len, act.len()));
         }
         let mut prep = unprepared(ty, k, act, m);
-        // the legacy formats' layouts serve the packed GEMMs (from PACKED_MIN_ROWS rows); the
-        // K-quants' serve every row count
-        let rows_enough = m >= PACKED_MIN_ROWS || ty.block_size() == 256;
+        // the legacy formats' layouts serve the packed GEMMs (from PACKED_MIN_ROWS rows) and
+        // the ×16 kernels' decode (up to SUMS_MAX_ROWS); the K-quants' serve every row count
+        let rows_enough = m >= PACKED_MIN_ROWS || m <= SUMS_MAX_ROWS || ty.block_size() == 256;
         if let Some(prepare) = self.prepare(ty).filter(|_| rows_enough && k > 0) {
             let args = GemmArgs {
                 nb: k / ty.block_size(),

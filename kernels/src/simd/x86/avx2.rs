@@ -3,7 +3,7 @@
 use core::arch::x86_64::*;
 
 use super::repacked_avx2::Groups;
-use super::{float, kquant, legacy, quant, repacked_avx2, Isa};
+use super::{float, kquant, legacy, packed, quant, repacked_avx2, Isa};
 use crate::repack::RepackLayout;
 use crate::simd::{CpuKernels, GemmArgs, Level, Line64, TileArgs};
 
@@ -58,7 +58,7 @@ macro_rules! prepare_entries {
         $(
             #[target_feature(enable = "avx2,fma,f16c")]
             unsafe fn $name(t: &GemmArgs) -> Box<[core::mem::MaybeUninit<Line64>]> {
-                repacked_avx2::prepare_panels::<$format>(t)
+                packed::prepare_legacy::<$format>(t, |t| repacked_avx2::prepare_panels::<$format>(t))
             }
         )*
     };

@@ -186,7 +186,7 @@ macro_rules! prepare_entry {
     ($name:ident, $format:ty) => {
         #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
         unsafe fn $name(t: &GemmArgs) -> Box<[core::mem::MaybeUninit<Line64>]> {
-            packed::prepare_panels::<$format>(t)
+            packed::prepare_legacy::<$format>(t, |t| packed::prepare_panels::<$format>(t))
         }
     };
 }

@@ -475,21 +475,83 @@ pub(crate) unsafe fn tile_cols<F: Packed, const NC: usize>(
 /// panels).
 #[inline(always)]
 pub(crate) unsafe fn activation_block_sums<F: Legacy>(t: &GemmArgs) -> (Vec<i32>, Vec<f32>) {
+    let n = t.m * t.nb;
+    let mut start = vec![0i32; n];
+    let mut ad = vec![0f32; n];
+    write_block_sums::<F>(t, start.as_mut_ptr(), ad.as_mut_ptr());
+    (start, ad)
+}
+
+/// [`activation_block_sums`] into `start` and `ad` (`m × nb` each, row `c` at `c·nb`).
+#[inline(always)]
+unsafe fn write_block_sums<F: Legacy>(t: &GemmArgs, start: *mut i32, ad: *mut f32) {
     let nb = t.nb;
     let o = offset::<F>();
-    let mut start = vec![0i32; t.m * nb];
-    let mut ad = vec![0f32; t.m * nb];
     for c in 0..t.m {
         let row = t.a.add(c * t.a_stride);
         for b in 0..nb {
             let blk = row.add(b * F::A_BYTES);
             let v = _mm256_loadu_si256(blk.add(F::A_QS) as *const __m256i);
-            start[c * nb + b] = -o * super::hsum_i8(v);
-            ad[c * nb + b] = super::load_f16(blk);
+            start.add(c * nb + b).write(-o * super::hsum_i8(v));
+            ad.add(c * nb + b).write(super::load_f16(blk));
         }
     }
-    (start, ad)
 }
+
+/// Byte offset of the scales in a [`prepare_block_sums`] layout (after the starts, on a line).
+fn block_sums_scales(t: &GemmArgs) -> usize {
+    (t.m * t.nb * 4).next_multiple_of(64)
+}
+
+/// The decode layout of a matmul's few activation rows (`crate::simd::SUMS_MAX_ROWS`): the
+/// starts of [`activation_block_sums`] (i32, `m × nb`), then on the next line its scales (f32).
+#[inline(always)]
+pub(crate) unsafe fn prepare_block_sums<F: Legacy>(t: &GemmArgs) -> Box<[MaybeUninit<Line64>]> {
+    let scales = block_sums_scales(t);
+    let mut buf = Box::new_uninit_slice((scales + t.m * t.nb * 4).div_ceil(64).max(1));
+    let base = buf.as_mut_ptr() as *mut u8;
+    write_block_sums::<F>(t, base as *mut i32, base.add(scales) as *mut f32);
+    buf
+}
+
+/// The starts and scales of [`activation_block_sums`] for `t`'s rows: those prepared once per
+/// matmul ([`prepare_block_sums`], when `t.prepared` is set at `m <` [`COLS`]), or computed
+/// into `owned`.
+#[inline(always)]
+pub(crate) unsafe fn block_sums<'a, F: Legacy>(
+    t: &'a GemmArgs,
+    owned: &'a mut (Vec<i32>, Vec<f32>),
+) -> (&'a [i32], &'a [f32]) {
+    debug_assert!(t.m < COLS);
+    let n = t.m * t.nb;
+    if t.prepared.is_null() {
+        *owned = activation_block_sums::<F>(t);
+        (&owned.0, &owned.1)
+    } else {
+        // SAFETY (caller): a prepared layout at m < COLS is `prepare_block_sums`' for t's rows
+        let start = core::slice::from_raw_parts(t.prepared as *const i32, n);
+        let ad = core::slice::from_raw_parts(t.prepared.add(block_sums_scales(t)) as *const f32, n);
+        (start, ad)
+    }
+}
+
+/// The x86 [`crate::simd::PrepareFn`] for a legacy format: panels (`panels`) for the packed
+/// GEMMs from [`crate::simd::PACKED_MIN_ROWS`] rows, [`prepare_block_sums`] below.
+#[inline(always)]
+pub(crate) unsafe fn prepare_legacy<F: Legacy>(
+    t: &GemmArgs,
+    panels: unsafe fn(&GemmArgs) -> Box<[MaybeUninit<Line64>]>,
+) -> Box<[MaybeUninit<Line64>]> {
+    if t.m >= crate::simd::PACKED_MIN_ROWS {
+        panels(t)
+    } else {
+        debug_assert!(t.m <= crate::simd::SUMS_MAX_ROWS);
+        prepare_block_sums::<F>(t)
+    }
+}
+
+// the AVX-512 ×16 kernels read panels exactly from PACKED_MIN_ROWS rows on
+const _: () = assert!(COLS == crate::simd::PACKED_MIN_ROWS);
 
 /// Every activation row against one packed tile (rows `r0..r0+nr`), a panel at a time.
 #[inline(always)]

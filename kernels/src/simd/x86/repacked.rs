@@ -168,20 +168,21 @@ pub(crate) unsafe fn gemm<F: Repacked>(t: &GemmArgs) -> bool {
         }
         return true;
     }
-    let (start, ad) = packed::activation_block_sums::<F>(t);
+    let mut owned = Default::default();
+    let (start, ad) = packed::block_sums::<F>(t, &mut owned);
     for (gi, r0) in (0..t.n).step_by(GROUP_ROWS).enumerate() {
         let nr = (t.n - r0).min(GROUP_ROWS);
         let group = t.w.add(gi * t.w_stride);
         let mut c0 = 0;
         while c0 + 4 <= t.m {
-            direct::<F, 4>(t, group, &start, &ad, c0, r0, nr);
+            direct::<F, 4>(t, group, start, ad, c0, r0, nr);
             c0 += 4;
         }
         match t.m - c0 {
             0 => {}
-            1 => direct::<F, 1>(t, group, &start, &ad, c0, r0, nr),
-            2 => direct::<F, 2>(t, group, &start, &ad, c0, r0, nr),
-            _ => direct::<F, 3>(t, group, &start, &ad, c0, r0, nr),
+            1 => direct::<F, 1>(t, group, start, ad, c0, r0, nr),
+            2 => direct::<F, 2>(t, group, start, ad, c0, r0, nr),
+            _ => direct::<F, 3>(t, group, start, ad, c0, r0, nr),
         }
     }
     true

@@ -229,6 +229,9 @@ pub(crate) unsafe fn prepare_panels<F: Legacy16>(
     packed::build_panels::<F>(t, layout)
 }
 
+// a prepared layout of fewer rows than a pass is `packed::prepare_block_sums`' (decode)
+const _: () = assert!(crate::simd::SUMS_MAX_ROWS < COLS);
+
 #[inline(always)]
 unsafe fn gemm_legacy<F: Legacy16>(t: &GemmArgs, mut groups: Groups) -> bool {
     let full = t.m / COLS * COLS;
@@ -242,7 +245,11 @@ unsafe fn gemm_legacy<F: Legacy16>(t: &GemmArgs, mut groups: Groups) -> bool {
     } else {
         t.prepared
     };
-    let (start, ad) = if full < t.m {
+    let mut owned = Default::default();
+    let (start, ad): (&[i32], &[f32]) = if full == 0 {
+        // decode: every row's starts and scales, prepared once per matmul (or computed here)
+        packed::block_sums::<F>(t, &mut owned)
+    } else if full < t.m {
         // the starts and scales of the rows after the full passes only (row `c0 + c` at
         // index `c·nb + b`)
         let tail = GemmArgs {
@@ -250,9 +257,10 @@ unsafe fn gemm_legacy<F: Legacy16>(t: &GemmArgs, mut groups: Groups) -> bool {
             m: t.m - full,
             ..*t
         };
-        packed::activation_block_sums::<F>(&tail)
+        owned = packed::activation_block_sums::<F>(&tail);
+        (&owned.0, &owned.1)
     } else {
-        (Vec::new(), Vec::new())
+        (&[], &[])
     };
     let panel_bytes = t.nb * PANEL_BLOCK;
     for (gi, r0) in (0..t.n).step_by(GROUP_ROWS).enumerate() {
@@ -264,9 +272,9 @@ unsafe fn gemm_legacy<F: Legacy16>(t: &GemmArgs, mut groups: Groups) -> bool {
         let c0 = full;
         match t.m - c0 {
             0 => {}
-            1 => group_cols::<F, 1>(t, group, &start, &ad, c0, r0, nr),
-            2 => group_cols::<F, 2>(t, group, &start, &ad, c0, r0, nr),
-            _ => group_cols::<F, 3>(t, group, &start, &ad, c0, r0, nr),
+            1 => group_cols::<F, 1>(t, group, start, ad, c0, r0, nr),
+            2 => group_cols::<F, 2>(t, group, start, ad, c0, r0, nr),
+            _ => group_cols::<F, 3>(t, group, start, ad, c0, r0, nr),
         }
     }
     true
