@@ -781,9 +781,18 @@ fn prepared_activations_give_the_same_products() {
                     assert!(prep.has_layout(), "{ty} m={m}: AVX-512 prepares panels");
                 }
                 let x86 = matches!(kern.level(), Level::Avx2 | Level::Avx512);
-                if x86 && matches!(ty, GgmlType::Q4_0 | GgmlType::Q8_0) && m <= 3 {
-                    // decode: the ×16 kernels' starts and scales, once per matmul
-                    assert!(prep.has_layout(), "{ty} m={m}: x86 prepares block sums");
+                if x86 && !matches!(ty, GgmlType::Q5_0) && m <= 3 {
+                    // decode: the ×16 kernels' starts and scales (legacy) or K-quant records,
+                    // once per matmul
+                    assert!(prep.has_layout(), "{ty} m={m}: x86 prepares decode records");
+                }
+                if kern.level() == Level::Avx2 && matches!(ty, GgmlType::Q4_K | GgmlType::Q5_K) {
+                    // and for the AVX2 K-quant GEMMs of prompts, file layout included
+                    assert_eq!(
+                        prep.has_layout(),
+                        m <= 3 || m >= 16,
+                        "{ty} m={m}: AVX2 records"
+                    );
                 }
                 if kern.level() == Level::Neon && !legacy {
                     // once per matmul, decode included, for the ×16 kernels' row blocks

@@ -248,6 +248,23 @@ pub(crate) struct GemmArgs {
     pub prepared: *const u8,
 }
 
+/// `records` copied into 64-byte lines (the prepared-activations storage). Their type must be
+/// plain data of an alignment up to 64, which every prepared record type is.
+pub(crate) fn to_lines<T: Copy>(records: &[T]) -> Box<[core::mem::MaybeUninit<Line64>]> {
+    const { assert!(core::mem::align_of::<T>() <= 64) };
+    let bytes = core::mem::size_of_val(records);
+    let mut lines = Box::new_uninit_slice(bytes.div_ceil(64));
+    // SAFETY: `lines` holds at least `bytes` bytes; the two allocations are distinct
+    unsafe {
+        core::ptr::copy_nonoverlapping(
+            records.as_ptr() as *const u8,
+            lines.as_mut_ptr() as *mut u8,
+            bytes,
+        )
+    };
+    lines
+}
+
 /// One 64-byte line: the unit (and alignment) of prepared activations.
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
@@ -259,7 +276,7 @@ pub(crate) struct Line64(#[allow(dead_code)] [u8; 64]);
 ///
 /// # Safety
 /// The activation rows must exist as described and the CPU must support the table's level.
-pub(crate) type PrepareFn = unsafe fn(&GemmArgs) -> Box<[core::mem::MaybeUninit<Line64>]>;
+pub(crate) type PrepareFn = unsafe fn(&GemmArgs) -> Option<Box<[core::mem::MaybeUninit<Line64>]>>;
 
 /// Activation rows (as [`CpuKernels::quantize_activations`] wrote them for weights of one
 /// type) prepared once for several products with such weights, e.g. every row block of one
@@ -750,7 +767,7 @@ impl CpuKernels {
                 prepared: core::ptr::null(),
             };
             // SAFETY: m rows of a_rb bytes (checked above); the table's level runs here.
-            prep.layout = Some(unsafe { prepare(&args) });
+            prep.layout = unsafe { prepare(&args) };
         }
         Ok(prep)
     }

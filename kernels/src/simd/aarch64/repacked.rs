@@ -27,7 +27,7 @@ use super::f16_at;
 use core::mem::MaybeUninit;
 
 use crate::repack::GROUP_ROWS;
-use crate::simd::{GemmArgs, Line64};
+use crate::simd::{to_lines, GemmArgs, Line64};
 
 /// Rows per quad (the i32 lanes of a NEON vector).
 const QUAD: usize = 4;
@@ -637,31 +637,16 @@ unsafe fn gemm_k<const KIND: u8>(t: &GemmArgs) -> bool {
     true
 }
 
-/// [`prepare_k`]'s records in 64-byte lines (the prepared-activations storage).
-fn to_lines(act: Vec<KActivation>) -> Box<[MaybeUninit<Line64>]> {
-    let bytes = core::mem::size_of_val(act.as_slice());
-    let mut lines = Box::new_uninit_slice(bytes.div_ceil(64));
-    // SAFETY: `lines` holds at least `bytes` bytes; the two allocations are distinct
-    unsafe {
-        core::ptr::copy_nonoverlapping(
-            act.as_ptr() as *const u8,
-            lines.as_mut_ptr() as *mut u8,
-            bytes,
-        )
-    };
-    lines
-}
-
 /// The Q4_K / Q5_K activation layout, once per matmul (`CpuKernels::prepare_activations`).
 #[target_feature(enable = "neon,dotprod")]
-pub(super) unsafe fn prepare_q4_k(t: &GemmArgs) -> Box<[MaybeUninit<Line64>]> {
-    to_lines(prepare_k(t, false))
+pub(super) unsafe fn prepare_q4_k(t: &GemmArgs) -> Option<Box<[MaybeUninit<Line64>]>> {
+    Some(to_lines(&prepare_k(t, false)))
 }
 
 /// The Q6_K activation layout, once per matmul.
 #[target_feature(enable = "neon,dotprod")]
-pub(super) unsafe fn prepare_q6_k(t: &GemmArgs) -> Box<[MaybeUninit<Line64>]> {
-    to_lines(prepare_k(t, true))
+pub(super) unsafe fn prepare_q6_k(t: &GemmArgs) -> Option<Box<[MaybeUninit<Line64>]>> {
+    Some(to_lines(&prepare_k(t, true)))
 }
 
 #[target_feature(enable = "neon,dotprod")]

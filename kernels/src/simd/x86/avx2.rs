@@ -57,7 +57,7 @@ macro_rules! prepare_entries {
     ($($name:ident, $format:ty;)*) => {
         $(
             #[target_feature(enable = "avx2,fma,f16c")]
-            unsafe fn $name(t: &GemmArgs) -> Box<[core::mem::MaybeUninit<Line64>]> {
+            unsafe fn $name(t: &GemmArgs) -> Option<Box<[core::mem::MaybeUninit<Line64>]>> {
                 packed::prepare_legacy::<$format>(t, |t| repacked_avx2::prepare_panels::<$format>(t))
             }
         )*
@@ -67,6 +67,17 @@ macro_rules! prepare_entries {
 prepare_entries! {
     prepare_q4_0, legacy::Q4_0;
     prepare_q8_0, legacy::Q8_0;
+}
+
+/// The K-quant records of `repacked_avx2`'s kernels, once per matmul.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn prepare_q4_k(t: &GemmArgs) -> Option<Box<[core::mem::MaybeUninit<Line64>]>> {
+    repacked_avx2::prepare_q4_k(t)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn prepare_q6_k(t: &GemmArgs) -> Option<Box<[core::mem::MaybeUninit<Line64>]>> {
+    repacked_avx2::prepare_q6_k(t)
 }
 
 /// The ×16 kernels of `repacked_avx2` on repacked matrices.
@@ -110,7 +121,7 @@ macro_rules! file_entries {
 
 file_entries! {
     packed_q4_0, gemm_q4_0, Q4_0x16, 16;
-    packed_q4_k, gemm_q4_k, Q4_Kx16, 16;
+    packed_q4_k, gemm_q4_k, Q4_Kx16, repacked_avx2::FILE_Q4_K_MIN_ROWS;
     packed_q5_k, gemm_q5_k, Q5_Kx16, 64;
 }
 
@@ -140,5 +151,8 @@ pub(super) fn table(level: Level) -> CpuKernels {
     k.repacked_q6_k = Some(repacked_q6_k);
     k.prepare_q4_0 = Some(prepare_q4_0);
     k.prepare_q8_0 = Some(prepare_q8_0);
+    k.prepare_q4_k = Some(prepare_q4_k);
+    k.prepare_q5_k = Some(prepare_q4_k);
+    k.prepare_q6_k = Some(prepare_q6_k);
     k
 }

@@ -185,7 +185,7 @@ macro_rules! repacked_entry {
 macro_rules! prepare_entry {
     ($name:ident, $format:ty) => {
         #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-        unsafe fn $name(t: &GemmArgs) -> Box<[core::mem::MaybeUninit<Line64>]> {
+        unsafe fn $name(t: &GemmArgs) -> Option<Box<[core::mem::MaybeUninit<Line64>]>> {
             packed::prepare_legacy::<$format>(t, |t| packed::prepare_panels::<$format>(t))
         }
     };
@@ -194,6 +194,17 @@ macro_rules! prepare_entry {
 prepare_entry!(prepare_q4_0, legacy::Q4_0);
 prepare_entry!(prepare_q5_0, legacy::Q5_0);
 prepare_entry!(prepare_q8_0, legacy::Q8_0);
+
+/// The K-quant decode records, once per matmul (see `repacked::prepare_q4_k`).
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn prepare_q4_k(t: &GemmArgs) -> Option<Box<[core::mem::MaybeUninit<Line64>]>> {
+    repacked::prepare_q4_k(t)
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn prepare_q6_k(t: &GemmArgs) -> Option<Box<[core::mem::MaybeUninit<Line64>]>> {
+    repacked::prepare_q6_k(t)
+}
 
 repacked_entry!(repacked_q4_0, legacy::Q4_0);
 repacked_entry!(repacked_q8_0, legacy::Q8_0);
@@ -253,5 +264,9 @@ pub(super) fn table(level: Level) -> CpuKernels {
     k.prepare_q4_0 = Some(prepare_q4_0);
     k.prepare_q5_0 = Some(prepare_q5_0);
     k.prepare_q8_0 = Some(prepare_q8_0);
+    // Q4_K's decode runs the AVX2 ×16 kernel, which reads the same records
+    k.prepare_q4_k = Some(prepare_q4_k);
+    k.prepare_q5_k = Some(prepare_q4_k);
+    k.prepare_q6_k = Some(prepare_q6_k);
     k
 }

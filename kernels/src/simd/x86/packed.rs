@@ -541,12 +541,13 @@ pub(crate) unsafe fn block_sums<'a, F: Legacy>(
 pub(crate) unsafe fn prepare_legacy<F: Legacy>(
     t: &GemmArgs,
     panels: unsafe fn(&GemmArgs) -> Box<[MaybeUninit<Line64>]>,
-) -> Box<[MaybeUninit<Line64>]> {
+) -> Option<Box<[MaybeUninit<Line64>]>> {
     if t.m >= crate::simd::PACKED_MIN_ROWS {
-        panels(t)
+        Some(panels(t))
+    } else if t.m <= crate::simd::SUMS_MAX_ROWS {
+        Some(prepare_block_sums::<F>(t))
     } else {
-        debug_assert!(t.m <= crate::simd::SUMS_MAX_ROWS);
-        prepare_block_sums::<F>(t)
+        None
     }
 }
 

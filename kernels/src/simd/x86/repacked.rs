@@ -16,12 +16,13 @@
 //!   taken from the records ([`k4_chunk`], [`q6k_chunk`]), which need neither its scale decoding nor its transposes.
 
 use core::arch::x86_64::*;
+use core::mem::MaybeUninit;
 
 use super::legacy;
 use super::packed::{self, Packed};
 use super::packed_kquant;
 use crate::repack::GROUP_ROWS;
-use crate::simd::GemmArgs;
+use crate::simd::{GemmArgs, Line64};
 
 /// A format with a ×16 layout: how a block's chunks become the 8 group vectors (group `g` =
 /// values `4g..4g+4` of every row, unsigned).
@@ -266,6 +267,38 @@ unsafe fn prepare_q8k6(t: &GemmArgs) -> Vec<Q8KPrepared6> {
         .collect()
 }
 
+/// `t`'s rows as `T` records: those prepared once per matmul (`t.prepared`, built by this
+/// level's `prepare_q*_k` for this weight type as `T`), or `build(t)` into `owned`.
+#[inline(always)]
+pub(crate) unsafe fn prepared_or<'a, T>(
+    t: &'a GemmArgs,
+    owned: &'a mut Vec<T>,
+    build: impl FnOnce(&GemmArgs) -> Vec<T>,
+) -> &'a [T] {
+    if t.prepared.is_null() {
+        *owned = build(t);
+        owned
+    } else {
+        // SAFETY (caller): `t.prepared` holds m·nb records of type T for these rows
+        core::slice::from_raw_parts(t.prepared as *const T, t.m * t.nb)
+    }
+}
+
+/// The AVX-512 Q4_K/Q5_K activation layout, once per matmul: [`Q8KPrepared`] records for
+/// decode (up to `SUMS_MAX_ROWS` rows; each row block rebuilt them); none for more rows, whose
+/// chunked GEMM reads the Q8_K rows as they are.
+pub(crate) unsafe fn prepare_q4_k(t: &GemmArgs) -> Option<Box<[MaybeUninit<Line64>]>> {
+    (t.m <= crate::simd::SUMS_MAX_ROWS).then(|| crate::simd::to_lines(&prepare_q8k(t)))
+}
+
+/// The AVX-512 Q6_K activation layout: as [`prepare_q4_k`], with [`Q8KPrepared6`] records.
+pub(crate) unsafe fn prepare_q6_k(t: &GemmArgs) -> Option<Box<[MaybeUninit<Line64>]>> {
+    (t.m <= crate::simd::SUMS_MAX_ROWS).then(|| crate::simd::to_lines(&prepare_q8k6(t)))
+}
+
+// the prepared records exist only for rows that take the decode paths below (m < 4)
+const _: () = assert!(crate::simd::SUMS_MAX_ROWS < 4);
+
 /// The end of the reference K-quant dot for 16 rows: `mins + sum`, stored for activation row
 /// `c` and weight rows `r0..r0+nr`.
 #[inline(always)]
@@ -454,7 +487,8 @@ unsafe fn gemm_k4<K: packed_kquant::KQuant, const FIVE: bool>(t: &GemmArgs) -> b
         });
         return true;
     }
-    let a = prepare_q8k(t);
+    let mut owned = Vec::new();
+    let a = prepared_or(t, &mut owned, |t| prepare_q8k(t));
     each_group_and_row(t, |group, c, r0, nr| {
         k4_direct::<FIVE>(t, group, &a[c * t.nb..(c + 1) * t.nb], c, r0, nr)
     });
@@ -610,7 +644,8 @@ pub(crate) unsafe fn gemm_q6_k(t: &GemmArgs) -> bool {
         });
         return true;
     }
-    let a = prepare_q8k6(t);
+    let mut owned = Vec::new();
+    let a = prepared_or(t, &mut owned, |t| prepare_q8k6(t));
     each_group_and_row(t, |group, c, r0, nr| {
         q6k_direct(t, group, &a[c * t.nb..(c + 1) * t.nb], c, r0, nr)
     });

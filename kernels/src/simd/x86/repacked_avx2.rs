@@ -35,7 +35,8 @@ use core::arch::x86_64::*;
 
 use super::legacy;
 use super::repacked::{
-    prefetch_block_ahead, prepare_q8k, values, Q8KPrepared, Repacked, PREFETCH_BYTES, Q8K_BYTES,
+    prefetch_block_ahead, prepare_q8k, prepared_or, values, Q8KPrepared, Repacked, PREFETCH_BYTES,
+    Q8K_BYTES,
 };
 use super::{packed, store_rows};
 use crate::repack::{write_group, RepackLayout, GROUP_ROWS, Q4K_RECORD};
@@ -397,7 +398,8 @@ pub(crate) unsafe fn gemm_q5_k(t: &GemmArgs, groups: Groups) -> bool {
 
 #[inline(always)]
 unsafe fn gemm_k4<const FIVE: bool>(t: &GemmArgs, mut groups: Groups) -> bool {
-    let a = prepare_q8k(t);
+    let mut owned = Vec::new();
+    let a = prepared_or(t, &mut owned, |t| prepare_q8k(t));
     // Q5_K with several passes per group: its values unpacked once per group
     let pre = FIVE && t.m > K4_COLS;
     let mut unpacked = Vec::new();
@@ -658,6 +660,7 @@ unsafe fn k4_cols<const NC: usize, const FIVE: bool>(
 /// One activation super-block for [`q6k_cols`]: [`Q8KPrepared`] (values in the records' chunk
 /// order) and, per 32-value group `s`, the i16 pair `(A_2s, A_2s+1)`: the sums of the 16-value
 /// sub-blocks' activations, taken from the values (the reference never reads `bsums`).
+#[derive(Clone, Copy)]
 struct Q8KPreparedQ6 {
     base: Q8KPrepared,
     sub_sums: [i32; 8],
@@ -686,10 +689,30 @@ unsafe fn prepare_q8k_q6(t: &GemmArgs) -> Vec<Q8KPreparedQ6> {
     out
 }
 
+/// Activation rows from which the AVX2 table's file-layout Q4_K GEMM runs this file's kernels
+/// (`avx2::packed_q4_k`), which then read prepared records too.
+pub(crate) const FILE_Q4_K_MIN_ROWS: usize = 16;
+
+/// The AVX2 Q4_K/Q5_K activation layout ([`Q8KPrepared`] records), once per matmul (each row
+/// block rebuilt it): for decode, and from [`FILE_Q4_K_MIN_ROWS`] rows, where the file
+/// layout's Q4_K GEMM reads it too. Between, only ×16 matrices would read it and the file
+/// layout's tiles not, so the kernels build their own.
+pub(crate) unsafe fn prepare_q4_k(t: &GemmArgs) -> Option<Box<[core::mem::MaybeUninit<Line64>]>> {
+    (t.m <= crate::simd::SUMS_MAX_ROWS || t.m >= FILE_Q4_K_MIN_ROWS)
+        .then(|| crate::simd::to_lines(&prepare_q8k(t)))
+}
+
+/// The AVX2 Q6_K activation layout ([`Q8KPreparedQ6`] records), once per matmul for decode
+/// (Q6_K prompts on the file layout run the tiles, which would not read it).
+pub(crate) unsafe fn prepare_q6_k(t: &GemmArgs) -> Option<Box<[core::mem::MaybeUninit<Line64>]>> {
+    (t.m <= crate::simd::SUMS_MAX_ROWS).then(|| crate::simd::to_lines(&prepare_q8k_q6(t)))
+}
+
 /// The whole product on a Q6_Kx16 matrix, or on one in the file layout (`groups`).
 #[inline(always)]
 pub(crate) unsafe fn gemm_q6_k(t: &GemmArgs, mut groups: Groups) -> bool {
-    let a = prepare_q8k_q6(t);
+    let mut owned = Vec::new();
+    let a = prepared_or(t, &mut owned, |t| prepare_q8k_q6(t));
     // several passes per group: its values unpacked once per group
     let pre = t.m > Q6K_COLS;
     let mut unpacked = Vec::new();
