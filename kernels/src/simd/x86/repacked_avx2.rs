@@ -412,13 +412,13 @@ unsafe fn gemm_k4<const FIVE: bool>(t: &GemmArgs, mut groups: Groups) -> bool {
         let u = pre.then_some(unpacked.as_slice());
         let mut c0 = 0;
         while c0 + K4_COLS <= t.m {
-            k4_cols::<K4_COLS, FIVE>(t, group, &a, c0, r0, nr, u);
+            k4_cols::<K4_COLS, FIVE>(t, group, a, c0, r0, nr, u);
             c0 += K4_COLS;
         }
         match t.m - c0 {
             0 => {}
-            1 => k4_cols::<1, FIVE>(t, group, &a, c0, r0, nr, u),
-            _ => k4_cols::<2, FIVE>(t, group, &a, c0, r0, nr, u),
+            1 => k4_cols::<1, FIVE>(t, group, a, c0, r0, nr, u),
+            _ => k4_cols::<2, FIVE>(t, group, a, c0, r0, nr, u),
         }
     }
     true
@@ -720,7 +720,7 @@ pub(crate) unsafe fn gemm_q6_k(t: &GemmArgs, mut groups: Groups) -> bool {
         let nr = (t.n - r0).min(GROUP_ROWS);
         let group = groups.get(t, gi, r0, nr);
         if t.m == 1 {
-            q6k_gemv(t, group, &a, r0, nr);
+            q6k_gemv(t, group, a, r0, nr);
             continue;
         }
         if pre {
@@ -739,13 +739,13 @@ pub(crate) unsafe fn gemm_q6_k(t: &GemmArgs, mut groups: Groups) -> bool {
         for h in 0..nr.div_ceil(8) {
             let mut c0 = 0;
             while c0 + Q6K_COLS <= t.m {
-                q6k_cols::<Q6K_COLS>(t, group, &a, c0, r0, nr, h, u);
+                q6k_cols::<Q6K_COLS>(t, group, a, c0, r0, nr, h, u);
                 c0 += Q6K_COLS;
             }
             match t.m - c0 {
                 0 => {}
-                1 => q6k_cols::<1>(t, group, &a, c0, r0, nr, h, u),
-                _ => q6k_cols::<2>(t, group, &a, c0, r0, nr, h, u),
+                1 => q6k_cols::<1>(t, group, a, c0, r0, nr, h, u),
+                _ => q6k_cols::<2>(t, group, a, c0, r0, nr, h, u),
             }
         }
     }
