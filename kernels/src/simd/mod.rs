@@ -265,6 +265,30 @@ pub(crate) fn to_lines<T: Copy>(records: &[T]) -> Box<[core::mem::MaybeUninit<Li
     lines
 }
 
+/// `t`'s activation rows as `T` records: those prepared once per matmul (`t.prepared`, built
+/// by this level's [`PrepareFn`] for the weight type as `T`), or `build(t)` into `owned`.
+///
+/// # Safety
+/// A non-null `t.prepared` must hold `m·nb` records of type `T` for these rows
+/// (`CpuKernels::gemm_repacked_prepared` checks that they were prepared for this type).
+#[cfg_attr(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    allow(dead_code)
+)]
+#[inline(always)]
+pub(crate) unsafe fn prepared_or<'a, T>(
+    t: &'a GemmArgs,
+    owned: &'a mut Vec<T>,
+    build: impl FnOnce(&GemmArgs) -> Vec<T>,
+) -> &'a [T] {
+    if t.prepared.is_null() {
+        *owned = build(t);
+        owned
+    } else {
+        core::slice::from_raw_parts(t.prepared as *const T, t.m * t.nb)
+    }
+}
+
 /// One 64-byte line: the unit (and alignment) of prepared activations.
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]

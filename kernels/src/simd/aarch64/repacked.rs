@@ -27,7 +27,7 @@ use super::f16_at;
 use core::mem::MaybeUninit;
 
 use crate::repack::GROUP_ROWS;
-use crate::simd::{to_lines, GemmArgs, Line64};
+use crate::simd::{prepared_or, to_lines, GemmArgs, Line64};
 
 /// Rows per quad (the i32 lanes of a NEON vector).
 const QUAD: usize = 4;
@@ -624,15 +624,9 @@ unsafe fn gemm_legacy<F: Repacked>(t: &GemmArgs) -> bool {
 
 #[inline(always)]
 unsafe fn gemm_k<const KIND: u8>(t: &GemmArgs) -> bool {
-    let owned;
-    let act: &[KActivation] = if t.prepared.is_null() {
-        owned = prepare_k(t, KIND == 6);
-        &owned
-    } else {
-        // built by `prepare_q4_k` / `prepare_q6_k` for these rows and this weight type
-        // (`CpuKernels::gemm_repacked_prepared` checks the type)
-        core::slice::from_raw_parts(t.prepared as *const KActivation, t.m * t.nb)
-    };
+    let mut owned = Vec::new();
+    // prepared: built by `prepare_q4_k` / `prepare_q6_k` for these rows and this weight type
+    let act: &[KActivation] = prepared_or(t, &mut owned, |t| prepare_k(t, KIND == 6));
     each_group(t, &KQuant::<KIND> { act });
     true
 }

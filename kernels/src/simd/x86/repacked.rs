@@ -22,7 +22,7 @@ use super::legacy;
 use super::packed::{self, Packed};
 use super::packed_kquant;
 use crate::repack::GROUP_ROWS;
-use crate::simd::{GemmArgs, Line64};
+use crate::simd::{prepared_or, GemmArgs, Line64};
 
 /// A format with a ×16 layout: how a block's chunks become the 8 group vectors (group `g` =
 /// values `4g..4g+4` of every row, unsigned).
@@ -265,23 +265,6 @@ unsafe fn prepare_q8k6(t: &GemmArgs) -> Vec<Q8KPrepared6> {
             p
         })
         .collect()
-}
-
-/// `t`'s rows as `T` records: those prepared once per matmul (`t.prepared`, built by this
-/// level's `prepare_q*_k` for this weight type as `T`), or `build(t)` into `owned`.
-#[inline(always)]
-pub(crate) unsafe fn prepared_or<'a, T>(
-    t: &'a GemmArgs,
-    owned: &'a mut Vec<T>,
-    build: impl FnOnce(&GemmArgs) -> Vec<T>,
-) -> &'a [T] {
-    if t.prepared.is_null() {
-        *owned = build(t);
-        owned
-    } else {
-        // SAFETY (caller): `t.prepared` holds m·nb records of type T for these rows
-        core::slice::from_raw_parts(t.prepared as *const T, t.m * t.nb)
-    }
 }
 
 /// The AVX-512 Q4_K/Q5_K activation layout, once per matmul: [`Q8KPrepared`] records for

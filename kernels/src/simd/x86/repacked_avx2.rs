@@ -35,12 +35,11 @@ use core::arch::x86_64::*;
 
 use super::legacy;
 use super::repacked::{
-    prefetch_block_ahead, prepare_q8k, prepared_or, values, Q8KPrepared, Repacked, PREFETCH_BYTES,
-    Q8K_BYTES,
+    prefetch_block_ahead, prepare_q8k, values, Q8KPrepared, Repacked, PREFETCH_BYTES, Q8K_BYTES,
 };
 use super::{packed, store_rows};
 use crate::repack::{write_group, RepackLayout, GROUP_ROWS, Q4K_RECORD};
-use crate::simd::{GemmArgs, Line64};
+use crate::simd::{prepared_or, GemmArgs, Line64};
 
 /// Activation rows per pass over a group's blocks (each block half is unpacked once per pass).
 const COLS: usize = 4;
