@@ -549,6 +549,26 @@ fn long_rows_match_reference_exactly() {
 }
 
 #[test]
+fn rows_longer_than_one_k_chunk_match_reference_exactly() {
+    // the packed GEMMs split rows of more than 80 blocks into chunks and continue each
+    // chunk's sums from the output: 81 blocks (two uneven chunks) and 320 (Phi-2's MLP down
+    // projection, four), with full and partial panels of activation rows and a partial tile
+    let mut rng = StdRng::seed_from_u64(16);
+    for ty in [
+        GgmlType::Q4_0,
+        GgmlType::Q5_0,
+        GgmlType::Q8_0,
+        GgmlType::Q4_1,
+    ] {
+        for (n, k, m) in [(19, 32 * 81, 11), (16, 10240, 8)] {
+            let x = noise(&mut rng, m * k, 32);
+            let w = random_weights(&mut rng, ty, n, k);
+            check_gemm(ty, &w, n, k, &x, m, "k chunks");
+        }
+    }
+}
+
+#[test]
 fn many_activation_rows_match_reference_exactly() {
     // more activation rows than one group of the packed K-quant GEMM takes (its activation
     // copies are limited to a few MiB: 182 rows of 40 super-blocks for Q6_K, 327 for Q4_K)

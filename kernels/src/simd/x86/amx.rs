@@ -539,7 +539,14 @@ unsafe fn packed_gemm<F: Packed, U: TileUnit + Default>(t: &GemmArgs) -> bool {
     unit.configure(&TileConfig::new(t.m % TILE_M));
     for r0 in (0..t.n).step_by(STRIPE_ROWS) {
         let nr = (t.n - r0).min(STRIPE_ROWS);
-        packed::pack_tile::<F>(t, r0, nr, &mut wq, &mut wd);
+        packed::pack_tile::<F>(
+            t,
+            r0,
+            nr,
+            packed::KChunk { b0: 0, nb: t.nb },
+            &mut wq,
+            &mut wd,
+        );
         make_signed::<F>(&mut wq);
         stripe::<F, U>(&mut unit, t, &wq, &wd, &ad, r0, nr);
     }

@@ -14,6 +14,11 @@
 //! unsigned by `+128`) is removed through the accumulator's start value `−o·Σa` per block,
 //! computed once per activation block.
 //!
+//! Long rows run in chunks of blocks ([`k_chunks`]): every tile of the product passes over one
+//! chunk of the panels before the next chunk starts from the sums stored in the output (the same
+//! f32 operations in the same order), so that a tile's scratch and the panels' chunk stay in
+//! cache.
+//!
 //! The activations are regrouped once per matmul into panels ([`prepare_panels`]: per 8 rows
 //! and block, their starts, scales and values side by side), and a full panel's block loop is
 //! assembly ([`panel_loop!`]): the dot products group by group, so that the 8 accumulator
@@ -135,13 +140,14 @@ pub(crate) const fn offset<F: Legacy>() -> i32 {
     }
 }
 
-/// Unpacks rows `r0..r0+nr` (rows past `nr` repeat the last one) into `wq` (`nb × 8` group
-/// vectors) and `wd` (`nb` vectors of the rows' scales as f32).
+/// Unpacks the blocks of `kc` of rows `r0..r0+nr` (rows past `nr` repeat the last one) into
+/// `wq` (`kc.nb × 8` group vectors) and `wd` (`kc.nb` vectors of the rows' scales as f32).
 #[inline(always)]
 pub(crate) unsafe fn pack_tile<F: Legacy>(
     t: &GemmArgs,
     r0: usize,
     nr: usize,
+    kc: KChunk,
     wq: &mut [__m512i],
     wd: &mut [__m512],
 ) {
@@ -149,8 +155,8 @@ pub(crate) unsafe fn pack_tile<F: Legacy>(
     for (r, row) in rows.iter_mut().enumerate() {
         *row = t.w.add((r0 + r.min(nr - 1)) * t.w_stride);
     }
-    for b in 0..t.nb {
-        let off = b * F::W_BYTES;
+    for b in 0..kc.nb {
+        let off = (kc.b0 + b) * F::W_BYTES;
         let mut lo = [_mm256_setzero_si256(); 8];
         let mut hi = [_mm256_setzero_si256(); 8];
         let mut d = [0u16; ROWS];
@@ -419,9 +425,41 @@ panel_loop!(
     "vmulps zmm1\\c, zmm1\\c, zmm18"
 );
 
-/// `NC ≤ COLS` activation rows of a panel (rows `c0..`) against one packed tile; stores lanes
-/// `0..nr`. A full panel runs [`Packed::panel_blocks`]; the last, partial one the same loop
-/// in intrinsics.
+/// A range of weight blocks (`b0..b0 + nb`, `nb ≥ 1`) that one pass of the tile loop covers:
+/// the prompt GEMMs split long rows into such chunks, so that the activation panels' share of
+/// one chunk stays in L2 while every weight tile of a row block passes over it (see
+/// [`k_chunks`]). A chunk after the first continues the sums the previous one stored.
+#[derive(Clone, Copy)]
+pub(crate) struct KChunk {
+    pub b0: usize,
+    pub nb: usize,
+}
+
+/// Blocks per [`KChunk`] at most: 2560 elements (Phi-2's hidden size). A 16-row tile of a
+/// chunk unpacks to 40 KiB. Unchunked, the MLP down projection's 10240-element rows unpacked to
+/// 160 KiB per tile, and each tile streamed all 6.5 MB of a 512-row prompt's panels; in chunks
+/// that product ran 9 % (Q4_0) and 16 % (Q8_0) faster on the Cascade Lake VM, while chunks of
+/// 40 or 20 blocks slowed the 2560-element rows (`bench/REPORT.md`, seventeenth session).
+pub(crate) const K_CHUNK_BLOCKS: usize = 80;
+
+/// The chunks of `nb ≥ 1` blocks: near-equal parts of at most [`K_CHUNK_BLOCKS`], in order.
+pub(crate) fn k_chunks(nb: usize) -> impl Iterator<Item = KChunk> {
+    let size = nb.div_ceil(nb.div_ceil(K_CHUNK_BLOCKS)).max(1);
+    (0..nb).step_by(size).map(move |b0| KChunk {
+        b0,
+        nb: size.min(nb - b0),
+    })
+}
+
+/// The largest chunk of [`k_chunks`]`(nb)`: the size of a tile's scratch.
+pub(crate) fn k_chunk_max(nb: usize) -> usize {
+    nb.div_ceil(nb.div_ceil(K_CHUNK_BLOCKS)).max(1)
+}
+
+/// `NC ≤ COLS` activation rows of a panel (rows `c0..`) against one packed tile over the
+/// blocks of `kc` (`wq`, `wd`: that chunk's group vectors and scales); stores lanes `0..nr`.
+/// A full panel runs [`Packed::panel_blocks`]; the last, partial one the same loop in
+/// intrinsics. A chunk after the first starts from the sums in the output.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn tile_cols<F: Packed, const NC: usize>(
@@ -432,19 +470,27 @@ pub(crate) unsafe fn tile_cols<F: Packed, const NC: usize>(
     c0: usize,
     r0: usize,
     nr: usize,
+    kc: KChunk,
 ) {
-    debug_assert!(wq.len() >= t.nb * 8 && wd.len() >= t.nb && t.nb >= 1);
+    debug_assert!(wq.len() >= kc.nb * 8 && wd.len() >= kc.nb && kc.nb >= 1);
+    let mask: __mmask16 = if nr >= ROWS { 0xffff } else { (1u16 << nr) - 1 };
     let mut acc = [_mm512_setzero_ps(); NC];
+    if kc.b0 > 0 {
+        for (c, acc_c) in acc.iter_mut().enumerate() {
+            *acc_c = _mm512_maskz_loadu_ps(mask, t.out.add((c0 + c) * t.ldo + r0));
+        }
+    }
+    let panel = panel.add(kc.b0 * PANEL_BLOCK);
     if NC == COLS {
         let l = PanelLoop {
             panel,
             wq: wq.as_ptr(),
             wd: wd.as_ptr(),
-            nb: t.nb,
+            nb: kc.nb,
         };
         F::panel_blocks(&mut *(acc.as_mut_ptr() as *mut [__m512; COLS]), l);
     } else {
-        for b in 0..t.nb {
+        for b in 0..kc.nb {
             let blk = panel.add(b * PANEL_BLOCK);
             let mut sumi = [_mm512_setzero_si512(); NC];
             for (c, s) in sumi.iter_mut().enumerate() {
@@ -464,7 +510,6 @@ pub(crate) unsafe fn tile_cols<F: Packed, const NC: usize>(
             }
         }
     }
-    let mask: __mmask16 = if nr >= ROWS { 0xffff } else { (1u16 << nr) - 1 };
     for (c, acc_c) in acc.iter().enumerate() {
         _mm512_mask_storeu_ps(t.out.add((c0 + c) * t.ldo + r0), mask, *acc_c);
     }
@@ -554,7 +599,8 @@ pub(crate) unsafe fn prepare_legacy<F: Legacy>(
 // the AVX-512 ×16 kernels read panels exactly from PACKED_MIN_ROWS rows on
 const _: () = assert!(COLS == crate::simd::PACKED_MIN_ROWS);
 
-/// Every activation row against one packed tile (rows `r0..r0+nr`), a panel at a time.
+/// Every activation row against one packed tile (rows `r0..r0+nr`) over the blocks of `kc`,
+/// a panel at a time.
 #[inline(always)]
 pub(crate) unsafe fn tile_all_cols<F: Packed>(
     t: &GemmArgs,
@@ -563,18 +609,19 @@ pub(crate) unsafe fn tile_all_cols<F: Packed>(
     panels: &ActivationPanels,
     r0: usize,
     nr: usize,
+    kc: KChunk,
 ) {
     for (p, c0) in (0..t.m).step_by(COLS).enumerate() {
         let panel = panels.panel(p);
         match t.m - c0 {
-            1 => tile_cols::<F, 1>(t, wq, wd, panel, c0, r0, nr),
-            2 => tile_cols::<F, 2>(t, wq, wd, panel, c0, r0, nr),
-            3 => tile_cols::<F, 3>(t, wq, wd, panel, c0, r0, nr),
-            4 => tile_cols::<F, 4>(t, wq, wd, panel, c0, r0, nr),
-            5 => tile_cols::<F, 5>(t, wq, wd, panel, c0, r0, nr),
-            6 => tile_cols::<F, 6>(t, wq, wd, panel, c0, r0, nr),
-            7 => tile_cols::<F, 7>(t, wq, wd, panel, c0, r0, nr),
-            _ => tile_cols::<F, COLS>(t, wq, wd, panel, c0, r0, nr),
+            1 => tile_cols::<F, 1>(t, wq, wd, panel, c0, r0, nr, kc),
+            2 => tile_cols::<F, 2>(t, wq, wd, panel, c0, r0, nr, kc),
+            3 => tile_cols::<F, 3>(t, wq, wd, panel, c0, r0, nr, kc),
+            4 => tile_cols::<F, 4>(t, wq, wd, panel, c0, r0, nr, kc),
+            5 => tile_cols::<F, 5>(t, wq, wd, panel, c0, r0, nr, kc),
+            6 => tile_cols::<F, 6>(t, wq, wd, panel, c0, r0, nr, kc),
+            7 => tile_cols::<F, 7>(t, wq, wd, panel, c0, r0, nr, kc),
+            _ => tile_cols::<F, COLS>(t, wq, wd, panel, c0, r0, nr, kc),
         }
     }
 }
@@ -584,12 +631,37 @@ pub(crate) unsafe fn tile_all_cols<F: Packed>(
 pub(crate) unsafe fn gemm<F: Packed>(t: &GemmArgs) -> bool {
     let mut owned = None;
     let panels = panels::<F>(t, &mut owned);
-    let mut wq = vec![_mm512_setzero_si512(); t.nb * 8];
-    let mut wd = vec![_mm512_setzero_ps(); t.nb];
-    for r0 in (0..t.n).step_by(ROWS) {
-        let nr = (t.n - r0).min(ROWS);
-        pack_tile::<F>(t, r0, nr, &mut wq, &mut wd);
-        tile_all_cols::<F>(t, &wq, &wd, &panels, r0, nr);
+    let chunk = k_chunk_max(t.nb);
+    let mut wq = vec![_mm512_setzero_si512(); chunk * 8];
+    let mut wd = vec![_mm512_setzero_ps(); chunk];
+    for kc in k_chunks(t.nb) {
+        for r0 in (0..t.n).step_by(ROWS) {
+            let nr = (t.n - r0).min(ROWS);
+            pack_tile::<F>(t, r0, nr, kc, &mut wq, &mut wd);
+            tile_all_cols::<F>(t, &wq, &wd, &panels, r0, nr, kc);
+        }
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn k_chunks_cover_the_blocks_in_order() {
+        for nb in 1..1000 {
+            let chunks: Vec<KChunk> = k_chunks(nb).collect();
+            let mut next = 0;
+            for kc in &chunks {
+                assert_eq!(kc.b0, next, "nb {nb}");
+                assert!(kc.nb >= 1 && kc.nb <= K_CHUNK_BLOCKS, "nb {nb}");
+                next += kc.nb;
+            }
+            assert_eq!(next, nb);
+            assert_eq!(chunks.len(), nb.div_ceil(K_CHUNK_BLOCKS), "nb {nb}");
+            let max = chunks.iter().map(|kc| kc.nb).max().unwrap();
+            assert_eq!(k_chunk_max(nb), max, "nb {nb}");
+        }
+    }
 }

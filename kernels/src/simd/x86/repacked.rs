@@ -8,9 +8,9 @@
 //! reference's order, so results stay bit-identical to the scalar `vec_dot`.
 //!
 //! - Few activation rows (decode): [`direct`] unpacks each block in registers for up to 4 rows.
-//! - Many (prompts, the vision tower): each 16-row group is unpacked once into a scratch of
-//!   group vectors, then `packed::tile_all_cols` runs the activation panels over it (8 rows per
-//!   pass), as the packed GEMM.
+//! - Many (prompts, the vision tower): each 16-row group is unpacked once per chunk of blocks
+//!   (`packed::k_chunks`) into a scratch of group vectors, then `packed::tile_all_cols` runs
+//!   the activation panels over it (8 rows per pass), as the packed GEMM.
 //! - K-quants: decode reads the records directly ([`k4_direct`] for Q4_K and Q5_K,
 //!   [`q6k_direct`]); prompts run the file layout's packed GEMM (`packed_kquant`) on chunks
 //!   taken from the records ([`k4_chunk`], [`q6k_chunk`]), which need neither its scale decoding nor its transposes.
@@ -155,17 +155,20 @@ pub(crate) unsafe fn gemm<F: Repacked>(t: &GemmArgs) -> bool {
     if t.m >= packed::COLS {
         let mut owned = None;
         let panels = packed::panels::<F>(t, &mut owned);
-        let mut wq = vec![_mm512_setzero_si512(); nb * 8];
-        let mut wd = vec![_mm512_setzero_ps(); nb];
-        for (gi, r0) in (0..t.n).step_by(GROUP_ROWS).enumerate() {
-            let nr = (t.n - r0).min(GROUP_ROWS);
-            let group = t.w.add(gi * t.w_stride);
-            for b in 0..nb {
-                let g = F::groups(values::<F>(group, nb, b));
-                wq[b * 8..b * 8 + 8].copy_from_slice(&g);
-                wd[b] = scales(group, b);
+        let chunk = packed::k_chunk_max(nb);
+        let mut wq = vec![_mm512_setzero_si512(); chunk * 8];
+        let mut wd = vec![_mm512_setzero_ps(); chunk];
+        for kc in packed::k_chunks(nb) {
+            for (gi, r0) in (0..t.n).step_by(GROUP_ROWS).enumerate() {
+                let nr = (t.n - r0).min(GROUP_ROWS);
+                let group = t.w.add(gi * t.w_stride);
+                for b in 0..kc.nb {
+                    let g = F::groups(values::<F>(group, nb, kc.b0 + b));
+                    wq[b * 8..b * 8 + 8].copy_from_slice(&g);
+                    wd[b] = scales(group, kc.b0 + b);
+                }
+                packed::tile_all_cols::<F>(t, &wq, &wd, &panels, r0, nr, kc);
             }
-            packed::tile_all_cols::<F>(t, &wq, &wd, &panels, r0, nr);
         }
         return true;
     }
