@@ -245,65 +245,102 @@ impl LlamaCppModel {
         threads: usize,
         reps: usize,
     ) -> Result<(Vec<f64>, Vec<f64>)> {
+        let reps = reps.clamp(1, 1000);
+        let mut session = self.bench_session(n_prompt, n_gen, threads)?;
+        let (mut pp, mut tg) = (Vec::new(), Vec::new());
+        if n_prompt > 0 {
+            session.pp()?; // warm-up
+            for _ in 0..reps {
+                pp.push(session.pp()?);
+            }
+        }
+        if n_gen > 0 {
+            session.tg()?;
+            for _ in 0..reps {
+                tg.push(session.tg()?);
+            }
+        }
+        Ok((pp, tg))
+    }
+
+    /// A context for [`Self::bench`]'s measurements, one repetition at a time (so that a caller
+    /// can alternate them with another engine's).
+    pub fn bench_session(
+        &self,
+        n_prompt: usize,
+        n_gen: usize,
+        threads: usize,
+    ) -> Result<BenchSession<'_>> {
         if n_prompt + n_gen == 0 || n_prompt + n_gen > MAX_TOKENS {
             bail!(
                 "{}: bench needs 1..={MAX_TOKENS} tokens in all, got pp {n_prompt} + tg {n_gen}",
                 self.path
             );
         }
-        let reps = reps.clamp(1, 1000);
-        let n_vocab = self.n_vocab().max(1) as u64;
-        let token =
-            |i: usize| LlamaToken(((i as u64).wrapping_mul(2_654_435_761) % n_vocab) as i32);
         let opts = LlamaOptions {
             threads,
             ..LlamaOptions::default()
         };
-        let mut ctx = self.context(n_prompt.max(n_gen), &opts)?;
-        let decode_err = |e| anyhow!("{}: llama.cpp decode failed: {e}", self.path);
+        Ok(BenchSession {
+            ctx: self.context(n_prompt.max(n_gen), &opts)?,
+            path: &self.path,
+            n_vocab: self.n_vocab().max(1) as u64,
+            n_prompt,
+            n_gen,
+        })
+    }
+}
 
-        let run_pp = |ctx: &mut LlamaContext<'_>| -> Result<f64> {
-            ctx.clear_kv_cache();
-            let mut batch = LlamaBatch::new(n_prompt, 1);
-            for i in 0..n_prompt {
-                batch
-                    .add(token(i), i as i32, &[0], i + 1 == n_prompt)
-                    .map_err(|e| anyhow!("{}: batch: {e}", self.path))?;
-            }
-            let t = std::time::Instant::now();
-            ctx.decode(&mut batch).map_err(decode_err)?;
-            ctx.synchronize();
-            Ok(n_prompt as f64 / t.elapsed().as_secs_f64())
-        };
-        let run_tg = |ctx: &mut LlamaContext<'_>| -> Result<f64> {
-            ctx.clear_kv_cache();
-            let mut batch = LlamaBatch::new(1, 1);
-            let t = std::time::Instant::now();
-            for i in 0..n_gen {
-                batch.clear();
-                batch
-                    .add(token(i), i as i32, &[0], true)
-                    .map_err(|e| anyhow!("{}: batch: {e}", self.path))?;
-                ctx.decode(&mut batch).map_err(decode_err)?;
-            }
-            ctx.synchronize();
-            Ok(n_gen as f64 / t.elapsed().as_secs_f64())
-        };
+/// One context measuring llama-bench's `pp<n_prompt>` and `tg<n_gen>`
+/// ([`LlamaCppModel::bench_session`]).
+pub struct BenchSession<'m> {
+    ctx: LlamaContext<'m>,
+    path: &'m str,
+    n_vocab: u64,
+    n_prompt: usize,
+    n_gen: usize,
+}
 
-        let (mut pp, mut tg) = (Vec::new(), Vec::new());
-        if n_prompt > 0 {
-            run_pp(&mut ctx)?; // warm-up
-            for _ in 0..reps {
-                pp.push(run_pp(&mut ctx)?);
-            }
+impl BenchSession<'_> {
+    fn token(&self, i: usize) -> LlamaToken {
+        LlamaToken(((i as u64).wrapping_mul(2_654_435_761) % self.n_vocab) as i32)
+    }
+
+    /// One `pp` repetition: tokens per second of one batched decode of `n_prompt` tokens into
+    /// an empty cache.
+    pub fn pp(&mut self) -> Result<f64> {
+        self.ctx.clear_kv_cache();
+        let mut batch = LlamaBatch::new(self.n_prompt, 1);
+        for i in 0..self.n_prompt {
+            batch
+                .add(self.token(i), i as i32, &[0], i + 1 == self.n_prompt)
+                .map_err(|e| anyhow!("{}: batch: {e}", self.path))?;
         }
-        if n_gen > 0 {
-            run_tg(&mut ctx)?;
-            for _ in 0..reps {
-                tg.push(run_tg(&mut ctx)?);
-            }
+        let t = std::time::Instant::now();
+        self.ctx
+            .decode(&mut batch)
+            .map_err(|e| anyhow!("{}: llama.cpp decode failed: {e}", self.path))?;
+        self.ctx.synchronize();
+        Ok(self.n_prompt as f64 / t.elapsed().as_secs_f64())
+    }
+
+    /// One `tg` repetition: tokens per second of `n_gen` single-token decodes from an empty
+    /// cache.
+    pub fn tg(&mut self) -> Result<f64> {
+        self.ctx.clear_kv_cache();
+        let mut batch = LlamaBatch::new(1, 1);
+        let t = std::time::Instant::now();
+        for i in 0..self.n_gen {
+            batch.clear();
+            batch
+                .add(self.token(i), i as i32, &[0], true)
+                .map_err(|e| anyhow!("{}: batch: {e}", self.path))?;
+            self.ctx
+                .decode(&mut batch)
+                .map_err(|e| anyhow!("{}: llama.cpp decode failed: {e}", self.path))?;
         }
-        Ok((pp, tg))
+        self.ctx.synchronize();
+        Ok(self.n_gen as f64 / t.elapsed().as_secs_f64())
     }
 }
 

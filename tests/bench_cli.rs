@@ -106,6 +106,18 @@ fn bad_arguments_are_one_line_errors() {
             "-r must be at least 1",
         ),
         (vec!["-m", missing.to_str().unwrap()], "no-such-model.gguf"),
+        (
+            vec![
+                "-m",
+                model.to_str().unwrap(),
+                "-p",
+                "0",
+                "-n",
+                "0",
+                "--vs-llama-cpp",
+            ],
+            "--vs-llama-cpp compares the pp and tg tests",
+        ),
     ] {
         let o = bench(&args, &[]);
         assert_eq!(o.status.code(), Some(1), "{args:?}");
@@ -113,5 +125,94 @@ fn bad_arguments_are_one_line_errors() {
         let err = String::from_utf8(o.stderr).unwrap();
         assert_eq!(err.trim().lines().count(), 1, "{err}");
         assert!(err.contains(needle), "{err}");
+    }
+}
+
+#[cfg(not(feature = "llama-cpp"))]
+#[test]
+fn vs_llama_cpp_without_the_feature_is_a_one_line_error() {
+    let model = tiny("tinygptv-stage3-f16.gguf");
+    let o = bench(
+        &[
+            "-m",
+            model.to_str().unwrap(),
+            "-p",
+            "4",
+            "-n",
+            "0",
+            "--vs-llama-cpp",
+        ],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    // nothing measured before the error
+    assert!(o.stdout.is_empty());
+    let err = String::from_utf8(o.stderr).unwrap();
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("--features llama-cpp"), "{err}");
+}
+
+/// `--vs-llama-cpp` on the stock-phi2 miniature (which llama.cpp loads): llama.cpp's pp and tg
+/// after ours, in the JSON object and in the table with the ratios. (Run with
+/// `cargo test --features llama-cpp --test bench_cli`.)
+#[cfg(feature = "llama-cpp")]
+#[test]
+fn vs_llama_cpp_adds_llama_cpp_results_and_ratios() {
+    let model =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/python-gguf/phi2-mini-f16.gguf");
+    let m = model.to_str().unwrap();
+    let args = [
+        "-m",
+        m,
+        "-p",
+        "8",
+        "-n",
+        "4",
+        "-r",
+        "2",
+        "-t",
+        "1",
+        "--vs-llama-cpp",
+    ];
+    let o = bench(&[&args[..], &["--json"]].concat(), &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let j: Json = serde_json::from_str(String::from_utf8(o.stdout).unwrap().trim()).unwrap();
+    let results = j["results"].as_array().unwrap();
+    let rows: Vec<(&str, &str)> = results
+        .iter()
+        .map(|r| (r["engine"].as_str().unwrap(), r["test"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("tinygptv", "pp8"),
+            ("tinygptv", "tg4"),
+            ("llama.cpp", "pp8"),
+            ("llama.cpp", "tg4")
+        ]
+    );
+    for r in results {
+        let tps = r["tokens_per_s"].as_f64().unwrap();
+        assert!(tps.is_finite() && tps > 0.0, "{r}");
+        assert!(r["stddev"].as_f64().unwrap() >= 0.0, "{r}");
+    }
+
+    let o = bench(&args, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8(o.stdout).unwrap();
+    for test in ["pp8", "tg4"] {
+        assert!(out.contains(&format!("| llama.cpp | {test} |")), "{out}");
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(&format!("{test}: tinygptv / llama.cpp = ")))
+            .unwrap_or_else(|| panic!("no {test} ratio in {out}"));
+        let ratio: f64 = line
+            .rsplit("= ")
+            .next()
+            .unwrap()
+            .trim_end_matches('×')
+            .parse()
+            .unwrap();
+        assert!(ratio.is_finite() && ratio > 0.0, "{line}");
     }
 }

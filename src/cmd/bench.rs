@@ -5,7 +5,9 @@
 //! tokens (or images) per second over the repetitions. Also measures the memory read bandwidth
 //! and the decode roofline (bytes of weights read per token ÷ bandwidth). With `--device cuda`
 //! the language model and the vision tower run on the GPU (engine `tinygptv-cuda`; `--gpu-layers`
-//! for partial offload) and the roofline uses the GPU's theoretical bandwidth.
+//! for partial offload) and the roofline uses the GPU's theoretical bandwidth. With
+//! `--vs-llama-cpp`, llama.cpp runs the same file with the same thread count in this process,
+//! each of its repetitions right after one of ours.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,7 +38,8 @@ pub struct BenchArgs {
     /// Repetitions.
     #[arg(short = 'r', long = "repetitions", default_value_t = 5)]
     pub reps: usize,
-    /// Also run llama.cpp on the same file and thread count (needs the `llama-cpp` feature).
+    /// Also run llama.cpp on the same file and thread count, its repetitions alternating with
+    /// ours (needs the `llama-cpp` feature).
     #[arg(long)]
     pub vs_llama_cpp: bool,
     /// Vision GGUF: adds the image-encode test.
@@ -184,6 +187,29 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     };
     let mut device_desc = compute.describe();
 
+    // --vs-llama-cpp: llama.cpp loads the same file before anything is measured, so that the
+    // two engines' repetitions can alternate (see `alternate`)
+    if args.vs_llama_cpp && args.n_prompt + args.n_gen == 0 {
+        bail!("--vs-llama-cpp compares the pp and tg tests: give -p or -n above 0");
+    }
+    #[cfg(feature = "llama-cpp")]
+    let llama = match args.vs_llama_cpp {
+        true => Some(crate::llama_cpp::LlamaCppModel::load(&args.model)?),
+        false => None,
+    };
+    #[cfg(feature = "llama-cpp")]
+    let mut session = match &llama {
+        Some(m) => Some(m.bench_session(args.n_prompt, args.n_gen, threads)?),
+        None => None,
+    };
+    #[cfg(feature = "llama-cpp")]
+    let mut rival = session.as_mut().map(|s| s as &mut dyn Rival);
+    #[cfg(not(feature = "llama-cpp"))]
+    let mut rival: Option<&mut dyn Rival> = match args.vs_llama_cpp {
+        true => bail!("--vs-llama-cpp needs a build with the llama-cpp feature: cargo build --release --features llama-cpp"),
+        false => None,
+    };
+    let mut rival_results = Vec::new();
     if args.n_prompt > 0 || args.n_gen > 0 {
         let n_ctx = args.n_prompt.max(args.n_gen).max(1) + 1;
         let mut backend =
@@ -198,22 +224,30 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             }
         }
         if args.n_prompt > 0 {
-            let (m, sd) = speed_pp_lm(backend.as_mut(), vocab, args.n_prompt, args.reps)?;
-            results.push(BenchResult {
-                engine: engine.into(),
-                test: format!("pp{}", args.n_prompt),
-                tokens_per_s: m,
-                stddev: sd,
-            });
+            if let Some(r) = rival.as_deref_mut() {
+                r.pp()?; // llama.cpp's warm-up (as llama-bench)
+            }
+            let (ours, theirs) = alternate(
+                args.reps,
+                || Ok(speed_pp_lm(backend.as_mut(), vocab, args.n_prompt, 1)?.0),
+                rival.as_deref_mut().map(|r| move || r.pp()),
+            )?;
+            let test = format!("pp{}", args.n_prompt);
+            push_result(&mut results, engine, test.clone(), &ours);
+            push_result(&mut rival_results, "llama.cpp", test, &theirs);
         }
         if args.n_gen > 0 {
-            let (m, sd) = speed_tg_lm(backend.as_mut(), vocab, args.n_gen, args.reps)?;
-            results.push(BenchResult {
-                engine: engine.into(),
-                test: format!("tg{}", args.n_gen),
-                tokens_per_s: m,
-                stddev: sd,
-            });
+            if let Some(r) = rival.as_deref_mut() {
+                r.tg()?;
+            }
+            let (ours, theirs) = alternate(
+                args.reps,
+                || Ok(speed_tg_lm(backend.as_mut(), vocab, args.n_gen, 1)?.0),
+                rival.map(|r| move || r.tg()),
+            )?;
+            let test = format!("tg{}", args.n_gen);
+            push_result(&mut results, engine, test.clone(), &ours);
+            push_result(&mut rival_results, "llama.cpp", test, &theirs);
         }
     }
     if let Some(mmproj) = &args.mmproj {
@@ -242,9 +276,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             stddev: sd,
         });
     }
-    if args.vs_llama_cpp {
-        results.extend(llama_cpp_results(&args, threads)?);
-    }
+    results.extend(rival_results);
 
     // decode roofline: every weight matrix except the embedding table is read once per token
     let weight_bytes: u64 = model
@@ -312,33 +344,101 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-#[cfg(feature = "llama-cpp")]
-fn llama_cpp_results(args: &BenchArgs, threads: usize) -> Result<Vec<BenchResult>> {
-    let (pp, tg) =
-        crate::llama_cpp::llama_bench(&args.model, args.n_prompt, args.n_gen, threads, args.reps)?;
-    let mut out = Vec::new();
-    if args.n_prompt > 0 {
-        let (m, sd) = mean_sd(&pp);
-        out.push(BenchResult {
-            engine: "llama.cpp".into(),
-            test: format!("pp{}", args.n_prompt),
+/// Appends the mean ± sd of `tps` as `engine`'s result of `test` (nothing if there are no
+/// repetitions).
+fn push_result(to: &mut Vec<BenchResult>, engine: &str, test: String, tps: &[f64]) {
+    if !tps.is_empty() {
+        let (m, sd) = mean_sd(tps);
+        to.push(BenchResult {
+            engine: engine.into(),
+            test,
             tokens_per_s: m,
             stddev: sd,
         });
     }
-    if args.n_gen > 0 {
-        let (m, sd) = mean_sd(&tg);
-        out.push(BenchResult {
-            engine: "llama.cpp".into(),
-            test: format!("tg{}", args.n_gen),
-            tokens_per_s: m,
-            stddev: sd,
-        });
-    }
-    Ok(out)
 }
 
-#[cfg(not(feature = "llama-cpp"))]
-fn llama_cpp_results(_args: &BenchArgs, _threads: usize) -> Result<Vec<BenchResult>> {
-    bail!("--vs-llama-cpp needs a build with the llama-cpp feature: cargo build --release --features llama-cpp")
+/// The other engine of `--vs-llama-cpp`: one repetition of a test at a time.
+trait Rival {
+    fn pp(&mut self) -> Result<f64>;
+    fn tg(&mut self) -> Result<f64>;
+}
+
+#[cfg(feature = "llama-cpp")]
+impl Rival for crate::llama_cpp::BenchSession<'_> {
+    fn pp(&mut self) -> Result<f64> {
+        crate::llama_cpp::BenchSession::pp(self)
+    }
+    fn tg(&mut self) -> Result<f64> {
+        crate::llama_cpp::BenchSession::tg(self)
+    }
+}
+
+/// `reps` repetitions of a test on our engine and, if there is one, on the other engine,
+/// alternating (ours, theirs, ours, …): a shared machine's speed can drift by 10–20 % within
+/// minutes (the VM of `bench/REPORT.md`), and alternation spreads a slow spell over both
+/// engines instead of over one engine's whole series. Tokens (or images) per second of each repetition, ours and theirs.
+fn alternate(
+    reps: usize,
+    mut ours: impl FnMut() -> Result<f64>,
+    mut theirs: Option<impl FnMut() -> Result<f64>>,
+) -> Result<(Vec<f64>, Vec<f64>)> {
+    let (mut a, mut b) = (Vec::with_capacity(reps), Vec::with_capacity(reps));
+    for _ in 0..reps {
+        a.push(ours()?);
+        if let Some(t) = theirs.as_mut() {
+            b.push(t()?);
+        }
+    }
+    Ok((a, b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    #[test]
+    fn repetitions_alternate_between_the_engines() {
+        let log = RefCell::new(Vec::new());
+        let ours = || {
+            log.borrow_mut().push("ours");
+            Ok(2.0)
+        };
+        let theirs = || {
+            log.borrow_mut().push("theirs");
+            Ok(1.0)
+        };
+        let (a, b) = alternate(3, ours, Some(theirs)).unwrap();
+        assert_eq!((a, b), (vec![2.0; 3], vec![1.0; 3]));
+        assert_eq!(
+            *log.borrow(),
+            ["ours", "theirs", "ours", "theirs", "ours", "theirs"]
+        );
+
+        log.borrow_mut().clear();
+        let none: Option<fn() -> Result<f64>> = None;
+        let (a, b) = alternate(2, ours, none).unwrap();
+        assert_eq!((a.len(), b.len()), (2, 0));
+        assert_eq!(*log.borrow(), ["ours", "ours"]);
+    }
+
+    #[test]
+    fn a_failed_repetition_stops_the_series() {
+        let mut calls = 0;
+        let r = alternate(
+            3,
+            || {
+                calls += 1;
+                if calls == 2 {
+                    bail!("broken")
+                } else {
+                    Ok(1.0)
+                }
+            },
+            None::<fn() -> Result<f64>>,
+        );
+        assert!(r.is_err());
+        assert_eq!(calls, 2);
+    }
 }
