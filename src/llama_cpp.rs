@@ -234,37 +234,10 @@ impl LlamaCppModel {
         Ok(out)
     }
 
-    /// llama-bench's pp/tg measurement on this model (`llama-bench -p n_prompt -n n_gen -r reps -t
-    /// threads`, F16 KV cache, flash attention auto): per repetition, tokens per second of one batched
-    /// decode of `n_prompt` tokens into an empty cache, and of `n_gen` single-token decodes from an
-    /// empty cache. Token ids are pseudo-random below the vocabulary size; one warm-up run first.
-    pub fn bench(
-        &self,
-        n_prompt: usize,
-        n_gen: usize,
-        threads: usize,
-        reps: usize,
-    ) -> Result<(Vec<f64>, Vec<f64>)> {
-        let reps = reps.clamp(1, 1000);
-        let mut session = self.bench_session(n_prompt, n_gen, threads)?;
-        let (mut pp, mut tg) = (Vec::new(), Vec::new());
-        if n_prompt > 0 {
-            session.pp()?; // warm-up
-            for _ in 0..reps {
-                pp.push(session.pp()?);
-            }
-        }
-        if n_gen > 0 {
-            session.tg()?;
-            for _ in 0..reps {
-                tg.push(session.tg()?);
-            }
-        }
-        Ok((pp, tg))
-    }
-
-    /// A context for [`Self::bench`]'s measurements, one repetition at a time (so that a caller
-    /// can alternate them with another engine's).
+    /// llama-bench's pp/tg measurement on this model (`llama-bench -p n_prompt -n n_gen -t
+    /// threads`, F16 KV cache, flash attention auto), one repetition at a time, so that a caller
+    /// can alternate them with another engine's ([`BenchSession::pp`], [`BenchSession::tg`]).
+    /// Token ids are pseudo-random below the vocabulary size; the caller runs the warm-ups.
     pub fn bench_session(
         &self,
         n_prompt: usize,
@@ -363,18 +336,6 @@ pub fn llama_logits(path: &Path, tokens: &[u32], threads: usize) -> Result<Vec<f
             ..LlamaOptions::default()
         },
     )
-}
-
-/// llama-bench-style speed of the GGUF at `path`: tokens/s per repetition for pp and tg
-/// (see [`LlamaCppModel::bench`]); used by `tinygptv bench --vs-llama-cpp`.
-pub fn llama_bench(
-    path: &Path,
-    n_prompt: usize,
-    n_gen: usize,
-    threads: usize,
-    reps: usize,
-) -> Result<(Vec<f64>, Vec<f64>)> {
-    LlamaCppModel::load(path)?.bench(n_prompt, n_gen, threads, reps)
 }
 
 /// `n` greedy tokens after `prompt` from the GGUF at `path`.

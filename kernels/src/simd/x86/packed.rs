@@ -444,7 +444,7 @@ pub(crate) const K_CHUNK_BLOCKS: usize = 80;
 
 /// The chunks of `nb ≥ 1` blocks: near-equal parts of at most [`K_CHUNK_BLOCKS`], in order.
 pub(crate) fn k_chunks(nb: usize) -> impl Iterator<Item = KChunk> {
-    let size = nb.div_ceil(nb.div_ceil(K_CHUNK_BLOCKS)).max(1);
+    let size = k_chunk_max(nb);
     (0..nb).step_by(size).map(move |b0| KChunk {
         b0,
         nb: size.min(nb - b0),
