@@ -264,17 +264,12 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             encoder.encode(&pixels)?;
             ips.push(1.0 / t.elapsed().as_secs_f64());
         }
-        let (m, sd) = mean_sd(&ips);
-        results.push(BenchResult {
-            engine: engine.into(),
-            test: if compute.is_cpu() {
-                "image".into()
-            } else {
-                format!("image{s}")
-            },
-            tokens_per_s: m,
-            stddev: sd,
-        });
+        let test = if compute.is_cpu() {
+            "image".into()
+        } else {
+            format!("image{s}")
+        };
+        push_result(&mut results, engine, test, &ips);
     }
     results.extend(rival_results);
 
@@ -377,7 +372,8 @@ impl Rival for crate::llama_cpp::BenchSession<'_> {
 /// `reps` repetitions of a test on our engine and, if there is one, on the other engine,
 /// alternating (ours, theirs, ours, …): a shared machine's speed can drift by 10–20 % within
 /// minutes (the VM of `bench/REPORT.md`), and alternation spreads a slow spell over both
-/// engines instead of over one engine's whole series. Tokens (or images) per second of each repetition, ours and theirs.
+/// engines instead of over one engine's whole series. Tokens per second of each repetition,
+/// ours and theirs.
 fn alternate(
     reps: usize,
     mut ours: impl FnMut() -> Result<f64>,
