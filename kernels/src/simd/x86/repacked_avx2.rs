@@ -105,6 +105,18 @@ pub(crate) trait Legacy16: Repacked {
         a: &[*const u8; NC],
         start: [i32; NC],
     ) -> [__m256i; NC];
+    /// [`Legacy16::dots`] for both halves of the block (rows 0..8, then 8..16).
+    #[inline(always)]
+    unsafe fn dots_both<const NC: usize>(
+        qs: *const u8,
+        a: &[*const u8; NC],
+        start: [i32; NC],
+    ) -> ([__m256i; NC], [__m256i; NC]) {
+        (
+            Self::dots::<NC>(qs, 0, a, start),
+            Self::dots::<NC>(qs, 1, a, start),
+        )
+    }
     /// `acc` plus the block's term, in the reference's order.
     unsafe fn update8(acc: __m256, sumi: __m256i, dw: __m256, da: __m256) -> __m256;
 }
@@ -138,6 +150,51 @@ impl Legacy16 for legacy::Q4_0 {
             let sums = _mm256_madd_epi16(pairs[c], ones);
             _mm256_add_epi32(_mm256_set1_epi32(start[c]), sums)
         })
+    }
+
+    #[inline(always)]
+    unsafe fn dots_both<const NC: usize>(
+        qs: *const u8,
+        a: &[*const u8; NC],
+        start: [i32; NC],
+    ) -> ([__m256i; NC], [__m256i; NC]) {
+        // each activation broadcast meets both halves: on Zen 3 the broadcasts share the
+        // vector pipes with the `maddubs` and adds, so one per two `maddubs` instead of one
+        let mask = _mm256_set1_epi8(0x0f);
+        let mut p0 = [_mm256_setzero_si256(); NC];
+        let mut p1 = [_mm256_setzero_si256(); NC];
+        for ch in 0..4 {
+            let q0 = _mm256_loadu_si256(qs.add(64 * ch) as *const __m256i);
+            let q1 = _mm256_loadu_si256(qs.add(64 * ch + 32) as *const __m256i);
+            // low nibbles (values 4ch..) first, then high (16 + 4ch..), so that only two
+            // unpacked weight vectors are live
+            for (nib, off) in [(0, 0), (1, 16)] {
+                let (w0, w1) = if nib == 0 {
+                    (_mm256_and_si256(q0, mask), _mm256_and_si256(q1, mask))
+                } else {
+                    (
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(q0), mask),
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(q1), mask),
+                    )
+                };
+                for c in 0..NC {
+                    let av =
+                        _mm256_set1_epi32((a[c].add(off + 4 * ch) as *const i32).read_unaligned());
+                    p0[c] = _mm256_add_epi16(p0[c], _mm256_maddubs_epi16(w0, av));
+                    p1[c] = _mm256_add_epi16(p1[c], _mm256_maddubs_epi16(w1, av));
+                }
+            }
+        }
+        // (no closure for the two halves: a closure does not inherit the target features)
+        let ones = _mm256_set1_epi16(1);
+        let mut s0 = [_mm256_setzero_si256(); NC];
+        let mut s1 = [_mm256_setzero_si256(); NC];
+        for c in 0..NC {
+            let st = _mm256_set1_epi32(start[c]);
+            s0[c] = _mm256_add_epi32(st, _mm256_madd_epi16(p0[c], ones));
+            s1[c] = _mm256_add_epi32(st, _mm256_madd_epi16(p1[c], ones));
+        }
+        (s0, s1)
     }
 
     #[inline(always)]
@@ -267,7 +324,12 @@ unsafe fn gemm_legacy<F: Legacy16>(t: &GemmArgs, mut groups: Groups) -> bool {
         let nr = (t.n - r0).min(GROUP_ROWS);
         let group = groups.get(t, gi, r0, nr);
         for c0 in (0..full).step_by(COLS) {
-            panel_cols::<F>(t, group, panels.add(c0 / COLS * panel_bytes), c0, r0, nr);
+            let panel = panels.add(c0 / COLS * panel_bytes);
+            if nr > 8 {
+                panel_cols_both::<F>(t, group, panel, c0, r0, nr);
+            } else {
+                panel_cols::<F>(t, group, panel, c0, r0, nr);
+            }
         }
         let c0 = full;
         match t.m - c0 {
@@ -313,6 +375,45 @@ unsafe fn panel_cols<F: Legacy16>(
         for (c, acc_c) in acc.iter().enumerate() {
             store_rows(t.out.add((c0 + c) * t.ldo + r0 + 8 * h), *acc_c, nr - 8 * h);
         }
+    }
+}
+
+/// [`panel_cols`] for a group of more than 8 rows: both halves in one pass over the blocks, so
+/// that each activation broadcast (and each panel line) serves 16 rows.
+#[inline(always)]
+unsafe fn panel_cols_both<F: Legacy16>(
+    t: &GemmArgs,
+    group: *const u8,
+    panel: *const u8,
+    c0: usize,
+    r0: usize,
+    nr: usize,
+) {
+    let nb = t.nb;
+    let mut acc0 = [_mm256_setzero_ps(); COLS];
+    let mut acc1 = [_mm256_setzero_ps(); COLS];
+    for b in 0..nb {
+        let qs = values::<F>(group, nb, b);
+        if c0 == 0 {
+            // the first pass brings the group in from memory
+            prefetch_block_ahead(group, b, qs, F::QS_BYTES);
+        }
+        let blk = panel.add(b * PANEL_BLOCK);
+        let a: [*const u8; COLS] = core::array::from_fn(|c| blk.add(PANEL_VALUES + 32 * c));
+        let starts = core::array::from_fn(|c| (blk.add(4 * c) as *const i32).read_unaligned());
+        let (sumi0, sumi1) = F::dots_both::<COLS>(qs, &a, starts);
+        let dw0 = _mm256_cvtph_ps(_mm_loadu_si128(group.add(b * 32) as *const _));
+        let dw1 = _mm256_cvtph_ps(_mm_loadu_si128(group.add(b * 32 + 16) as *const _));
+        for c in 0..COLS {
+            let da = _mm256_set1_ps((blk.add(PANEL_SCALES + 4 * c) as *const f32).read_unaligned());
+            acc0[c] = F::update8(acc0[c], sumi0[c], dw0, da);
+            acc1[c] = F::update8(acc1[c], sumi1[c], dw1, da);
+        }
+    }
+    for c in 0..COLS {
+        let out = t.out.add((c0 + c) * t.ldo + r0);
+        store_rows(out, acc0[c], 8);
+        store_rows(out.add(8), acc1[c], nr - 8);
     }
 }
 
