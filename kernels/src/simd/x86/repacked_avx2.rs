@@ -105,16 +105,15 @@ pub(crate) trait Legacy16: Repacked {
         a: &[*const u8; NC],
         start: [i32; NC],
     ) -> [__m256i; NC];
-    /// [`Legacy16::dots`] for both halves of the block (rows 0..8, then 8..16).
+    /// [`Legacy16::dots`] for both halves of the block (rows 0..8, then 8..16) against the
+    /// [`COLS`] rows of one activation panel block (`blk`).
     #[inline(always)]
-    unsafe fn dots_both<const NC: usize>(
-        qs: *const u8,
-        a: &[*const u8; NC],
-        start: [i32; NC],
-    ) -> ([__m256i; NC], [__m256i; NC]) {
+    unsafe fn dots_both(qs: *const u8, blk: *const u8) -> ([__m256i; COLS], [__m256i; COLS]) {
+        let a: [*const u8; COLS] = core::array::from_fn(|c| blk.add(PANEL_VALUES + 32 * c));
+        let start = panel_starts(blk);
         (
-            Self::dots::<NC>(qs, 0, a, start),
-            Self::dots::<NC>(qs, 1, a, start),
+            Self::dots::<COLS>(qs, 0, &a, start),
+            Self::dots::<COLS>(qs, 1, &a, start),
         )
     }
     /// `acc` plus the block's term, in the reference's order.
@@ -153,43 +152,15 @@ impl Legacy16 for legacy::Q4_0 {
     }
 
     #[inline(always)]
-    unsafe fn dots_both<const NC: usize>(
-        qs: *const u8,
-        a: &[*const u8; NC],
-        start: [i32; NC],
-    ) -> ([__m256i; NC], [__m256i; NC]) {
-        // each activation broadcast meets both halves: on Zen 3 the broadcasts share the
-        // vector pipes with the `maddubs` and adds, so one per two `maddubs` instead of one
-        let mask = _mm256_set1_epi8(0x0f);
-        let mut p0 = [_mm256_setzero_si256(); NC];
-        let mut p1 = [_mm256_setzero_si256(); NC];
-        for ch in 0..4 {
-            let q0 = _mm256_loadu_si256(qs.add(64 * ch) as *const __m256i);
-            let q1 = _mm256_loadu_si256(qs.add(64 * ch + 32) as *const __m256i);
-            // low nibbles (values 4ch..) first, then high (16 + 4ch..), so that only two
-            // unpacked weight vectors are live
-            for (nib, off) in [(0, 0), (1, 16)] {
-                let (w0, w1) = if nib == 0 {
-                    (_mm256_and_si256(q0, mask), _mm256_and_si256(q1, mask))
-                } else {
-                    (
-                        _mm256_and_si256(_mm256_srli_epi16::<4>(q0), mask),
-                        _mm256_and_si256(_mm256_srli_epi16::<4>(q1), mask),
-                    )
-                };
-                for c in 0..NC {
-                    let av =
-                        _mm256_set1_epi32((a[c].add(off + 4 * ch) as *const i32).read_unaligned());
-                    p0[c] = _mm256_add_epi16(p0[c], _mm256_maddubs_epi16(w0, av));
-                    p1[c] = _mm256_add_epi16(p1[c], _mm256_maddubs_epi16(w1, av));
-                }
-            }
-        }
-        // (no closure for the two halves: a closure does not inherit the target features)
+    unsafe fn dots_both(qs: *const u8, blk: *const u8) -> ([__m256i; COLS], [__m256i; COLS]) {
+        let (p0, p1) = q4_0_pairs_both(qs, blk);
+        // the i16 pair sums to i32, plus the starts (no closure for the two halves: a closure
+        // does not inherit the target features)
         let ones = _mm256_set1_epi16(1);
-        let mut s0 = [_mm256_setzero_si256(); NC];
-        let mut s1 = [_mm256_setzero_si256(); NC];
-        for c in 0..NC {
+        let start = panel_starts(blk);
+        let mut s0 = [_mm256_setzero_si256(); COLS];
+        let mut s1 = [_mm256_setzero_si256(); COLS];
+        for c in 0..COLS {
             let st = _mm256_set1_epi32(start[c]);
             s0[c] = _mm256_add_epi32(st, _mm256_madd_epi16(p0[c], ones));
             s1[c] = _mm256_add_epi32(st, _mm256_madd_epi16(p1[c], ones));
@@ -240,6 +211,74 @@ impl Legacy16 for legacy::Q8_0 {
         let dd = _mm256_mul_ps(dw, da);
         _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(sumi), dd))
     }
+}
+
+/// The accumulator starts of a panel block's [`COLS`] rows.
+#[inline(always)]
+unsafe fn panel_starts(blk: *const u8) -> [i32; COLS] {
+    core::array::from_fn(|c| (blk.add(4 * c) as *const i32).read_unaligned())
+}
+
+/// A Q4_0x16 block's i16 pair sums against a panel block (`blk`): half 0 (rows 0..8) and half
+/// 1 (rows 8..16) for each of the [`COLS`] activation rows, each of the 8 sums within ±30720.
+///
+/// In assembly because LLVM spilled the 8 sums inside the block (they, the two unpacked
+/// weight vectors, the mask and a broadcast fill the 16 registers). Each activation broadcast
+/// meets both halves: on Zen 3 the broadcasts take the same vector pipes as the `maddubs`
+/// and the adds, so one per two `maddubs` instead of one (`bench/REPORT.md`, eighteenth
+/// session).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_0_pairs_both(qs: *const u8, blk: *const u8) -> ([__m256i; COLS], [__m256i; COLS]) {
+    let (a0, a1, a2, a3, b0, b1, b2, b3);
+    // SAFETY (caller): `qs` holds the block's 256 value bytes and `blk` a panel block; the
+    // assembly reads only those and writes only the named registers.
+    core::arch::asm!(
+        "vpxor ymm0, ymm0, ymm0",
+        "vpxor ymm1, ymm1, ymm1",
+        "vpxor ymm2, ymm2, ymm2",
+        "vpxor ymm3, ymm3, ymm3",
+        "vpxor ymm10, ymm10, ymm10",
+        "vpxor ymm11, ymm11, ymm11",
+        "vpxor ymm12, ymm12, ymm12",
+        "vpxor ymm13, ymm13, ymm13",
+        ".irp g,0,1,2,3",
+        // chunk g: its two halves' 32 bytes, low nibbles (values 4g..4g+4) first
+        "vmovdqu ymm14, ymmword ptr [{q} + 64*\\g]",
+        "vmovdqu ymm15, ymmword ptr [{q} + 64*\\g + 32]",
+        "vpand ymm4, ymm14, ymm8",
+        "vpand ymm5, ymm15, ymm8",
+        ".irp c,0,1,2,3",
+        "vpbroadcastd ymm6, dword ptr [{a} + {values} + 32*\\c + 4*\\g]",
+        "vpmaddubsw ymm7, ymm4, ymm6",
+        "vpmaddubsw ymm9, ymm5, ymm6",
+        "vpaddw ymm\\c, ymm\\c, ymm7",
+        "vpaddw ymm1\\c, ymm1\\c, ymm9",
+        ".endr",
+        // then the high nibbles (values 16+4g..)
+        "vpsrlw ymm14, ymm14, 4",
+        "vpsrlw ymm15, ymm15, 4",
+        "vpand ymm4, ymm14, ymm8",
+        "vpand ymm5, ymm15, ymm8",
+        ".irp c,0,1,2,3",
+        "vpbroadcastd ymm6, dword ptr [{a} + {values} + 32*\\c + 16 + 4*\\g]",
+        "vpmaddubsw ymm7, ymm4, ymm6",
+        "vpmaddubsw ymm9, ymm5, ymm6",
+        "vpaddw ymm\\c, ymm\\c, ymm7",
+        "vpaddw ymm1\\c, ymm1\\c, ymm9",
+        ".endr",
+        ".endr",
+        q = in(reg) qs,
+        a = in(reg) blk,
+        values = const PANEL_VALUES,
+        in("ymm8") _mm256_set1_epi8(0x0f),
+        out("ymm0") a0, out("ymm1") a1, out("ymm2") a2, out("ymm3") a3,
+        out("ymm10") b0, out("ymm11") b1, out("ymm12") b2, out("ymm13") b3,
+        out("ymm4") _, out("ymm5") _, out("ymm6") _, out("ymm7") _, out("ymm9") _,
+        out("ymm14") _, out("ymm15") _,
+        options(nostack, readonly, preserves_flags),
+    );
+    ([a0, a1, a2, a3], [b0, b1, b2, b3])
 }
 
 /// The whole product on a Q4_0x16 matrix, or on a Q4_0 one in the file layout (`groups`).
@@ -399,9 +438,7 @@ unsafe fn panel_cols_both<F: Legacy16>(
             prefetch_block_ahead(group, b, qs, F::QS_BYTES);
         }
         let blk = panel.add(b * PANEL_BLOCK);
-        let a: [*const u8; COLS] = core::array::from_fn(|c| blk.add(PANEL_VALUES + 32 * c));
-        let starts = core::array::from_fn(|c| (blk.add(4 * c) as *const i32).read_unaligned());
-        let (sumi0, sumi1) = F::dots_both::<COLS>(qs, &a, starts);
+        let (sumi0, sumi1) = F::dots_both(qs, blk);
         let dw0 = _mm256_cvtph_ps(_mm_loadu_si128(group.add(b * 32) as *const _));
         let dw1 = _mm256_cvtph_ps(_mm_loadu_si128(group.add(b * 32 + 16) as *const _));
         for c in 0..COLS {
