@@ -29,7 +29,9 @@
 //!
 //! Decode reads each record once, both 8-row halves back to back, with its prefetches spread
 //! over the chunk loop; a prompt's GEMM unpacks a Q5_K/Q6_K group's values once for all its
-//! passes.
+//! passes. A prompt's Q4_0/Q8_0 pass over a full group takes both halves at once
+//! ([`panel_cols_both`]), so that each activation broadcast serves 16 rows: on Zen 3 the
+//! broadcasts take vector-pipe slots that the `maddubs` and adds need.
 
 use core::arch::x86_64::*;
 
@@ -203,6 +205,36 @@ impl Legacy16 for legacy::Q8_0 {
             }
         }
         sums
+    }
+
+    #[inline(always)]
+    unsafe fn dots_both(qs: *const u8, blk: *const u8) -> ([__m256i; COLS], [__m256i; COLS]) {
+        // as `dots`, each activation broadcast kept for the second half
+        let flip = _mm256_set1_epi8(-128);
+        let ones = _mm256_set1_epi16(1);
+        let mut s0 = [_mm256_setzero_si256(); COLS];
+        let mut s1 = [_mm256_setzero_si256(); COLS];
+        for g in 0..8 {
+            let av: [__m256i; COLS] = core::array::from_fn(|c| {
+                let p = blk.add(PANEL_VALUES + 32 * c + 4 * g);
+                _mm256_set1_epi32((p as *const i32).read_unaligned())
+            });
+            let w0 = _mm256_loadu_si256(qs.add(64 * g) as *const __m256i);
+            let w0 = _mm256_xor_si256(w0, flip);
+            let mag0 = _mm256_sign_epi8(w0, w0);
+            for c in 0..COLS {
+                let pairs = _mm256_maddubs_epi16(mag0, _mm256_sign_epi8(av[c], w0));
+                s0[c] = _mm256_add_epi32(s0[c], _mm256_madd_epi16(pairs, ones));
+            }
+            let w1 = _mm256_loadu_si256(qs.add(64 * g + 32) as *const __m256i);
+            let w1 = _mm256_xor_si256(w1, flip);
+            let mag1 = _mm256_sign_epi8(w1, w1);
+            for c in 0..COLS {
+                let pairs = _mm256_maddubs_epi16(mag1, _mm256_sign_epi8(av[c], w1));
+                s1[c] = _mm256_add_epi32(s1[c], _mm256_madd_epi16(pairs, ones));
+            }
+        }
+        (s0, s1)
     }
 
     #[inline(always)]
