@@ -435,8 +435,7 @@ unsafe fn panel_cols<F: Legacy16>(
             }
             let blk = panel.add(b * PANEL_BLOCK);
             let a: [*const u8; COLS] = core::array::from_fn(|c| blk.add(PANEL_VALUES + 32 * c));
-            let starts = core::array::from_fn(|c| (blk.add(4 * c) as *const i32).read_unaligned());
-            let sumi = F::dots::<COLS>(qs, h, &a, starts);
+            let sumi = F::dots::<COLS>(qs, h, &a, panel_starts(blk));
             let dw = _mm256_cvtph_ps(_mm_loadu_si128(group.add(b * 32 + 16 * h) as *const _));
             for (c, acc_c) in acc.iter_mut().enumerate() {
                 let da = (blk.add(PANEL_SCALES + 4 * c) as *const f32).read_unaligned();
