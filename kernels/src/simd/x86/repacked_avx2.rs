@@ -30,8 +30,8 @@
 //! Decode reads each record once, both 8-row halves back to back, with its prefetches spread
 //! over the chunk loop; a prompt's GEMM unpacks a Q5_K/Q6_K group's values once for all its
 //! passes. A prompt's Q4_0/Q8_0 pass over a full group takes both halves at once
-//! ([`panel_cols_both`]), so that each activation broadcast serves 16 rows: on Zen 3 the
-//! broadcasts take vector-pipe slots that the `maddubs` and adds need.
+//! ([`panel_cols_both`]), so that each activation broadcast (and each panel line) serves 16
+//! rows: half the loads per `maddubs` (+7.5–18 % on Zen 3, `bench/REPORT.md`).
 
 use core::arch::x86_64::*;
 
@@ -256,9 +256,8 @@ unsafe fn panel_starts(blk: *const u8) -> [i32; COLS] {
 ///
 /// In assembly because LLVM spilled the 8 sums inside the block (they, the two unpacked
 /// weight vectors, the mask and a broadcast fill the 16 registers). Each activation broadcast
-/// meets both halves: on Zen 3 the broadcasts take the same vector pipes as the `maddubs`
-/// and the adds, so one per two `maddubs` instead of one (`bench/REPORT.md`, eighteenth
-/// session).
+/// meets both halves, so one per two `maddubs` instead of one (`bench/REPORT.md`, eighteenth
+/// and nineteenth sessions: the loop is bound by its count of vector operations).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q4_0_pairs_both(qs: *const u8, blk: *const u8) -> ([__m256i; COLS], [__m256i; COLS]) {
